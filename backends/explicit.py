@@ -1,0 +1,26 @@
+"""The explicit-gradient adapter: NumPy, CuPy and array-api-strict (no autograd).
+
+``value_and_grad`` runs the shared forward, then the shared backward with a unit
+cotangent. It serves every backend: it is how NumPy and CuPy users train and what the
+torch and JAX autograd paths are checked against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from entroloss import _math
+
+
+def loss(xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any, params: tuple) -> Any:
+    return _math.forward(xp, spec, logits, target, weight, params)[0]
+
+
+def value_and_grad(
+    xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any, params: tuple
+) -> tuple:
+    value, residuals = _math.forward(xp, spec, logits, target, weight, params)
+    # d(sum of the output)/d(inputs): a cotangent of ones (a scalar broadcasts for "none")
+    cotangent = xp.ones_like(value) if spec.reduction == "none" else 1.0
+    d_logits, d_params = _math.backward(xp, spec, residuals, cotangent, logits.dtype)
+    return value, d_logits, d_params

@@ -1,0 +1,32 @@
+"""entroloss: classification losses written once against the Python array API standard.
+
+MIN-ENT, MIX-ENT, the linearly adaptive cross entropy, focal loss and cross entropy, on
+NumPy, CuPy, PyTorch, JAX and array-api-strict alike. The backend is chosen by the type
+of the logits; no framework is imported here.
+"""
+
+from ._api import (
+    adaptive_ce,
+    cross_entropy,
+    entropy,
+    focal,
+    log_softmax,
+    min_ent,
+    mix_ent,
+    softmax,
+    value_and_grad,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adaptive_ce",
+    "cross_entropy",
+    "entropy",
+    "focal",
+    "log_softmax",
+    "min_ent",
+    "mix_ent",
+    "softmax",
+    "value_and_grad",
+]

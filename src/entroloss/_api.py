@@ -1,0 +1,432 @@
+"""The public functions: validate, then hand the shared math to the logits' adapter."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import _math
+from . import _validate as check
+
+__all__ = [
+    "cross_entropy",
+    "min_ent",
+    "mix_ent",
+    "adaptive_ce",
+    "focal",
+    "entropy",
+    "log_softmax",
+    "softmax",
+    "value_and_grad",
+]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated call: everything an adapter needs, plus which parameters are arrays."""
+
+    xp: Any
+    spec: _math.Spec
+    logits: Any
+    target: Any
+    weight: Any
+    params: tuple  # (ce_weight, ce_base, reg_weight, reg_base)
+    array_params: dict  # public name -> slot in params, for parameters given as arrays
+
+
+def _adapter(logits: Any) -> Any:
+    from entroloss import backends
+
+    return backends.adapter_for(logits)
+
+
+def _prepare(
+    logits: Any,
+    target: Any,
+    *,
+    params: dict,  # public name -> (slot in _math.PARAM_NAMES, value, is a base)
+    regularizer: str | None = None,
+    gamma: float = 0.0,
+    eps: float = 1e-6,
+    axis: Any = -1,
+    weight: Any = None,
+    ignore_index: Any = None,
+    label_smoothing: Any = 0.0,
+    reduction: Any = "mean",
+    validate: Any = True,
+) -> _Prepared:
+    xp = check.namespace_of_logits(logits)
+    axis = check.normalize_axis(axis, logits.ndim)
+    num_classes = logits.shape[axis]
+    if num_classes == 0:
+        raise ValueError(f"logits have 0 classes along axis {axis}; at least 1 is needed")
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be True or False, got {type(validate).__name__}")
+    reduction = check.check_reduction(reduction)
+    ignore_index = check.check_ignore_index(ignore_index)
+    label_smoothing = check.real_option(
+        "label_smoothing", label_smoothing, low=0.0, high=1.0, what="in [0, 1]"
+    )
+    soft = check.target_kind(xp, logits, target, axis)
+    if soft and ignore_index is not None:
+        raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
+    weight = check.class_weight(xp, logits, weight, num_classes, validate)
+    slots: list[Any] = [1.0, math.e, 0.0, math.e]
+    array_params = {}
+    for name, (slot, value, is_base) in params.items():
+        value = check.scalar_param(xp, logits, name, value, base=is_base, data_checks=validate)
+        slots[slot] = value
+        if not isinstance(value, float):
+            array_params[name] = slot
+    if validate and check.is_concrete(target):
+        if soft:
+            check.soft_rows(xp, target, axis)
+        else:
+            check.class_indices(xp, target, num_classes, ignore_index)
+    spec = _math.Spec(
+        axis=axis,
+        soft=soft,
+        reduction=reduction,
+        gamma=gamma,
+        regularizer=regularizer,
+        eps=eps,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+    )
+    return _Prepared(xp, spec, logits, target, weight, tuple(slots), array_params)
+
+
+def _evaluate(prepared: _Prepared) -> Any:
+    p = prepared
+    return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.params)
+
+
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    base: Any = math.e,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Any:
+    r"""Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
+
+    .. math:: \ell_i = -\frac{1}{\ln b} \sum_c w_c\, q_c \log p_c, \qquad
+              q = (1-\varepsilon)\,\mathrm{onehot}(y) + \varepsilon / C
+
+    Args:
+      logits: floating array ``(..., C, ...)`` with the classes along ``axis``.
+      target: integer class indices with the logits' shape minus the class axis, or
+        probabilities with the logits' shape (soft targets).
+      axis: the class axis (torch's layout for ``(N, C, d1, ...)`` is ``axis=1``).
+      weight: class weights ``w``, shape ``(C,)``, non-negative.
+      ignore_index: class index whose positions contribute 0 and are not counted.
+      label_smoothing: ``epsilon`` in ``[0, 1]``.
+      base: logarithm base ``b``; a 0-d array makes it differentiable.
+      reduction: ``"mean"`` (divided by the summed weight of the counted positions),
+        ``"sum"`` or ``"none"``.
+      validate: read the data to check class indices and soft-target rows.
+
+    Returns:
+      The loss in the logits' namespace, dtype and device; shape ``()`` or, with
+      ``reduction="none"``, the logits' shape minus the class axis.
+
+    Example (uniform logits over 4 classes give ``ln 4``, or 2 bits)::
+
+      >>> import numpy as np, entroloss as el
+      >>> logits = np.zeros((3, 4))
+      >>> print(round(float(el.cross_entropy(logits, np.array([0, 2, 3]))), 4))
+      1.3863
+      >>> print(float(el.cross_entropy(logits, np.array([0, 2, 3]), base=2)))
+      2.0
+
+    References: the cross entropy as the negative log likelihood (paper 002 of
+    ``shared/papers``); ``torch.nn.functional.cross_entropy``.
+    """
+    return _evaluate(_prepare_cross_entropy(**locals()))
+
+
+def _prepare_cross_entropy(logits, target, base, **common):
+    return _prepare(logits, target, params={"base": (1, base, True)}, **common)
+
+
+def min_ent(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    ce_weight: Any = 1.0,
+    entropy_weight: Any = 1.0,
+    ce_base: Any = math.e,
+    entropy_base: Any = math.e,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Any:
+    r"""MIN-ENT: cross entropy plus the entropy of the prediction.
+
+    .. math:: \ell_i = \alpha\,\frac{\mathrm{CE}_i}{\ln b_1}
+              + \beta\, s_i\, \frac{H(p_i)}{\ln b_2}, \qquad
+              H(p) = -\sum_c p_c \log p_c
+
+    ``alpha = ce_weight``, ``beta = entropy_weight``, ``b1 = ce_base``,
+    ``b2 = entropy_base``; ``s_i`` is the class weight of the target (1 for soft
+    targets). Any of the four may be a 0-d array, and then receives a gradient. With
+    ``entropy_weight=0`` this is :func:`cross_entropy` exactly. Other arguments as in
+    :func:`cross_entropy`.
+
+    Example (uniform logits: ``CE = H = ln 4``)::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(round(float(el.min_ent(np.zeros((2, 4)), np.array([1, 3]))), 4))
+      2.7726
+
+    References: paper 000 of ``shared/papers`` (MIN-ENT, arXiv 2501.13709).
+    """
+    return _evaluate(_prepare_min_ent(**locals()))
+
+
+def _prepare_min_ent(logits, target, ce_weight, entropy_weight, ce_base, entropy_base, **common):
+    params = {
+        "ce_weight": (0, ce_weight, False),
+        "ce_base": (1, ce_base, True),
+        "entropy_weight": (2, entropy_weight, False),
+        "entropy_base": (3, entropy_base, True),
+    }
+    return _prepare(logits, target, params=params, regularizer="entropy", **common)
+
+
+def mix_ent(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    ce_weight: Any = 1.0,
+    reverse_weight: Any = 1.0,
+    ce_base: Any = math.e,
+    reverse_base: Any = math.e,
+    eps: float = 1e-6,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Any:
+    r"""MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
+
+    .. math:: \ell_i = \alpha\,\frac{\mathrm{CE}_i}{\ln b_1}
+              + \beta\, s_i\, \frac{R_i}{\ln b_2}, \qquad
+              R = -\sum_c p_c \log(q_c + \epsilon) = H(p) + \mathrm{KL}(p \,\|\, q + \epsilon)
+
+    The regularizer is the paper's "minimum-entropy term plus a K-L term with target and
+    prediction swapped"; ``eps`` keeps the log of a one-hot target finite. The paper's own
+    code is not public: this is the definition this package commits to (see the math
+    page). With ``reverse_weight=0`` this is :func:`cross_entropy` exactly.
+
+    Example (uniform logits over 4 classes, one-hot target:
+    ``R = -(log(1+eps) + 3 log(eps)) / 4``)::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(round(float(el.mix_ent(np.zeros((1, 4)), np.array([0]))), 4))
+      11.7479
+
+    References: paper 000 of ``shared/papers`` (MIX-ENT, arXiv 2501.13709).
+    """
+    return _evaluate(_prepare_mix_ent(**locals()))
+
+
+def _prepare_mix_ent(logits, target, ce_weight, reverse_weight, ce_base, reverse_base, eps,
+                     **common):
+    eps = check.real_option("eps", eps, low=0.0, low_open=True, what="> 0")
+    params = {
+        "ce_weight": (0, ce_weight, False),
+        "ce_base": (1, ce_base, True),
+        "reverse_weight": (2, reverse_weight, False),
+        "reverse_base": (3, reverse_base, True),
+    }
+    return _prepare(logits, target, params=params, regularizer="reverse", eps=eps, **common)
+
+
+def focal(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    gamma: float = 2.0,
+    base: Any = math.e,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Any:
+    r"""Focal loss over the target distribution.
+
+    .. math:: \ell_i = -\frac{1}{\ln b} \sum_c w_c\, q_c\, (1 - p_c)^\gamma \log p_c
+
+    ``gamma=0`` is :func:`cross_entropy`; ``gamma=1`` is :func:`adaptive_ce`. Other
+    arguments as in :func:`cross_entropy`.
+
+    Example (uniform logits over 4 classes: ``(3/4)^2 ln 4``)::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(round(float(el.focal(np.zeros((1, 4)), np.array([2]), gamma=2.0)), 4))
+      0.7798
+
+    References: Lin et al., "Focal Loss for Dense Object Detection" (2017); generalises
+    paper 001 of ``shared/papers``.
+    """
+    return _evaluate(_prepare_focal(**locals()))
+
+
+def _prepare_focal(logits, target, gamma, base, **common):
+    gamma = check.real_option("gamma", gamma, low=0.0, what=">= 0")
+    return _prepare(logits, target, params={"base": (1, base, True)}, gamma=gamma, **common)
+
+
+def adaptive_ce(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    base: Any = math.e,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> Any:
+    r"""The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.
+
+    .. math:: \ell_i = -\frac{1}{\ln b} \sum_c w_c\, q_c\, (1 - p_c) \log p_c
+
+    which for a class index without smoothing is ``-w_y (1 - p_y) log p_y / ln b``:
+    :func:`focal` with ``gamma=1``. Arguments as in :func:`cross_entropy`.
+
+    Example (uniform logits over 4 classes: ``(3/4) ln 4``)::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(round(float(el.adaptive_ce(np.zeros((1, 4)), np.array([2]))), 4))
+      1.0397
+
+    References: paper 001 of ``shared/papers`` (J. W. Shim, "Enhancing Cross Entropy with
+    a Linearly Adaptive Loss Function for Optimized Classification Performance").
+    """
+    return _evaluate(_prepare_focal(**locals(), gamma=1.0))
+
+
+# --- value_and_grad: the explicit-gradient path on every backend --------------------------
+
+# Each loss and the function that validates its arguments (taking them by keyword).
+_LOSSES = {
+    cross_entropy: _prepare_cross_entropy,
+    min_ent: _prepare_min_ent,
+    mix_ent: _prepare_mix_ent,
+    adaptive_ce: lambda **arguments: _prepare_focal(**arguments, gamma=1.0),
+    focal: _prepare_focal,
+}
+
+
+def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: Any) -> tuple:
+    """The loss and its hand-derived gradients, on any array namespace.
+
+    ``loss_fn`` is one of :func:`cross_entropy`, :func:`min_ent`, :func:`mix_ent`,
+    :func:`adaptive_ce`, :func:`focal`; ``options`` are its keyword arguments. Returns
+    ``(loss, grads)`` where ``grads["logits"]`` has the logits' shape and dtype, and
+    ``grads[name]`` is present for every weight or base passed as a 0-d array. With
+    ``reduction="none"`` the gradients are those of the sum of the per-position losses.
+
+    This is how NumPy and CuPy users train, and the reference that torch autograd and
+    ``jax.grad`` are checked against.
+
+    Example (a gradient step on uniform logits raises the target's logit)::
+
+      >>> import numpy as np, entroloss as el
+      >>> loss, grads = el.value_and_grad(el.cross_entropy, np.zeros((1, 4)), np.array([1]))
+      >>> print(grads["logits"])  # p - onehot(y)
+      [[ 0.25 -0.75  0.25  0.25]]
+    """
+    prepare = _LOSSES.get(loss_fn) if callable(loss_fn) else None
+    if prepare is None:
+        names = ", ".join(f.__name__ for f in _LOSSES)
+        raise TypeError(f"loss_fn must be one of entroloss's losses ({names}), got {loss_fn!r}")
+    arguments = inspect.signature(loss_fn).bind(logits, target, **options)
+    arguments.apply_defaults()
+    p = prepare(**arguments.arguments)
+    from entroloss.backends import explicit
+
+    value, d_logits, d_params = explicit.value_and_grad(
+        p.xp, p.spec, p.logits, p.target, p.weight, p.params
+    )
+    grads = {"logits": d_logits}
+    for name, slot in p.array_params.items():
+        grads[name] = p.xp.astype(d_params[slot], p.params[slot].dtype)
+    return value, grads
+
+
+# --- the primitives ------------------------------------------------------------------------
+
+
+def _logits_in_compute_dtype(x: Any, axis: Any) -> tuple:
+    xp = check.namespace_of_logits(x)
+    axis = check.normalize_axis(axis, x.ndim)
+    return xp, xp.astype(x, _math._compute_dtype(xp, x.dtype)), axis
+
+
+def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
+    r"""Entropy of ``softmax(logits)`` along ``axis``: ``-sum_c p_c log p_c / ln b``.
+
+    Finite for ``-inf`` (masked) logits; differentiable through each framework's own
+    autograd. Lies in ``[0, log_b C]``.
+
+    Example::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(el.entropy(np.array([[0.0, 0.0], [0.0, -np.inf]]), base=2))
+      [1. 0.]
+    """
+    xp, z, axis = _logits_in_compute_dtype(logits, axis)
+    base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True)
+    h = _math.entropy(xp, z, axis)
+    if not isinstance(base, float):
+        base = xp.astype(base, h.dtype)
+    return xp.astype(h / _math._ln(xp, base), logits.dtype)
+
+
+def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
+    """``x - logsumexp(x)`` along ``axis``, stable for large and ``-inf`` entries.
+
+    Example::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(np.exp(el.log_softmax(np.array([0.0, np.log(3.0)]))))
+      [0.25 0.75]
+    """
+    xp, z, axis = _logits_in_compute_dtype(x, axis)
+    return xp.astype(_math.log_softmax(xp, z, axis), x.dtype)
+
+
+def softmax(x: Any, /, *, axis: int = -1) -> Any:
+    """``exp(log_softmax(x))`` along ``axis``.
+
+    Example::
+
+      >>> import numpy as np, entroloss as el
+      >>> print(el.softmax(np.array([0.0, np.log(3.0)])))
+      [0.25 0.75]
+    """
+    xp, z, axis = _logits_in_compute_dtype(x, axis)
+    return xp.astype(_math.softmax(xp, z, axis), x.dtype)

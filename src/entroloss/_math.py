@@ -1,0 +1,344 @@
+"""The loss math, written once against the Python array API standard.
+
+Everything here takes the array namespace ``xp`` as its first argument and uses only
+standard functions on it: no NumPy, torch or JAX calls, no in-place writes, no Python
+loops over samples. The test suite runs this module on ``array_api_strict`` to prove it.
+
+Every loss of the package is one instance of
+
+    l_i = ce_weight * F_gamma / ln(ce_base)  +  s_i * reg_weight * G / ln(reg_base)
+
+where ``F_gamma = -sum_c w_c q_c (1 - p_c)^gamma log p_c`` (gamma = 0 is cross entropy,
+gamma = 1 the linearly adaptive loss), ``G`` is the prediction's entropy ``H`` (MIN-ENT),
+the reverse cross entropy ``R = -sum_c p_c log(q_c + eps)`` (MIX-ENT) or absent, and
+``s_i`` is the class weight of the target class (1 for soft targets).
+
+:func:`forward` returns the reduced loss and the residuals that :func:`backward` needs to
+turn a cotangent of the loss into gradients for the logits and the four scalar
+parameters. The adapters in ``entroloss.backends`` attach that pair to each framework's
+autograd; none of them re-derives anything. ``docs/math.md`` derives every gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Spec", "PARAM_NAMES", "forward", "backward", "log_softmax", "softmax", "entropy"]
+
+# The four scalar parameters every loss is written with, in a fixed order. Each may be a
+# Python float or a 0-d array of the logits' namespace (then it can be learnt).
+PARAM_NAMES = ("ce_weight", "ce_base", "reg_weight", "reg_base")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The static part of one loss evaluation (hashable, so JAX can treat it as static).
+
+    ``axis`` is normalised to a non-negative int. ``regularizer`` is ``None``,
+    ``"entropy"`` or ``"reverse"``. ``soft`` says the target holds a probability vector
+    per position rather than a class index.
+    """
+
+    axis: int
+    soft: bool
+    reduction: str = "mean"
+    gamma: float = 0.0
+    regularizer: str | None = None
+    eps: float = 1e-6
+    label_smoothing: float = 0.0
+    ignore_index: int | None = None
+
+
+# --- primitives -------------------------------------------------------------------------
+
+
+def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
+    """``z - logsumexp(z)`` along ``axis``, shifted by the row maximum for stability."""
+    m = xp.max(z, axis=axis, keepdims=True)
+    # A row of all -inf has no finite maximum; shifting by 0 keeps it -inf instead of NaN.
+    m = xp.where(m == -math.inf, xp.zeros_like(m), m)
+    shifted = z - m
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
+    return xp.exp(log_softmax(xp, z, axis))
+
+
+def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
+    # p log p with the limit 0 at p = 0, so a -inf (masked) logit never leaks 0 * -inf.
+    return p * xp.where(p > 0, log_p, xp.zeros_like(log_p))
+
+
+def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
+    """Entropy of ``softmax(z)`` along ``axis`` in nats (an autograd-friendly composition)."""
+    log_p = log_softmax(xp, z, axis)
+    return -xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=axis)
+
+
+def _compute_dtype(xp: Any, dtype: Any) -> Any:
+    # Half precisions are computed in float32: their exp/log/sums lose too much otherwise.
+    # (no `dtype == None` test: NumPy reads dtype(None) as float64)
+    halves = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
+    if any(dtype == half for half in halves):
+        return xp.float32
+    return dtype
+
+
+def _ln(xp: Any, base: Any) -> Any:
+    return math.log(base) if isinstance(base, (int, float)) else xp.log(base)
+
+
+# --- the target, seen as a distribution q with class weights w ---------------------------
+
+
+class _Target:
+    """The target as class weights ``w`` times a distribution ``q``, per position.
+
+    A class index without label smoothing stays sparse: the one-hot part is gathered, so
+    nothing of the logits' size is built for it. Soft targets and smoothed indices get
+    the dense ``w * q``.
+    """
+
+    def __init__(self, xp: Any, spec: Spec, target: Any, weight: Any, shape: tuple, dtype: Any):
+        self.xp, self.spec = xp, spec
+        self.num_classes = shape[-1]
+        self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
+        self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
+        self.valid = self.index = self.scale = None  # scale: s_i, the target class's weight
+        if spec.soft:
+            self.q = self.keep * xp.astype(target, dtype) + self.smooth
+        else:
+            if spec.ignore_index is not None:
+                self.valid = target != spec.ignore_index
+                target = xp.where(self.valid, target, xp.zeros_like(target))
+            index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
+            self.index = xp.astype(target, index_dtype)[..., None]
+            if weight is not None:
+                self.scale = xp.reshape(xp.take(weight, xp.reshape(self.index, (-1,))), target.shape)
+            self.q = None
+            if self.smooth > 0:
+                hot = xp.full(shape, self.keep + self.smooth, dtype=dtype, device=_device(target))
+                cold = xp.full(shape, self.smooth, dtype=dtype, device=_device(target))
+                self.q = xp.where(self.one_hot(), hot, cold)
+        self.wq = None
+        if self.q is not None:
+            self.wq = self.q if weight is None else weight * self.q
+
+    def gather(self, values: Any) -> Any:
+        """``values[..., y]`` per position (sparse targets only)."""
+        return self.xp.take_along_axis(values, self.index, axis=-1)[..., 0]
+
+    def one_hot(self) -> Any:
+        xp = self.xp
+        classes = xp.arange(self.num_classes, dtype=self.index.dtype, device=_device(self.index))
+        return self.index == classes
+
+    def weighted_sum(self, values: Any) -> Any:
+        """``sum_c w_c q_c values_c`` per position, where ``values`` is either the full
+        array (dense targets) or ``values[..., y]`` (sparse ones, see :attr:`wq`).
+
+        Entries with ``w_c q_c = 0`` contribute exactly 0, even where the value is +inf
+        (a masked class), so no ``0 * inf`` NaN appears.
+        """
+        xp = self.xp
+        if self.wq is None:
+            return values if self.scale is None else self.scale * values
+        safe = xp.where(self.wq > 0, values, xp.zeros_like(values))
+        return xp.sum(self.wq * safe, axis=-1)
+
+    def weighted_dense(self, values: Any, like: Any) -> Any:
+        """The array ``w_c q_c values_c`` with the logits' shape; ``values`` as above and
+        finite."""
+        xp = self.xp
+        if self.wq is not None:
+            return self.wq * values
+        at_target = values if self.scale is None else self.scale * values
+        return xp.where(self.one_hot(), at_target[..., None], xp.zeros_like(like))
+
+    def reverse_log(self, like: Any) -> Any:
+        """``a_c = -log(q_c + eps)`` with the logits' shape (MIX-ENT)."""
+        xp, eps = self.xp, self.spec.eps
+        if self.q is not None:
+            return -xp.log(self.q + eps)
+        on = xp.full_like(like, -math.log(1.0 + eps))
+        off = xp.full_like(like, -math.log(eps))
+        return xp.where(self.one_hot(), on, off)
+
+    def needed(self, per_class: Any) -> Any:
+        """The part of an elementwise input that this target reads: all of it for dense
+        targets, ``[..., y]`` for sparse ones (gathered before any elementwise work)."""
+        return per_class if self.wq is not None else self.gather(per_class)
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+# --- per-position terms ------------------------------------------------------------------
+
+
+def _focal_factor(xp: Any, log_p: Any, gamma: float) -> Any:
+    """``(1 - p)^gamma``, computed from log p so that 1 - p keeps its precision near p = 1."""
+    if gamma == 0:
+        return None
+    one_minus_p = -xp.expm1(log_p)
+    return one_minus_p if gamma == 1 else one_minus_p**gamma
+
+
+def _focal_values(xp: Any, log_p: Any, gamma: float) -> Any:
+    """``f(p) = -(1 - p)^gamma log p`` elementwise."""
+    factor = _focal_factor(xp, log_p, gamma)
+    return -log_p if factor is None else -factor * log_p
+
+
+def _focal_slopes(xp: Any, log_p: Any, gamma: float) -> Any:
+    """``p f'(p) = gamma p (1-p)^(gamma-1) log p - (1-p)^gamma`` elementwise.
+
+    Written as ``gamma * (p log p) * (1-p)^(gamma-1)`` so that it stays finite for
+    gamma < 1 as p -> 1 (its limit there is 0) and at masked classes (p = 0).
+    """
+    if gamma == 0:
+        return -xp.ones_like(log_p)
+    one_minus_p = -xp.expm1(log_p)
+    p = xp.exp(log_p)
+    plogp = _p_log_p(xp, p, log_p)
+    if gamma == 1:
+        tail = plogp
+    else:
+        positive = one_minus_p > 0
+        safe = xp.where(positive, one_minus_p, xp.ones_like(one_minus_p))
+        tail = xp.where(positive, plogp * safe ** (gamma - 1), xp.zeros_like(plogp))
+    return gamma * tail - _focal_factor(xp, log_p, gamma)
+
+
+# --- forward and backward ---------------------------------------------------------------
+
+
+def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
+    return value if isinstance(value, (int, float)) else xp.astype(value, dtype)
+
+
+def forward(
+    xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, params: tuple
+) -> tuple[Any, tuple]:
+    """The reduced loss, in the logits' dtype, and the residuals for :func:`backward`.
+
+    ``params`` holds ``(ce_weight, ce_base, reg_weight, reg_base)``; ``weight`` is the
+    class-weight vector or ``None``. Inputs are assumed validated.
+    """
+    out_dtype = logits.dtype
+    dtype = _compute_dtype(xp, out_dtype)
+    z = xp.astype(logits, dtype)
+    if spec.axis != z.ndim - 1:
+        z = xp.moveaxis(z, spec.axis, -1)
+        if spec.soft:
+            target = xp.moveaxis(target, spec.axis, -1)
+    w = None if weight is None else xp.astype(weight, dtype)
+    cw, cb, rw, rb = (_scalar(xp, v, dtype) for v in params)
+    tgt = _Target(xp, spec, target, w, z.shape, dtype)
+
+    log_p = log_softmax(xp, z)
+    main = _main_term(xp, spec, tgt, log_p)
+    loss = main * (cw / _ln(xp, cb))
+    reg = None
+    if spec.regularizer is not None:
+        reg = _reg_term(xp, spec, tgt, log_p)
+        scaled = reg if tgt.scale is None else tgt.scale * reg
+        loss = loss + scaled * (rw / _ln(xp, rb))
+    if tgt.valid is not None:
+        zero = xp.zeros_like(loss)
+        loss = xp.where(tgt.valid, loss, zero)
+        main = xp.where(tgt.valid, main, zero)
+        reg = None if reg is None else xp.where(tgt.valid, reg, zero)
+
+    denominator = None
+    if spec.reduction == "none":
+        value = loss
+    else:
+        value = xp.sum(loss)
+        if spec.reduction == "mean":
+            denominator = _mean_denominator(xp, tgt, loss)
+            value = _safe_divide(xp, value, denominator)
+    residuals = (log_p, tgt, main, reg, denominator, (cw, cb, rw, rb))
+    return xp.astype(value, out_dtype), residuals
+
+
+def _main_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
+    return tgt.weighted_sum(_focal_values(xp, tgt.needed(log_p), spec.gamma))
+
+
+def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
+    p = xp.exp(log_p)
+    if spec.regularizer == "entropy":
+        return -xp.sum(_p_log_p(xp, p, log_p), axis=-1)
+    return xp.sum(p * tgt.reverse_log(log_p), axis=-1)
+
+
+def _mean_denominator(xp: Any, tgt: _Target, loss: Any) -> Any:
+    # torch's rule: the summed class weight of the counted positions for class indices,
+    # the number of positions for soft targets.
+    if tgt.scale is None and tgt.valid is None:
+        return xp.asarray(math.prod(loss.shape), dtype=loss.dtype, device=_device(loss))
+    ones = xp.ones_like(loss) if tgt.scale is None else tgt.scale
+    if tgt.valid is not None:
+        ones = xp.where(tgt.valid, ones, xp.zeros_like(ones))
+    return xp.sum(ones)
+
+
+def _safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
+    # 0/0 (empty or all-ignored batch) is NaN on every backend, without a float warning.
+    positive = denominator > 0
+    safe = xp.where(positive, denominator, xp.ones_like(denominator))
+    return xp.where(positive, total / safe, xp.full_like(total, math.nan))
+
+
+def backward(
+    xp: Any, spec: Spec, residuals: tuple, cotangent: Any, logits_dtype: Any
+) -> tuple[Any, tuple]:
+    """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``) and for
+    ``(ce_weight, ce_base, reg_weight, reg_base)`` (in the compute dtype; ``None`` where
+    the parameter was a Python float)."""
+    log_p, tgt, main, reg, denominator, (cw, cb, rw, rb) = residuals
+    g = xp.asarray(cotangent, dtype=log_p.dtype, device=_device(log_p))
+    if denominator is not None:
+        g = _safe_divide(xp, g, denominator)
+    g_pos = g if spec.reduction == "none" else xp.broadcast_to(g, main.shape)
+    if tgt.valid is not None:
+        g_pos = xp.where(tgt.valid, g_pos, xp.zeros_like(g_pos))
+
+    ln_cb = _ln(xp, cb)
+    p = xp.exp(log_p)
+    # d(main)/dz = v - p * sum(v), with v = w q p f'(p)
+    v = tgt.weighted_dense(_focal_slopes(xp, tgt.needed(log_p), spec.gamma), log_p)
+    row = (g_pos * (cw / ln_cb))[..., None]
+    dz = row * (v - p * xp.sum(v, axis=-1, keepdims=True))
+
+    d_rw = d_rb = None
+    if reg is not None:
+        ln_rb = _ln(xp, rb)
+        if spec.regularizer == "entropy":  # dH/dz = -p (log p + H)
+            d_reg = -(_p_log_p(xp, p, log_p) + p * reg[..., None])
+        else:  # dR/dz = p (a - R)
+            d_reg = p * (tgt.reverse_log(log_p) - reg[..., None])
+        g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
+        dz = dz + (g_reg * (rw / ln_rb))[..., None] * d_reg
+        # weight/ln(b): d/dweight = 1/ln b; d/db = -weight / (b ln(b)^2)
+        r_sum = xp.sum(g_reg * reg)
+        d_rw = r_sum / ln_rb
+        d_rb = -r_sum * rw / (rb * ln_rb**2)
+    m_sum = xp.sum(g_pos * main)
+    d_cw = m_sum / ln_cb
+    d_cb = -m_sum * cw / (cb * ln_cb**2)
+
+    if spec.axis != dz.ndim - 1:
+        dz = xp.moveaxis(dz, -1, spec.axis)
+    param_grads = tuple(
+        None if isinstance(param, (int, float)) else grad
+        for param, grad in zip((cw, cb, rw, rb), (d_cw, d_cb, d_rw, d_rb))
+    )
+    return xp.astype(dz, logits_dtype), param_grads

@@ -1,0 +1,185 @@
+"""The bad-input rules (DESIGN §5), checked before any loss work.
+
+Shape, dtype and option checks always run. Checks that read the data (class-index range,
+soft-target rows, class-weight and array-parameter values) run when ``validate=True`` and
+the arrays are concrete; under ``jax.jit`` tracing (or for any lazy array) they cannot,
+and are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import array_api_compat as compat
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _library(x: Any) -> str:
+    module = type(x).__module__.split(".")[0]
+    return {"jaxlib": "jax", "array_api_strict": "array_api_strict"}.get(module, module)
+
+
+def namespace_of_logits(logits: Any) -> Any:
+    try:
+        xp = compat.array_namespace(logits)
+    except TypeError:
+        raise TypeError(
+            f"logits must be an array of a library supporting the array API "
+            f"(numpy, cupy, torch, jax, array_api_strict), got {type(logits).__name__}"
+        ) from None
+    if not xp.isdtype(logits.dtype, "real floating"):
+        raise TypeError(f"logits must have a real floating-point dtype, got {logits.dtype}")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (the class axis), got a 0-d array")
+    return xp
+
+
+def same_library(xp: Any, logits: Any, name: str, value: Any) -> None:
+    """``value`` must be an array of the logits' library, on the logits' device."""
+    try:
+        other = compat.array_namespace(value)
+    except TypeError:
+        other = None
+    if other is not xp:
+        raise TypeError(
+            f"{name} must be an array from the same library as logits ({_library(logits)}), "
+            f"got {type(value).__module__}.{type(value).__name__}"
+        )
+    if compat.device(value) != compat.device(logits):
+        raise ValueError(
+            f"{name} is on device {compat.device(value)} but logits are on "
+            f"{compat.device(logits)}; move them to one device"
+        )
+
+
+def normalize_axis(axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} is out of range for logits with {ndim} dimension(s)")
+    return int(axis) % ndim
+
+
+def real_option(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, what: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if math.isnan(value) or too_low or too_high:
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return value
+
+
+def check_reduction(reduction: Any) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_ignore_index(ignore_index: Any) -> int | None:
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    return int(ignore_index)
+
+
+def is_concrete(x: Any) -> bool:
+    """False for arrays whose values cannot be read now (jax tracers, dask arrays)."""
+    return not compat.is_lazy_array(x)
+
+
+def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, data_checks: bool) -> Any:
+    """A weight or base: a real Python number, or a 0-d floating array of the logits'
+    library (then it is differentiable)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number or a 0-d array, got bool")
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if base and not (value > 0 and value != 1 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number > 0 and != 1, got {value}")
+        if not base and not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        return value
+    same_library(xp, logits, name, value)
+    if value.ndim != 0:
+        raise ValueError(f"{name} must be a 0-d array, got shape {tuple(value.shape)}")
+    if not xp.isdtype(value.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating-point dtype, got {value.dtype}")
+    if base and data_checks and is_concrete(value):
+        b = float(value)
+        if not (b > 0 and b != 1 and math.isfinite(b)):
+            raise ValueError(f"{name} must be a finite number > 0 and != 1, got {b}")
+    return value
+
+
+def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_checks: bool) -> Any:
+    if weight is None:
+        return None
+    same_library(xp, logits, "weight", weight)
+    if not xp.isdtype(weight.dtype, "real floating"):
+        raise TypeError(f"weight must have a real floating-point dtype, got {weight.dtype}")
+    if tuple(weight.shape) != (num_classes,):
+        raise ValueError(
+            f"weight must have shape ({num_classes},), one entry per class, got {tuple(weight.shape)}"
+        )
+    if data_checks and is_concrete(weight) and not bool(xp.all(weight >= 0)):
+        raise ValueError("weight must be non-negative (and not NaN)")
+    return weight
+
+
+def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
+    """Check the target's dtype and shape; return True for a soft (probability) target."""
+    same_library(xp, logits, "target", target)
+    if xp.isdtype(target.dtype, "integral"):
+        expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+        if tuple(target.shape) != expected:
+            raise ValueError(
+                f"target of class indices must have shape {expected} (the logits' shape "
+                f"{tuple(logits.shape)} without the class axis {axis}), got {tuple(target.shape)}"
+            )
+        return False
+    if xp.isdtype(target.dtype, "real floating"):
+        if tuple(target.shape) != tuple(logits.shape):
+            raise ValueError(
+                f"soft target (probabilities) must have the logits' shape "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        return True
+    raise TypeError(
+        f"target must hold integer class indices or floating-point probabilities, got {target.dtype}"
+    )
+
+
+def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | None) -> None:
+    if math.prod(target.shape) == 0:
+        return
+    outside = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        outside = outside & (target != ignore_index)
+    if bool(xp.any(outside)):
+        # the largest offending index (every offending value is >= the target's minimum)
+        bad = int(xp.max(xp.where(outside, target, xp.min(target))))
+        allowed = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
+        raise ValueError(f"target holds class index {bad}, outside [0, {num_classes}){allowed}")
+
+
+def soft_rows(xp: Any, target: Any, axis: int) -> None:
+    if math.prod(target.shape) == 0:
+        return
+    if not bool(xp.all(target >= 0)):
+        raise ValueError("soft target must be non-negative (and not NaN)")
+    # Rounding in a float32 softmax over many classes is far below sqrt(machine epsilon).
+    tolerance = math.sqrt(xp.finfo(target.dtype).eps)
+    sums = xp.sum(xp.astype(target, xp.float32 if target.dtype != xp.float64 else xp.float64), axis=axis)
+    worst = float(xp.max(xp.abs(sums - 1)))
+    if not worst <= tolerance:
+        raise ValueError(
+            f"soft target rows must sum to 1 along axis {axis} (within {tolerance:.1e}); "
+            f"the worst row is off by {worst:.3g}"
+        )
