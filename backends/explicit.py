@@ -22,5 +22,7 @@ def value_and_grad(
     value, residuals = _math.forward(xp, spec, logits, target, weight, params)
     # d(sum of the output)/d(inputs): a cotangent of ones (a scalar broadcasts for "none")
     cotangent = xp.ones_like(value) if spec.reduction == "none" else 1.0
-    d_logits, d_params = _math.backward(xp, spec, residuals, cotangent, logits.dtype)
+    d_logits, d_params = _math.backward(
+        xp, spec, residuals, target, weight, params, cotangent, logits.dtype
+    )
     return value, d_logits, d_params

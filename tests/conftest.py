@@ -1,73 +1,37 @@
-"""One fixture over every installed array namespace and device, and ``assert_close``.
+"""One fixture over every array namespace and device, and ``assert_close``.
 
-Test axes follow scikit-learn's array-API tests: namespace x device x dtype, with readable
-ids ("numpy-float64", "torch-cpu-float32", ...) and tolerances derived from the dtype.
-Backends that are not installed, or have no device here, are skipped, never faked.
+Test axes follow scikit-learn's array-API tests: namespace x device (the ``backend``
+fixture, ids "numpy", "torch-cpu", "jax-gpu", ...) x dtype, with tolerances derived from
+the dtype. A backend that is not installed, or has no such device here, is skipped with
+the reason, never faked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+import array_api_compat as compat
 import numpy as np
 import pytest
 
+from entroloss._platforms import ALL, Platform, Unavailable
 
-@dataclass
-class Backend:
-    """One namespace on one device, with conversions from and to NumPy float64."""
+try:  # float64 on JAX for the float64 axis; test_jax.py checks x64 off in a subprocess
+    import jax
 
-    id: str  # the test id: "numpy", "torch-cpu", "jax-gpu", ...
-    module: str  # the library that must import for this backend to run
-    make: Callable = field(repr=False)  # sets xp and device, or skips
-    dtypes: tuple = ("float64", "float32")
-    xp: Any = None
-    device: Any = None
+    jax.config.update("jax_enable_x64", True)
+except ImportError:
+    pass
 
-    def load(self) -> "Backend":
-        pytest.importorskip(self.module)
-        self.make(self)
-        return self
-
-    def dtype(self, name: str) -> Any:
-        return getattr(self.xp, name)
-
-    def asarray(self, a: Any, dtype: str | None = None) -> Any:
-        a = np.asarray(a)
-        if dtype is None:
-            dtype = "float64" if a.dtype.kind == "f" else ("int64" if a.dtype == np.int64 else str(a.dtype))
-        return self.xp.asarray(a, dtype=self.dtype(dtype), device=self.device)
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        if self.module == "torch":
-            return x.detach().to("cpu").double().numpy()
-        if self.module == "cupy":
-            return x.get().astype(np.float64)
-        return np.asarray(x, dtype=np.float64)
+Backend = Platform
 
 
-def _numpy(b: Backend) -> None:
-    import array_api_compat.numpy as xp
-
-    b.xp, b.device = xp, "cpu"
-
-
-def _strict(b: Backend) -> None:
-    import array_api_strict as xp
-
-    b.xp, b.device = xp, xp.Device("CPU_DEVICE")
-
-
-BACKENDS = [
-    Backend("numpy", "numpy", _numpy),
-    Backend("array_api_strict", "array_api_strict", _strict),
-]
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda b: b.id)
-def backend(request) -> Backend:
-    return request.param.load()
+@pytest.fixture(params=ALL, ids=lambda p: p.id)
+def backend(request) -> Platform:
+    try:
+        return request.param.load()
+    except Unavailable as reason:
+        pytest.skip(str(reason))
 
 
 def tolerance(dtype_name: str) -> dict:
@@ -80,18 +44,16 @@ def tolerance(dtype_name: str) -> dict:
     }[dtype_name]
 
 
-def assert_close(actual: Any, expected: Any, backend: Backend, dtype: str, *, scale: float = 1.0, shape=None) -> None:
+def assert_close(actual: Any, expected: Any, backend: Platform, dtype: str, *,
+                 scale: float = 1.0) -> None:
     """Namespace, dtype, shape, device and values (within the dtype's tolerance)."""
-    import array_api_compat as compat
-
     assert compat.array_namespace(actual) is compat.array_namespace(backend.asarray(0.0)), (
         f"result is a {type(actual)}, not an array of {backend.id}"
     )
     assert actual.dtype == backend.dtype(dtype), f"dtype {actual.dtype}, expected {dtype}"
     expected = np.asarray(expected, dtype=np.float64)
-    assert tuple(actual.shape) == (expected.shape if shape is None else shape)
+    assert tuple(actual.shape) == expected.shape
     assert compat.device(actual) == backend.device, f"result on {compat.device(actual)}"
     tol = tolerance(dtype)
-    np.testing.assert_allclose(
-        backend.to_numpy(actual), expected, rtol=tol["rtol"], atol=tol["atol"] * scale, equal_nan=True
-    )
+    np.testing.assert_allclose(backend.to_numpy(actual), expected, rtol=tol["rtol"],
+                               atol=tol["atol"] * scale, equal_nan=True)

@@ -223,24 +223,32 @@ def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
     return value if isinstance(value, (int, float)) else xp.astype(value, dtype)
 
 
+def _setup(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, params: tuple,
+           dtype: Any) -> tuple:
+    """The target seen as ``w * q`` and the four scalars, in the compute dtype."""
+    if spec.soft and spec.axis != len(shape) - 1:
+        target = xp.moveaxis(target, spec.axis, -1)
+    w = None if weight is None else xp.astype(weight, dtype)
+    moved = shape[: spec.axis] + shape[spec.axis + 1:] + (shape[spec.axis],)
+    tgt = _Target(xp, spec, target, w, moved, dtype)
+    return tgt, tuple(_scalar(xp, v, dtype) for v in params)
+
+
 def forward(
     xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, params: tuple
 ) -> tuple[Any, tuple]:
     """The reduced loss, in the logits' dtype, and the residuals for :func:`backward`.
 
     ``params`` holds ``(ce_weight, ce_base, reg_weight, reg_base)``; ``weight`` is the
-    class-weight vector or ``None``. Inputs are assumed validated.
+    class-weight vector or ``None``. Inputs are assumed validated. The residuals are a
+    tuple of arrays (or ``None``), so that any autograd system can store them.
     """
     out_dtype = logits.dtype
     dtype = _compute_dtype(xp, out_dtype)
     z = xp.astype(logits, dtype)
     if spec.axis != z.ndim - 1:
         z = xp.moveaxis(z, spec.axis, -1)
-        if spec.soft:
-            target = xp.moveaxis(target, spec.axis, -1)
-    w = None if weight is None else xp.astype(weight, dtype)
-    cw, cb, rw, rb = (_scalar(xp, v, dtype) for v in params)
-    tgt = _Target(xp, spec, target, w, z.shape, dtype)
+    tgt, (cw, cb, rw, rb) = _setup(xp, spec, tuple(logits.shape), target, weight, params, dtype)
 
     log_p = log_softmax(xp, z)
     main = _main_term(xp, spec, tgt, log_p)
@@ -264,8 +272,7 @@ def forward(
         if spec.reduction == "mean":
             denominator = _mean_denominator(xp, tgt, loss)
             value = _safe_divide(xp, value, denominator)
-    residuals = (log_p, tgt, main, reg, denominator, (cw, cb, rw, rb))
-    return xp.astype(value, out_dtype), residuals
+    return xp.astype(value, out_dtype), (log_p, main, reg, denominator)
 
 
 def _main_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
@@ -298,12 +305,23 @@ def _safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
 
 
 def backward(
-    xp: Any, spec: Spec, residuals: tuple, cotangent: Any, logits_dtype: Any
+    xp: Any,
+    spec: Spec,
+    residuals: tuple,
+    target: Any,
+    weight: Any,
+    params: tuple,
+    cotangent: Any,
+    logits_dtype: Any,
 ) -> tuple[Any, tuple]:
     """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``) and for
     ``(ce_weight, ce_base, reg_weight, reg_base)`` (in the compute dtype; ``None`` where
     the parameter was a Python float)."""
-    log_p, tgt, main, reg, denominator, (cw, cb, rw, rb) = residuals
+    log_p, main, reg, denominator = residuals
+    shape = tuple(log_p.shape)
+    if spec.axis != len(shape) - 1:  # the logits' own layout, for _setup
+        shape = shape[: spec.axis] + shape[-1:] + shape[spec.axis:-1]
+    tgt, (cw, cb, rw, rb) = _setup(xp, spec, shape, target, weight, params, log_p.dtype)
     g = xp.asarray(cotangent, dtype=log_p.dtype, device=_device(log_p))
     if denominator is not None:
         g = _safe_divide(xp, g, denominator)
@@ -335,6 +353,8 @@ def backward(
     d_cw = m_sum / ln_cb
     d_cb = -m_sum * cw / (cb * ln_cb**2)
 
+    if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
+        dz = xp.where(tgt.valid[..., None], dz, xp.zeros_like(dz))
     if spec.axis != dz.ndim - 1:
         dz = xp.moveaxis(dz, -1, spec.axis)
     param_grads = tuple(

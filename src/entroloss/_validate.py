@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 import array_api_compat as compat
@@ -90,7 +91,12 @@ def check_ignore_index(ignore_index: Any) -> int | None:
 
 
 def is_concrete(x: Any) -> bool:
-    """False for arrays whose values cannot be read now (jax tracers, dask arrays)."""
+    """False for arrays whose values cannot be read now: JAX tracers (inside ``jax.jit``,
+    ``jax.grad``, ``jax.vmap``), tensors inside ``torch.compile``, dask arrays."""
+    if compat.is_jax_array(x):
+        return not isinstance(x, sys.modules["jax"].core.Tracer)
+    if compat.is_torch_array(x):
+        return not sys.modules["torch"].compiler.is_compiling()
     return not compat.is_lazy_array(x)
 
 
