@@ -49,7 +49,9 @@ def same_library(xp: Any, logits: Any, name: str, value: Any) -> None:
             f"{name} must be an array from the same library as logits ({_library(logits)}), "
             f"got {type(value).__module__}.{type(value).__name__}"
         )
-    if compat.device(value) != compat.device(logits):
+    devices = compat.device(value), compat.device(logits)
+    # a JAX tracer has no device (None): placement is then JAX's business
+    if None not in devices and devices[0] != devices[1]:
         raise ValueError(
             f"{name} is on device {compat.device(value)} but logits are on "
             f"{compat.device(logits)}; move them to one device"

@@ -1,0 +1,36 @@
+# The two commands of the README. Each sets itself up in .venv on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU builds for the test machines; users pick their own through the extras.
+TEST_FRAMEWORKS := torch==2.13.0 jax optax
+
+.PHONY: demo test verify install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 jax ".[demo,strict]"
+	touch $@
+
+$(VENV)/.deps-test: pyproject.toml $(VENV)/.deps-demo
+	$(BIN)/pip install -q --disable-pip-version-check $(TEST_FRAMEWORKS) ".[test]"
+	touch $@
+
+# The package itself is reinstalled (not editable) every time, so the tests and the demo
+# run what a user's `pip install` gets, with backends/ mapped to entroloss.backends.
+install: $(VENV)/.deps-demo
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --force-reinstall --no-cache-dir .
+
+demo: install
+	$(BIN)/entroloss verify
+
+test: $(VENV)/.deps-test install
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+
+verify: install
+	$(BIN)/entroloss verify
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,83 @@
+"""The package as users get it: installed layout, import hygiene, the command line, and the
+docstring examples."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import entroloss as el
+
+
+def test_tests_run_against_the_installed_package():
+    import entroloss.backends
+
+    package = pathlib.Path(el.__file__).parent
+    assert "site-packages" in package.parts, f"tests import the source tree: {package}"
+    assert pathlib.Path(entroloss.backends.__file__).parent == package / "backends"
+
+
+def test_import_pulls_in_no_framework():
+    code = (
+        "import sys, entroloss, entroloss.backends\n"
+        "import numpy as np\n"
+        "entroloss.min_ent(np.zeros((2, 3)), np.array([0, 1]))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'jax', 'cupy', 'array_api_strict'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_docstring_examples():
+    from entroloss import _api
+
+    result = doctest.testmod(_api, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted >= 15  # every public function has an example
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "entroloss", *args], capture_output=True,
+                          text=True, env=env)
+
+
+def test_verify_passes_and_prints_a_table():
+    out = _cli("verify", "--backend", "numpy")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "numpy" in out.stdout and "0 mismatches" in out.stdout
+    for name in ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"):
+        assert name in out.stdout
+
+
+def test_verify_json():
+    out = _cli("verify", "--backend", "array_api_strict", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["rows"]
+    assert {r["loss"] for r in rows} == {"cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"}
+    assert all(r["ok"] and r["backend"] == "array_api_strict" for r in rows)
+
+
+def test_verify_exits_non_zero_on_a_mismatch(tmp_path):
+    # a sitecustomize that nudges the shared forward by 1e-3 makes every backend wrong
+    (tmp_path / "sitecustomize.py").write_text(
+        "from entroloss import _math\n"
+        "_forward = _math.forward\n"
+        "def forward(*a, **k):\n"
+        "    value, res = _forward(*a, **k)\n"
+        "    return value * 1.001, res\n"
+        "_math.forward = forward\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = _cli("verify", "--backend", "numpy", env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "MISMATCH" in out.stdout
+
+
+def test_unknown_command_is_refused():
+    assert _cli("frobnicate").returncode == 2
