@@ -75,7 +75,7 @@ def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
 def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
     """Entropy of ``softmax(z)`` along ``axis`` in nats (an autograd-friendly composition)."""
     log_p = log_softmax(xp, z, axis)
-    return -xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=axis)
+    return 0.0 - xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=axis)  # +0, not -0
 
 
 def _compute_dtype(xp: Any, dtype: Any) -> Any:
@@ -282,7 +282,7 @@ def _main_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
 def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
     p = xp.exp(log_p)
     if spec.regularizer == "entropy":
-        return -xp.sum(_p_log_p(xp, p, log_p), axis=-1)
+        return 0.0 - xp.sum(_p_log_p(xp, p, log_p), axis=-1)
     return xp.sum(p * tgt.reverse_log(log_p), axis=-1)
 
 
