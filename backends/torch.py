@@ -47,3 +47,86 @@ class _Loss(torch.autograd.Function):
 
 def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any, params: tuple) -> Any:
     return _Loss.apply(spec, logits, target, weight, *params)
+
+
+# --- nn.Module conveniences ----------------------------------------------------------------
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
+
+
+class _LossModule(torch.nn.Module):
+    """A loss as an ``nn.Module``. Options are the function's keyword arguments.
+
+    With ``learnable=True`` every weight and base of the loss becomes an ``nn.Parameter``
+    under a parametrisation that keeps it valid: ``weight = softplus(raw)`` (> 0) and
+    ``base = 1 + softplus(raw)`` (> 1). The current values are :meth:`scalars`.
+    """
+
+    _function = None  # the entroloss loss
+    _scalars: dict = {}  # name -> default, for the weights and bases the loss takes
+
+    def __init__(self, *, learnable: bool = False, weight: torch.Tensor | None = None, **options):
+        super().__init__()
+        import entroloss
+
+        self._fn = getattr(entroloss, self._function)
+        values = {name: options.pop(name, default) for name, default in self._scalars.items()}
+        self.options = options
+        self.learnable = learnable
+        self.register_buffer("weight", weight)
+        if learnable:
+            for name, value in values.items():
+                floor = 1.0 if name.endswith("base") else 0.0
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= floor:
+                    raise ValueError(
+                        f"{name} must be a number > {floor:g} to be learnt (base = 1 + softplus(raw), "
+                        f"weight = softplus(raw)), got {value!r}"
+                    )
+                raw = torch.tensor(_inverse_softplus(float(value) - floor))
+                self.register_parameter(f"raw_{name}", torch.nn.Parameter(raw))
+        else:
+            self.fixed = values
+
+    def scalars(self) -> dict:
+        """The weights and bases as they enter the loss now."""
+        if not self.learnable:
+            return dict(self.fixed)
+        out = {}
+        for name in self._scalars:
+            value = torch.nn.functional.softplus(getattr(self, f"raw_{name}"))
+            out[name] = 1.0 + value if name.endswith("base") else value
+        return out
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        scalars = self.scalars()
+        if self.learnable:
+            scalars = {k: v.to(logits.device) for k, v in scalars.items()}
+        return self._fn(logits, target, weight=self.weight, **scalars, **self.options)
+
+    def extra_repr(self) -> str:
+        shown = {k: (round(float(v), 4)) for k, v in self.scalars().items()}
+        return ", ".join(f"{k}={v}" for k, v in {**shown, **self.options}.items())
+
+
+class CrossEntropyLoss(_LossModule):
+    _function, _scalars = "cross_entropy", {"base": math.e}
+
+
+class MinEntLoss(_LossModule):
+    _function = "min_ent"
+    _scalars = {"ce_weight": 1.0, "entropy_weight": 1.0, "ce_base": math.e, "entropy_base": math.e}
+
+
+class MixEntLoss(_LossModule):
+    _function = "mix_ent"
+    _scalars = {"ce_weight": 1.0, "reverse_weight": 1.0, "ce_base": math.e, "reverse_base": math.e}
+
+
+class AdaptiveCELoss(_LossModule):
+    _function, _scalars = "adaptive_ce", {"base": math.e}
+
+
+class FocalLoss(_LossModule):
+    _function, _scalars = "focal", {"base": math.e}

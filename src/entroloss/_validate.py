@@ -102,6 +102,12 @@ def is_concrete(x: Any) -> bool:
     return not compat.is_lazy_array(x)
 
 
+def _fails(condition: Any) -> bool:
+    """True where a 0-d boolean check is readable and false. Inside ``jax.jit`` even
+    operations on concrete arrays are staged, so the result is tested, not the inputs."""
+    return is_concrete(condition) and not bool(condition)
+
+
 def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, data_checks: bool) -> Any:
     """A weight or base: a real Python number, or a 0-d floating array of the logits'
     library (then it is differentiable)."""
@@ -120,9 +126,8 @@ def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, dat
     if not xp.isdtype(value.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating-point dtype, got {value.dtype}")
     if base and data_checks and is_concrete(value):
-        b = float(value)
-        if not (b > 0 and b != 1 and math.isfinite(b)):
-            raise ValueError(f"{name} must be a finite number > 0 and != 1, got {b}")
+        if _fails((value > 0) & (value != 1) & xp.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number > 0 and != 1, got {value!r}")
     return value
 
 
@@ -136,7 +141,7 @@ def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_check
         raise ValueError(
             f"weight must have shape ({num_classes},), one entry per class, got {tuple(weight.shape)}"
         )
-    if data_checks and is_concrete(weight) and not bool(xp.all(weight >= 0)):
+    if data_checks and is_concrete(weight) and _fails(xp.all(weight >= 0)):
         raise ValueError("weight must be non-negative (and not NaN)")
     return weight
 
@@ -170,7 +175,7 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
     outside = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         outside = outside & (target != ignore_index)
-    if bool(xp.any(outside)):
+    if _fails(~xp.any(outside)):
         # the largest offending index (every offending value is >= the target's minimum)
         bad = int(xp.max(xp.where(outside, target, xp.min(target))))
         allowed = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
@@ -180,14 +185,14 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
 def soft_rows(xp: Any, target: Any, axis: int) -> None:
     if math.prod(target.shape) == 0:
         return
-    if not bool(xp.all(target >= 0)):
+    if _fails(xp.all(target >= 0)):
         raise ValueError("soft target must be non-negative (and not NaN)")
     # Rounding in a float32 softmax over many classes is far below sqrt(machine epsilon).
     tolerance = math.sqrt(xp.finfo(target.dtype).eps)
     sums = xp.sum(xp.astype(target, xp.float32 if target.dtype != xp.float64 else xp.float64), axis=axis)
-    worst = float(xp.max(xp.abs(sums - 1)))
-    if not worst <= tolerance:
+    worst = xp.max(xp.abs(sums - 1))
+    if _fails(worst <= tolerance):
         raise ValueError(
             f"soft target rows must sum to 1 along axis {axis} (within {tolerance:.1e}); "
-            f"the worst row is off by {worst:.3g}"
+            f"the worst row is off by {float(worst):.3g}"
         )

@@ -1,0 +1,194 @@
+"""torch: autograd through the shared backward, agreement with F.cross_entropy,
+gradcheck, int32 labels, autocast, torch.compile, double backward, the nn.Modules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import entroloss as el
+from cases import GRID_ARGS, GRID_IDS, SCALARS, draw, on_backend
+from entroloss._platforms import ALL, Unavailable
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+LOSSES = ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"]
+
+
+@pytest.fixture(params=[p for p in ALL if p.library == "torch"], ids=lambda p: p.id)
+def tb(request):
+    try:
+        return request.param.load()
+    except Unavailable as reason:
+        pytest.skip(str(reason))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)
+def test_autograd_equals_value_and_grad(tb, args, dtype):
+    case = draw(*args)
+    fn = getattr(el, case.loss)
+    logits, target, options = on_backend(case, tb, dtype)
+    tensors = {name: torch.tensor(options.pop(name, 1.7 if name.endswith("base") else 0.6),
+                                  dtype=getattr(torch, dtype), device=tb.device, requires_grad=True)
+               for name in SCALARS[case.loss]}
+    value, grads = el.value_and_grad(fn, logits, target, **options, **tensors)
+    z = logits.clone().requires_grad_(True)
+    out = fn(z, target, **options, **tensors)
+    assert out.dtype == z.dtype and out.device == z.device
+    torch.testing.assert_close(out, value, rtol=1e-12 if dtype == "float64" else 1e-6, atol=0)
+    out.sum().backward()
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad, grads["logits"], **tol)
+    for name, tensor in tensors.items():
+        torch.testing.assert_close(tensor.grad, grads[name], **tol)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("target_kind", ["index", "soft", "ignore"])
+def test_gradcheck(loss, target_kind):
+    case = draw(loss, target_kind, "mean", "gradcheck")
+    fn = getattr(el, loss)
+    z = torch.tensor(case.logits, requires_grad=True)
+    target = torch.as_tensor(case.target)
+    options = dict(case.options)
+    if "weight" in options:
+        options["weight"] = torch.as_tensor(options["weight"])
+    names = SCALARS[loss]
+    scalars = [torch.tensor(options.pop(n, 2.5 if n.endswith("base") else 0.8),
+                            dtype=torch.float64, requires_grad=True) for n in names]
+
+    def f(z, *values):
+        return fn(z, target, **options, **dict(zip(names, values)))
+
+    assert torch.autograd.gradcheck(f, (z, *scalars), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_double_backward_raises_a_clear_error():
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(el.min_ent(z, torch.tensor([0, 1, 2, 0])), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", ["index", "soft", "ignore", "kdim", "weighted-smooth",
+                                  "weighted-smooth-ignore", "soft-weighted-smooth"])
+def test_equals_torch_cross_entropy(tb, kind, reduction, dtype):
+    rng = np.random.default_rng(abs(hash((kind, reduction))) % 2**32)
+    dt = getattr(torch, dtype)
+    shape = (6, 5, 3, 2) if kind == "kdim" else (9, 5)
+    z = torch.tensor(rng.normal(scale=2, size=shape), dtype=dt, device=tb.device)
+    target_shape = (shape[0],) + shape[2:]
+    y = torch.tensor(rng.integers(0, 5, size=target_shape), device=tb.device)
+    ours, theirs = {"reduction": reduction}, {"reduction": reduction}
+    if kind.startswith("soft"):
+        y = torch.softmax(torch.tensor(rng.normal(size=shape), dtype=dt, device=tb.device), dim=1)
+    if "weighted" in kind:
+        w = torch.tensor(rng.uniform(0.2, 2, 5), dtype=dt, device=tb.device)
+        ours["weight"] = theirs["weight"] = w
+    if "smooth" in kind:
+        ours["label_smoothing"] = theirs["label_smoothing"] = 0.15
+    if "ignore" in kind:
+        y[::3] = 3
+        ours["ignore_index"] = theirs["ignore_index"] = 3
+    expected = F.cross_entropy(z, y, **theirs)
+    actual = el.cross_entropy(z, y, axis=1, **ours)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(actual, expected, **tol)
+
+
+def test_int32_and_int64_labels_agree():
+    z = torch.randn(7, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 3, 2, 1])
+    for loss in LOSSES:
+        fn = getattr(el, loss)
+        torch.testing.assert_close(fn(z, y.to(torch.int32), ignore_index=2), fn(z, y, ignore_index=2))
+
+
+def test_autocast_bfloat16_logits_are_computed_in_float32():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 10)
+    x, y = torch.randn(32, 16), torch.randint(0, 10, (32,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(x)
+        assert logits.dtype == torch.bfloat16
+        loss = el.min_ent(logits, y, entropy_weight=0.1)
+    assert loss.dtype == torch.bfloat16
+    reference = el.min_ent(logits.float(), y, entropy_weight=0.1)
+    torch.testing.assert_close(loss.float(), reference, rtol=1e-2, atol=1e-2)
+    loss.backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    z = torch.randn(16, 7, dtype=torch.float32, requires_grad=True)
+    y = torch.randint(0, 7, (16,))
+    base = torch.tensor(2.0, requires_grad=True)
+
+    def step(z, y, base):
+        return el.min_ent(z, y, entropy_weight=0.3, entropy_base=base, label_smoothing=0.1)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(z, y, base)
+    got.backward()
+    grad_z, grad_b = z.grad.clone(), base.grad.clone()
+    z.grad = base.grad = None
+    want = step(z, y, base)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad_z, z.grad)
+    torch.testing.assert_close(grad_b, base.grad)
+
+
+def test_modules_match_the_functions():
+    z = torch.randn(8, 5, dtype=torch.float64)
+    y = torch.randint(0, 5, (8,))
+    w = torch.rand(5, dtype=torch.float64) + 0.5
+    from entroloss.backends import torch as tmod
+
+    pairs = [
+        (tmod.CrossEntropyLoss(weight=w, label_smoothing=0.1), el.cross_entropy(z, y, weight=w, label_smoothing=0.1)),
+        (tmod.MinEntLoss(entropy_weight=0.2), el.min_ent(z, y, entropy_weight=0.2)),
+        (tmod.MixEntLoss(reverse_weight=0.05, eps=1e-4), el.mix_ent(z, y, reverse_weight=0.05, eps=1e-4)),
+        (tmod.AdaptiveCELoss(reduction="sum"), el.adaptive_ce(z, y, reduction="sum")),
+        (tmod.FocalLoss(gamma=0.5), el.focal(z, y, gamma=0.5)),
+    ]
+    for module, expected in pairs:
+        torch.testing.assert_close(module(z, y), expected)
+
+
+def test_learnable_module_keeps_bases_above_one_and_learns():
+    from entroloss.backends import torch as tmod
+
+    loss_fn = tmod.MinEntLoss(learnable=True, entropy_weight=0.5, entropy_base=2.0)
+    scalars = loss_fn.scalars()
+    assert math.isclose(float(scalars["entropy_base"]), 2.0, rel_tol=1e-6)
+    assert math.isclose(float(scalars["entropy_weight"]), 0.5, rel_tol=1e-6)
+    params = dict(loss_fn.named_parameters())
+    assert set(params) == {"raw_ce_weight", "raw_entropy_weight", "raw_ce_base", "raw_entropy_base"}
+    opt = torch.optim.SGD(loss_fn.parameters(), lr=5.0)
+    z, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    before = float(loss_fn(z, y))
+    for _ in range(50):
+        opt.zero_grad()
+        loss_fn(z, y).backward()
+        opt.step()
+    after = loss_fn.scalars()
+    assert float(loss_fn(z, y)) < before
+    assert all(float(after[n]) > 1 for n in ("ce_base", "entropy_base"))
+    assert all(float(after[n]) > 0 for n in ("ce_weight", "entropy_weight"))
+    with pytest.raises(ValueError, match="entropy_base"):
+        tmod.MinEntLoss(learnable=True, entropy_base=0.5)
+
+
+def test_cuda_and_cpu_tensors_are_not_mixed():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    z = torch.randn(4, 3, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        el.cross_entropy(z, torch.tensor([0, 1, 2, 0]))
