@@ -139,3 +139,17 @@ def test_focal_below_one_stays_finite_as_p_goes_to_one(backend):
             g = _np(backend, grads["logits"])
             assert np.all(np.isfinite(g)), (gap, gamma, g)
             assert np.all(np.abs(g) <= 2)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_unchecked_out_of_range_index_is_nan_not_wrong(backend, loss, smoothing):
+    """validate=False skips the data checks; a bad index then gives NaN, never a number."""
+    logits = backend.asarray(np.zeros((3, 4)))
+    target = backend.asarray(np.array([1, 9, -3]))
+    out = _np(backend, loss(logits, target, validate=False, reduction="none",
+                            label_smoothing=smoothing, ignore_index=-3))
+    assert np.isfinite(out[0]) and np.isnan(out[1]) and out[2] == 0
+    _, grads = el.value_and_grad(loss, logits, target, validate=False, ignore_index=-3,
+                                 reduction="sum", label_smoothing=smoothing)
+    g = _np(backend, grads["logits"])
+    assert np.all(np.isfinite(g[0])) and np.all(np.isnan(g[1])) and np.all(g[2] == 0)

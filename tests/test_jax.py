@@ -77,8 +77,12 @@ def test_data_checks_are_skipped_under_jit(jb):
     with pytest.raises(ValueError, match="class index 5"):
         el.cross_entropy(z, y)  # eager: checked
     # traced: the values cannot be read; the documented result is NaN for that position
-    out = jax.jit(lambda z, y: el.cross_entropy(z, y, reduction="none"))(z, y)
-    assert np.isfinite(out[0]) and np.isnan(out[1])
+    for options in ({}, {"label_smoothing": 0.1}, {"weight": jb.asarray(np.ones(3))}):
+        out = jax.jit(lambda z, y: el.cross_entropy(z, y, reduction="none", **options))(z, y)
+        assert np.isfinite(out[0]) and np.isnan(out[1])
+        assert np.isnan(jax.jit(lambda z, y: el.min_ent(z, y, **options))(z, y))
+        grad = jax.jit(jax.grad(lambda z: el.mix_ent(z, y, reduction="sum", **options)))(z)
+        assert np.all(np.isfinite(grad[0])) and np.all(np.isnan(grad[1]))
     with pytest.raises(ValueError, match="target"):  # shape checks still run under jit
         jax.jit(el.cross_entropy)(z, jb.asarray(np.array([0, 1, 2])))
 

@@ -107,13 +107,20 @@ class _Target:
         self.num_classes = shape[-1]
         self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
         self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
-        self.valid = self.index = self.scale = None  # scale: s_i, the target class's weight
+        # scale: s_i, the target class's weight
+        self.valid = self.invalid = self.index = self.scale = None
         if spec.soft:
             self.q = self.keep * xp.astype(target, dtype) + self.smooth
         else:
             if spec.ignore_index is not None:
                 self.valid = target != spec.ignore_index
-                target = xp.where(self.valid, target, xp.zeros_like(target))
+            # Out-of-range indices are refused by validation when the data can be read;
+            # where it cannot (jax.jit, validate=False) their positions become NaN.
+            self.invalid = (target < 0) | (target >= self.num_classes)
+            if self.valid is not None:
+                self.invalid = self.invalid & self.valid
+            usable = ~self.invalid if self.valid is None else self.valid & ~self.invalid
+            target = xp.where(usable, target, xp.zeros_like(target))
             index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
             self.index = xp.astype(target, index_dtype)[..., None]
             if weight is not None:
@@ -264,6 +271,9 @@ def forward(
         main = xp.where(tgt.valid, main, zero)
         reg = None if reg is None else xp.where(tgt.valid, reg, zero)
 
+    if tgt.invalid is not None:
+        loss = xp.where(tgt.invalid, xp.full_like(loss, math.nan), loss)
+
     denominator = None
     if spec.reduction == "none":
         value = loss
@@ -355,6 +365,8 @@ def backward(
 
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, xp.zeros_like(dz))
+    if tgt.invalid is not None:
+        dz = xp.where(tgt.invalid[..., None], xp.full_like(dz, math.nan), dz)
     if spec.axis != dz.ndim - 1:
         dz = xp.moveaxis(dz, -1, spec.axis)
     param_grads = tuple(

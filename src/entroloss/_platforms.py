@@ -100,11 +100,12 @@ def _jax(p: Platform) -> None:
 
 
 def _cupy(p: Platform) -> None:
+    import array_api_compat.cupy as xp
     import cupy
 
     if not cupy.cuda.is_available():
         raise Unavailable("cupy has no CUDA device here")
-    p.xp, p.device = cupy, cupy.cuda.Device(0)
+    p.xp, p.device = xp, cupy.cuda.Device(0)
     p.sync = lambda: cupy.cuda.Device(0).synchronize()
 
 
