@@ -11,9 +11,11 @@ from cases import GRID_ARGS, GRID_IDS, draw, on_backend, rounded
 from conftest import assert_close
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)
 def test_value_matches_reference(backend, args, dtype):
+    if dtype not in backend.dtypes:
+        pytest.skip(f"{backend.id} has no {dtype}")
     case = draw(*args)
     logits, target, options = on_backend(case, backend, dtype)
     actual = getattr(el, case.loss)(logits, target, **options)

@@ -95,7 +95,7 @@ def _jax(p: Platform) -> None:
     except RuntimeError:
         raise Unavailable(f"jax has no {kind} device here") from None
     if not jax.config.jax_enable_x64:
-        p.dtypes = ("float32", "bfloat16")
+        p.dtypes = tuple(d for d in p.dtypes if d != "float64")
     p.xp = xp
 
 
@@ -112,10 +112,10 @@ def _cupy(p: Platform) -> None:
 ALL = [
     Platform("numpy", "numpy", "cpu", _numpy, ("float64", "float32", "float16")),
     Platform("array_api_strict", "array_api_strict", "cpu", _strict),
-    Platform("torch-cpu", "torch", "cpu", _torch, ("float64", "float32", "bfloat16")),
+    Platform("torch-cpu", "torch", "cpu", _torch, ("float64", "float32", "float16", "bfloat16")),
     Platform("torch-cuda", "torch", "gpu", _torch, ("float64", "float32", "bfloat16", "float16")),
-    Platform("jax-cpu", "jax", "cpu", _jax, ("float64", "float32", "bfloat16")),
-    Platform("jax-gpu", "jax", "gpu", _jax, ("float64", "float32", "bfloat16")),
+    Platform("jax-cpu", "jax", "cpu", _jax, ("float64", "float32", "float16", "bfloat16")),
+    Platform("jax-gpu", "jax", "gpu", _jax, ("float64", "float32", "float16", "bfloat16")),
     Platform("cupy", "cupy", "gpu", _cupy, ("float64", "float32", "float16")),
 ]
 
