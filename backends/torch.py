@@ -2,8 +2,8 @@
 
 The forward and backward are ``entroloss._math``'s, run on torch tensors through
 array-api-compat's torch namespace. Gradients reach the logits and every weight or base
-passed as a tensor. The backward is marked once-differentiable: asking for a second
-derivative raises torch's clear error rather than returning a wrong zero.
+passed as a tensor. Second derivatives are not supported: a backward asked to build a
+graph (``create_graph=True``) raises, rather than silently dropping a term.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 
 import array_api_compat.torch as xp
 import torch
-from torch.autograd.function import once_differentiable
 
 from entroloss import _math
 
@@ -31,8 +30,13 @@ class _Loss(torch.autograd.Function):
         return value
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative was asked for
+            raise RuntimeError(
+                "entroloss losses are differentiable once on torch: the backward is the "
+                "shared hand-derived one, which is not itself differentiated "
+                "(create_graph=True / double backward is not supported)"
+            )
         target, weight, log_p, main, reg, denominator, *tensor_params = ctx.saved_tensors
         params = tuple(f if t is None else t for f, t in zip(ctx.floats, tensor_params))
         with torch.autocast(log_p.device.type, enabled=False):
@@ -46,7 +50,21 @@ class _Loss(torch.autograd.Function):
 
 
 def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any, params: tuple) -> Any:
+    for name, tensor in (("target", target), ("weight", weight)):
+        if tensor is not None and tensor.requires_grad:
+            raise ValueError(
+                f"{name} requires grad, but entroloss differentiates only the logits and the "
+                f"weights and bases; pass {name}.detach()"
+            )
     return _Loss.apply(spec, logits, target, weight, *params)
+
+
+def value_and_grad(*args: Any) -> tuple:
+    """The explicit path, kept off torch's autograd graph."""
+    from . import explicit
+
+    with torch.no_grad():
+        return explicit.value_and_grad(*args)
 
 
 # --- nn.Module conveniences ----------------------------------------------------------------

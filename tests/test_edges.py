@@ -153,3 +153,12 @@ def test_unchecked_out_of_range_index_is_nan_not_wrong(backend, loss, smoothing)
                                  reduction="sum", label_smoothing=smoothing)
     g = _np(backend, grads["logits"])
     assert np.all(np.isfinite(g[0])) and np.all(np.isnan(g[1])) and np.all(g[2] == 0)
+
+
+def test_a_row_with_every_class_masked(backend, loss):
+    """The target necessarily has mass on a masked class: +inf, never NaN."""
+    z = np.array([[-np.inf, -np.inf, -np.inf], [0.0, 1.0, 2.0]])
+    out = _np(backend, loss(backend.asarray(z), backend.asarray(np.array([0, 1])), reduction="none"))
+    assert out[0] == np.inf and np.isfinite(out[1])
+    assert np.all(_np(backend, el.log_softmax(backend.asarray(z)))[0] == -np.inf)
+    assert _np(backend, el.entropy(backend.asarray(z)))[0] == 0

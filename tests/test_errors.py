@@ -155,13 +155,14 @@ def test_base_and_weight_types(backend, ok):
            base=backend.asarray(np.array(2, dtype=np.int64)))
 
 
-@pytest.mark.parametrize("value", [0.0, -1e-6, math.nan])
+@pytest.mark.parametrize("value", [0.0, -1e-6, math.nan, math.inf])
 def test_bad_eps(ok, value):
     raises(ValueError, "eps", el.mix_ent, ok[0], ok[1], eps=value)
 
 
-def test_negative_gamma(ok):
-    raises(ValueError, "gamma", el.focal, ok[0], ok[1], gamma=-0.5)
+@pytest.mark.parametrize("value", [-0.5, math.inf, math.nan])
+def test_bad_gamma(ok, value):
+    raises(ValueError, "gamma", el.focal, ok[0], ok[1], gamma=value)
 
 
 @pytest.mark.parametrize("axis", [2, -3, 7])

@@ -368,9 +368,8 @@ def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: An
     p = prepare(**arguments.arguments)
     from entroloss.backends import explicit
 
-    value, d_logits, d_params = explicit.value_and_grad(
-        p.xp, p.spec, p.logits, p.target, p.weight, p.params
-    )
+    run = getattr(_adapter(p.logits), "value_and_grad", explicit.value_and_grad)
+    value, d_logits, d_params = run(p.xp, p.spec, p.logits, p.target, p.weight, p.params)
     grads = {"logits": d_logits}
     for name, slot in p.array_params.items():
         grads[name] = p.xp.astype(d_params[slot], p.params[slot].dtype)

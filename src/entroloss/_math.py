@@ -55,12 +55,16 @@ class Spec:
 
 
 def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
-    """``z - logsumexp(z)`` along ``axis``, shifted by the row maximum for stability."""
+    """``z - logsumexp(z)`` along ``axis``, shifted by the row maximum for stability.
+
+    A row whose logits are all -inf has no probability anywhere: its log p is -inf
+    throughout (so a loss on it is +inf, not NaN). NaN and +inf still give NaN.
+    """
     m = xp.max(z, axis=axis, keepdims=True)
-    # A row of all -inf has no finite maximum; shifting by 0 keeps it -inf instead of NaN.
     m = xp.where(m == -math.inf, xp.zeros_like(m), m)
     shifted = z - m
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    total = xp.sum(xp.exp(shifted), axis=axis, keepdims=True)
+    return shifted - xp.log(xp.where(total == 0, xp.ones_like(total), total))
 
 
 def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
