@@ -24,7 +24,7 @@ install: $(VENV)/.deps-demo
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --force-reinstall --no-cache-dir .
 
 demo: install
-	$(BIN)/entroloss verify
+	$(BIN)/entroloss demo
 
 test: $(VENV)/.deps-test install
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider

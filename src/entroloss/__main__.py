@@ -1,4 +1,4 @@
-"""The command line: ``entroloss verify`` (and ``python -m entroloss``)."""
+"""The command line: ``entroloss verify | demo`` (also ``python -m entroloss``)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,26 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--backend", choices=LIBRARIES, help="only this library")
     verify.add_argument("--device", choices=("cpu", "cuda", "gpu"), help="only this device kind")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+    demo = commands.add_parser(
+        "demo",
+        help="train a small classifier on scikit-learn's digits with each loss and compare "
+        "accuracy, NLL, calibration and confidence",
+    )
+    demo.add_argument("--backend", choices=LIBRARIES, default="numpy")
+    demo.add_argument("--device", choices=("cpu", "cuda", "gpu"))
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--loss", action="append", help="only this loss (repeatable)")
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.command == "verify":
         from . import _verify
 
         return _verify.main(args)
+    if args.command == "demo":
+        from . import _demo
+
+        return _demo.main(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 

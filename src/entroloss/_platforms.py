@@ -47,6 +47,8 @@ class Platform:
         if self.library == "jax":  # jax builds on its default device, then moves
             import jax
 
+            if dtype == "int64" and not jax.config.jax_enable_x64:
+                dtype = "int32"  # what JAX would truncate to, without its warning
             return jax.device_put(self.xp.asarray(a, dtype=self.dtype(dtype)), self.device)
         return self.xp.asarray(a, dtype=self.dtype(dtype), device=self.device)
 
