@@ -17,6 +17,21 @@ import torch
 from entroloss import _math
 
 
+def _logsumexp_last(xp_: Any, z: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(z, dim=-1, keepdim=True)
+
+
+def _softmax_affine(xp_: Any, log_p: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor,
+                    beta: torch.Tensor) -> torch.Tensor:
+    # the same result as _math._softmax_affine, built in place on a fresh tensor
+    out = torch.exp(log_p).mul_(alpha.unsqueeze(-1))
+    return out.scatter_add_(-1, index, beta.unsqueeze(-1).to(out.dtype))
+
+
+# torch's fused kernels for two of _math's primitives (see _math.NATIVE)
+_math.NATIVE[xp.__name__] = {"logsumexp_last": _logsumexp_last, "softmax_affine": _softmax_affine}
+
+
 class _Loss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, logits, target, weight, cw, cb, rw, rb):

@@ -1,4 +1,4 @@
-"""The command line: ``entroloss verify | demo`` (also ``python -m entroloss``)."""
+"""The command line: ``entroloss verify | bench | demo`` (also ``python -m entroloss``)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--loss", action="append", help="only this loss (repeatable)")
     demo.add_argument("--json", action="store_true", help="machine-readable output")
+    bench = commands.add_parser(
+        "bench",
+        help="forward and forward+backward time (and torch CPU peak memory) of each loss on "
+        "each backend, as a ratio to that framework's native cross entropy",
+    )
+    bench.add_argument("--backend", choices=LIBRARIES)
+    bench.add_argument("--device", choices=("cpu", "cuda", "gpu"))
+    bench.add_argument("--shape", action="append", help="NxC, repeatable (default: a grid)")
+    bench.add_argument("--dtype", action="append", choices=("float32", "bfloat16", "float16"))
+    bench.add_argument("--repeats", type=int, default=15)
+    bench.add_argument("--quick", action="store_true", help="two small shapes only")
+    bench.add_argument("--compiled", action="store_true",
+                       help="also time torch.compile'd losses (slow to compile on CPU)")
+    bench.add_argument("--memory", action="store_true", help="also measure torch CPU peak memory")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from . import _bench
+
+        return _bench.main(args)
     if args.command == "verify":
         from . import _verify
 

@@ -80,11 +80,12 @@ def _prepare(
         slots[slot] = value
         if not isinstance(value, float):
             array_params[name] = slot
+    indices_checked = False
     if validate and check.is_concrete(target):
         if soft:
             check.soft_rows(xp, target, axis)
         else:
-            check.class_indices(xp, target, num_classes, ignore_index)
+            indices_checked = check.class_indices(xp, target, num_classes, ignore_index)
     spec = _math.Spec(
         axis=axis,
         soft=soft,
@@ -94,6 +95,7 @@ def _prepare(
         eps=eps,
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
+        indices_checked=indices_checked,
     )
     return _Prepared(xp, spec, logits, target, weight, tuple(slots), array_params)
 

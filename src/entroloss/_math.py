@@ -49,22 +49,57 @@ class Spec:
     eps: float = 1e-6
     label_smoothing: float = 0.0
     ignore_index: int | None = None
+    indices_checked: bool = False  # validation read the class indices: all in range
 
 
 # --- primitives -------------------------------------------------------------------------
+
+
+# --- primitives, with native kernels where a framework has them ---------------------------
+#
+# Like scipy.special, the few primitives below have one array-API definition here, and an
+# adapter may register a native kernel for its namespace (``NATIVE[xp.__name__][name]``) that
+# computes the same thing faster; see backends/torch.py. The loss definitions never
+# change with the backend.
+NATIVE: dict = {}
+
+
+def _primitive(xp: Any, name: str, generic: Any) -> Any:
+    # keyed by the namespace's name: torch.compile can trace a str lookup, not a module one
+    table = NATIVE.get(xp.__name__)
+    return generic if table is None else table.get(name, generic)
+
+
+def _logsumexp_last(xp: Any, z: Any) -> Any:
+    m = xp.max(z, axis=-1, keepdims=True)
+    m = xp.where(m == -math.inf, xp.zeros_like(m), m)
+    total = xp.sum(xp.exp(z - m), axis=-1, keepdims=True)
+    return m + xp.log(xp.where(total == 0, xp.ones_like(total), total))
+
+
+def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> Any:
+    """``exp(log_p) * alpha[..., None] + onehot(index) * beta[..., None]``: the gradient
+    of every loss with a class-index target. A native kernel may build it in place."""
+    hot = index == xp.arange(log_p.shape[-1], dtype=index.dtype, device=_device(index))
+    scaled = xp.exp(log_p) * alpha[..., None]
+    return xp.where(hot, scaled + beta[..., None], scaled)
 
 
 def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
     """``z - logsumexp(z)`` along ``axis``, shifted by the row maximum for stability.
 
     A row whose logits are all -inf has no probability anywhere: its log p is -inf
-    throughout (so a loss on it is +inf, not NaN). NaN and +inf still give NaN.
+    throughout (so a loss on it is +inf, not NaN). NaN and +inf give NaN.
     """
-    m = xp.max(z, axis=axis, keepdims=True)
-    m = xp.where(m == -math.inf, xp.zeros_like(m), m)
-    shifted = z - m
-    total = xp.sum(xp.exp(shifted), axis=axis, keepdims=True)
-    return shifted - xp.log(xp.where(total == 0, xp.ones_like(total), total))
+    last = axis in (-1, z.ndim - 1)
+    if not last:
+        z = xp.moveaxis(z, axis, -1)
+    lse = _primitive(xp, "logsumexp_last", _logsumexp_last)(xp, z)
+    # row-sized fix-ups, identical whichever kernel computed lse
+    lse = xp.where(lse == -math.inf, xp.zeros_like(lse), lse)
+    lse = xp.where(lse == math.inf, xp.full_like(lse, math.nan), lse)
+    out = z - lse
+    return out if last else xp.moveaxis(out, -1, axis)
 
 
 def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
@@ -72,7 +107,8 @@ def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
 
 
 def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
-    # p log p with the limit 0 at p = 0, so a -inf (masked) logit never leaks 0 * -inf.
+    # p log p with the limit 0 at p = 0, so a -inf (masked) logit never leaks 0 * -inf;
+    # a NaN p stays NaN (NaN * 0).
     return p * xp.where(p > 0, log_p, xp.zeros_like(log_p))
 
 
@@ -120,11 +156,15 @@ class _Target:
                 self.valid = target != spec.ignore_index
             # Out-of-range indices are refused by validation when the data can be read;
             # where it cannot (jax.jit, validate=False) their positions become NaN.
-            self.invalid = (target < 0) | (target >= self.num_classes)
-            if self.valid is not None:
-                self.invalid = self.invalid & self.valid
-            usable = ~self.invalid if self.valid is None else self.valid & ~self.invalid
-            target = xp.where(usable, target, xp.zeros_like(target))
+            if not spec.indices_checked:
+                self.invalid = (target < 0) | (target >= self.num_classes)
+                if self.valid is not None:
+                    self.invalid = self.invalid & self.valid
+            usable = self.valid
+            if self.invalid is not None:
+                usable = ~self.invalid if usable is None else usable & ~self.invalid
+            if usable is not None:
+                target = xp.where(usable, target, xp.zeros_like(target))
             index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
             self.index = xp.astype(target, index_dtype)[..., None]
             if weight is not None:
@@ -160,23 +200,9 @@ class _Target:
         safe = xp.where(self.wq > 0, values, xp.zeros_like(values))
         return xp.sum(self.wq * safe, axis=-1)
 
-    def weighted_dense(self, values: Any, like: Any) -> Any:
-        """The array ``w_c q_c values_c`` with the logits' shape; ``values`` as above and
-        finite."""
-        xp = self.xp
-        if self.wq is not None:
-            return self.wq * values
-        at_target = values if self.scale is None else self.scale * values
-        return xp.where(self.one_hot(), at_target[..., None], xp.zeros_like(like))
-
-    def reverse_log(self, like: Any) -> Any:
-        """``a_c = -log(q_c + eps)`` with the logits' shape (MIX-ENT)."""
-        xp, eps = self.xp, self.spec.eps
-        if self.q is not None:
-            return -xp.log(self.q + eps)
-        on = xp.full_like(like, -math.log(1.0 + eps))
-        off = xp.full_like(like, -math.log(eps))
-        return xp.where(self.one_hot(), on, off)
+    def reverse_log(self) -> Any:
+        """``a_c = -log(q_c + eps)`` (dense targets; MIX-ENT)."""
+        return -self.xp.log(self.q + self.spec.eps)
 
     def needed(self, per_class: Any) -> Any:
         """The part of an elementwise input that this target reads: all of it for dense
@@ -231,7 +257,7 @@ def _focal_slopes(xp: Any, log_p: Any, gamma: float) -> Any:
 
 
 def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
-    return value if isinstance(value, (int, float)) else xp.astype(value, dtype)
+    return value if isinstance(value, (int, float)) else xp.astype(value, dtype, copy=False)
 
 
 def _setup(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, params: tuple,
@@ -239,7 +265,7 @@ def _setup(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, params: 
     """The target seen as ``w * q`` and the four scalars, in the compute dtype."""
     if spec.soft and spec.axis != len(shape) - 1:
         target = xp.moveaxis(target, spec.axis, -1)
-    w = None if weight is None else xp.astype(weight, dtype)
+    w = None if weight is None else xp.astype(weight, dtype, copy=False)
     moved = shape[: spec.axis] + shape[spec.axis + 1:] + (shape[spec.axis],)
     tgt = _Target(xp, spec, target, w, moved, dtype)
     return tgt, tuple(_scalar(xp, v, dtype) for v in params)
@@ -256,7 +282,7 @@ def forward(
     """
     out_dtype = logits.dtype
     dtype = _compute_dtype(xp, out_dtype)
-    z = xp.astype(logits, dtype)
+    z = xp.astype(logits, dtype, copy=False)
     if spec.axis != z.ndim - 1:
         z = xp.moveaxis(z, spec.axis, -1)
     tgt, (cw, cb, rw, rb) = _setup(xp, spec, tuple(logits.shape), target, weight, params, dtype)
@@ -286,18 +312,25 @@ def forward(
         if spec.reduction == "mean":
             denominator = _mean_denominator(xp, tgt, loss)
             value = _safe_divide(xp, value, denominator)
-    return xp.astype(value, out_dtype), (log_p, main, reg, denominator)
+    return xp.astype(value, out_dtype, copy=False), (log_p, main, reg, denominator)
 
 
 def _main_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
     return tgt.weighted_sum(_focal_values(xp, tgt.needed(log_p), spec.gamma))
 
 
+def _reverse_levels(spec: Spec) -> tuple:
+    """``a = -log(q + eps)`` off and on the target class, for a one-hot target."""
+    return -math.log(spec.eps), -math.log(1.0 + spec.eps)
+
+
 def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
-    p = xp.exp(log_p)
     if spec.regularizer == "entropy":
-        return 0.0 - xp.sum(_p_log_p(xp, p, log_p), axis=-1)
-    return xp.sum(p * tgt.reverse_log(log_p), axis=-1)
+        return 0.0 - xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=-1)
+    if tgt.wq is None:  # one-hot q: R = a_off + (a_on - a_off) p_y, as sum(p) = 1
+        a_off, a_on = _reverse_levels(spec)
+        return a_off + (a_on - a_off) * xp.exp(tgt.gather(log_p))
+    return xp.sum(xp.exp(log_p) * tgt.reverse_log(), axis=-1)
 
 
 def _mean_denominator(xp: Any, tgt: _Target, loss: Any) -> Any:
@@ -343,22 +376,16 @@ def backward(
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, xp.zeros_like(g_pos))
 
+    if tgt.invalid is not None:  # unchecked out-of-range index: a NaN row, not a number
+        g_pos = xp.where(tgt.invalid, xp.full_like(g_pos, math.nan), g_pos)
     ln_cb = _ln(xp, cb)
-    p = xp.exp(log_p)
-    # d(main)/dz = v - p * sum(v), with v = w q p f'(p)
-    v = tgt.weighted_dense(_focal_slopes(xp, tgt.needed(log_p), spec.gamma), log_p)
-    row = (g_pos * (cw / ln_cb))[..., None]
-    dz = row * (v - p * xp.sum(v, axis=-1, keepdims=True))
-
+    c_main = g_pos * (cw / ln_cb)  # per-position coefficient of d(main)/dz
+    c_reg = None
     d_rw = d_rb = None
     if reg is not None:
         ln_rb = _ln(xp, rb)
-        if spec.regularizer == "entropy":  # dH/dz = -p (log p + H)
-            d_reg = -(_p_log_p(xp, p, log_p) + p * reg[..., None])
-        else:  # dR/dz = p (a - R)
-            d_reg = p * (tgt.reverse_log(log_p) - reg[..., None])
         g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
-        dz = dz + (g_reg * (rw / ln_rb))[..., None] * d_reg
+        c_reg = g_reg * (rw / ln_rb)
         # weight/ln(b): d/dweight = 1/ln b; d/db = -weight / (b ln(b)^2)
         r_sum = xp.sum(g_reg * reg)
         d_rw = r_sum / ln_rb
@@ -367,14 +394,38 @@ def backward(
     d_cw = m_sum / ln_cb
     d_cb = -m_sum * cw / (cb * ln_cb**2)
 
+    # d(main)/dz = v - p sum(v), v = w q p f'(p); dH/dz = -p (log p + H); dR/dz = p (a - R)
+    if tgt.wq is None:
+        # one-hot q: v lives on the target only, so every term is p * alpha + onehot * beta
+        k = c_main * _focal_slopes(xp, tgt.gather(log_p), spec.gamma)
+        if tgt.scale is not None:
+            k = k * tgt.scale
+        alpha, beta = -k, k
+        if spec.regularizer == "reverse":
+            a_off, a_on = _reverse_levels(spec)
+            alpha = alpha + c_reg * (a_off - reg)
+            beta = beta + c_reg * (a_on - a_off) * xp.exp(tgt.gather(log_p))
+        elif spec.regularizer == "entropy":
+            alpha = alpha - c_reg * reg
+        affine = _primitive(xp, "softmax_affine", _softmax_affine)
+        dz = affine(xp, log_p, alpha, tgt.index, beta)
+        if spec.regularizer == "entropy":
+            dz = dz - c_reg[..., None] * _p_log_p(xp, xp.exp(log_p), log_p)
+    else:
+        p = xp.exp(log_p)
+        v = tgt.wq * _focal_slopes(xp, log_p, spec.gamma)
+        dz = c_main[..., None] * (v - p * xp.sum(v, axis=-1, keepdims=True))
+        if spec.regularizer == "entropy":
+            dz = dz - c_reg[..., None] * (_p_log_p(xp, p, log_p) + p * reg[..., None])
+        elif spec.regularizer == "reverse":
+            dz = dz + c_reg[..., None] * (p * (tgt.reverse_log() - reg[..., None]))
+
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, xp.zeros_like(dz))
-    if tgt.invalid is not None:
-        dz = xp.where(tgt.invalid[..., None], xp.full_like(dz, math.nan), dz)
     if spec.axis != dz.ndim - 1:
         dz = xp.moveaxis(dz, -1, spec.axis)
     param_grads = tuple(
         None if isinstance(param, (int, float)) else grad
         for param, grad in zip((cw, cb, rw, rb), (d_cw, d_cb, d_rw, d_rb))
     )
-    return xp.astype(dz, logits_dtype), param_grads
+    return xp.astype(dz, logits_dtype, copy=False), param_grads

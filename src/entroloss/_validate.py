@@ -169,17 +169,23 @@ def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
     )
 
 
-def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | None) -> None:
+def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | None) -> bool:
+    """Refuse indices outside [0, C) that are not ignore_index; True if the data was read
+    (so the loss may skip its own out-of-range handling)."""
     if math.prod(target.shape) == 0:
-        return
+        return True
     outside = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         outside = outside & (target != ignore_index)
-    if _fails(~xp.any(outside)):
+    none_outside = ~xp.any(outside)
+    if not is_concrete(none_outside):
+        return False
+    if not bool(none_outside):
         # the largest offending index (every offending value is >= the target's minimum)
         bad = int(xp.max(xp.where(outside, target, xp.min(target))))
         allowed = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
         raise ValueError(f"target holds class index {bad}, outside [0, {num_classes}){allowed}")
+    return True
 
 
 def soft_rows(xp: Any, target: Any, axis: int) -> None:

@@ -1,0 +1,60 @@
+"""``entroloss bench`` runs and reports ratios; its baselines and the native kernels that
+``_math`` may route to compute what they claim."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from entroloss import _bench, _math
+
+
+def test_hand_written_baseline_is_cross_entropy_and_its_gradient():
+    import entroloss as el
+
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(7, 5)), rng.integers(0, 5, 7)
+    value, grad = _bench.minimal_cross_entropy(np, z, y)
+    ref_value, ref = el.value_and_grad(el.cross_entropy, z, y)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    np.testing.assert_allclose(grad, ref["logits"], rtol=1e-12, atol=1e-15)
+
+
+def test_native_torch_kernels_equal_the_generic_primitives():
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as xp
+
+    from entroloss.backends import torch as adapter
+
+    z = torch.randn(6, 5, dtype=torch.float64)
+    z[1] = -math.inf
+    z[2, :3] = -math.inf
+    z[3, 0] = math.nan
+    torch.testing.assert_close(adapter._logsumexp_last(xp, z), _math._logsumexp_last(xp, z),
+                               equal_nan=True)
+    log_p = _math.log_softmax(xp, torch.randn(6, 5, dtype=torch.float64))
+    alpha, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    index = torch.randint(0, 5, (6, 1))
+    torch.testing.assert_close(adapter._softmax_affine(xp, log_p, alpha, index, beta),
+                               _math._softmax_affine(xp, log_p, alpha, index, beta))
+
+
+def test_bench_cli_quick_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "entroloss", "bench", "--backend", "numpy", "--shape", "64x8",
+         "--repeats", "3", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    rows = data["rows"]
+    assert {r["candidate"] for r in rows} == {"hand-written"} | {f"el.{n}" for n in _bench.LOSSES}
+    base = [r for r in rows if r["candidate"] == "hand-written"][0]
+    assert base["step_ratio"] == 1.0 and base["forward_ratio"] == 1.0
+    for r in rows:
+        assert r["step_ms"] > 0 and r["forward_ms"] > 0
+        assert math.isclose(r["step_ratio"], r["step_ms"] / base["step_ms"], rel_tol=1e-9)
+    assert data["machine"]["numpy"] == np.__version__

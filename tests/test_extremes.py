@@ -1,0 +1,431 @@
+"""Numerical extremes, values AND gradients, on every backend and dtype it has.
+
+Each test runs the loss the three ways a user can differentiate it: ``el.value_and_grad``
+(every backend), torch autograd (``backward``) and ``jax.grad``, and compares value and
+gradient with the float64 reference of ``reference.py`` evaluated on exactly the inputs the
+backend sees (rounded to its dtype), the gradient by central differences of that
+reference. No NaN or inf may appear where the math is finite, and NaN must appear where an
+input is NaN.
+
+Complements ``test_edges.py`` (which checks these regimes on float64 through
+``value_and_grad`` with class-index targets): here the dense target paths (soft targets,
+label smoothing), near-one-hot targets with exact zeros, every dtype including float16 and
+bfloat16, values beyond a naive ``exp``'s range, tiny ``eps``, and the frameworks' own
+autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import entroloss as el
+from conftest import tolerance
+from reliability_helpers import LOSSES, differentiate, reference_grad, reference_loss, rounded
+
+DTYPES = ["float64", "float32", "float16", "bfloat16"]
+OPTIONS = {  # every regularizer switched on, at values where each term matters
+    "cross_entropy": {},
+    "min_ent": {"entropy_weight": 0.3},
+    "mix_ent": {"reverse_weight": 0.1},
+    "adaptive_ce": {},
+    "focal": {"gamma": 2.0},
+}
+_CACHE: dict = {}
+
+
+@pytest.fixture(params=LOSSES)
+def loss(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request, backend):
+    if request.param not in backend.dtypes:
+        pytest.skip(f"{backend.id} has no {request.param}")
+    return request.param
+
+
+def _expected(kind, z, target, options):
+    """(value, gradient) of the reference, cached: the same rounded case recurs per path."""
+    opts = {k: v for k, v in options.items()}
+    key = (kind, z.tobytes(), z.shape, np.asarray(target).tobytes(), repr(sorted(opts.items(), key=str)))
+    if key not in _CACHE:
+        _CACHE[key] = (reference_loss(kind, z, target, opts), reference_grad(kind, z, target, opts))
+    return _CACHE[key]
+
+
+def check_against_reference(backend, kind, dtype, z, target, *, grad_scale=1.0, **options):
+    """Run ``kind`` on the backend in ``dtype`` every way it can be differentiated; compare
+    value and gradient with the reference on the rounded inputs. Returns the reference
+    value and gradient and the backend's results for further assertions."""
+    fn = getattr(el, kind)
+    logits = backend.asarray(z, dtype)
+    soft = np.asarray(target).dtype.kind == "f"
+    tgt = backend.asarray(target, dtype) if soft else backend.asarray(target)
+    seen_z = rounded(backend, z, dtype)
+    seen_t = rounded(backend, target, dtype) if soft else np.asarray(target)
+    opts = dict(options)
+    on = dict(options)
+    if "weight" in opts:
+        seen_w = rounded(backend, opts["weight"], dtype)
+        opts["weight"] = seen_w
+        on["weight"] = backend.asarray(options["weight"], dtype)
+    value, grad = _expected(kind, seen_z, seen_t, opts)
+    tol = tolerance(dtype)
+    results = differentiate(backend, fn, logits, tgt, **on)
+    for path, got_value, got_grad in results:
+        finite = np.isfinite(value)
+        assert np.array_equal(np.isfinite(got_value), finite), (path, got_value, value)
+        np.testing.assert_allclose(got_value, value, rtol=tol["rtol"], atol=tol["atol"],
+                                   err_msg=path)
+        assert np.all(np.isfinite(got_grad)), (path, got_grad)
+        np.testing.assert_allclose(got_grad, grad, rtol=tol["rtol"],
+                                   atol=max(tol["atol"], 1e-6) * grad_scale, err_msg=path)
+    return value, grad, results
+
+
+# --- logits of +-1e4, saturated softmax ---------------------------------------------------
+
+HUGE = np.array([
+    [1e4, -1e4, 0.0, 5e3, -5e3, 1.0],
+    [-1e4, -1e4, 1e4, 1e4, 0.0, -2.0],  # a tie at the top
+    [40.0, 0.0, -1.0, 0.5, 1.0, -40.0],  # saturates in float32 and below, not in float64
+    [0.0, 1e-3, -1e4, 2.0, 1e4, 9999.0],
+])
+HUGE_INDEX = np.array([1, 2, 0, 3])  # targets on the least and on the most likely classes
+HUGE_SOFT = np.array([
+    [0.0, 0.5, 0.5, 0.0, 0.0, 0.0],
+    [0.25, 0.0, 0.25, 0.5, 0.0, 0.0],
+    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 0.125, 0.0, 0.5, 0.375],
+])
+WEIGHT6_HUGE = np.array([1.0, 0.5, 2.0, 1.0, 0.25, 0.75])
+
+
+@pytest.mark.parametrize("target_kind", ["index", "soft"])
+@pytest.mark.parametrize("variant", ["plain", "smoothed-weighted-kdim"])
+def test_huge_logits_and_saturated_softmax(backend, loss, dtype, target_kind, variant):
+    target = HUGE_INDEX if target_kind == "index" else HUGE_SOFT
+    z = HUGE
+    options = {**OPTIONS[loss], "reduction": "none"}
+    if variant != "plain":  # (N, C, d) with the classes on axis 1, smoothing, class weights
+        options.update(label_smoothing=0.1, weight=WEIGHT6_HUGE)
+        z = np.moveaxis(HUGE.reshape(2, 2, 6), -1, 1)
+        target = (target.reshape(2, 2) if target_kind == "index"
+                  else np.moveaxis(target.reshape(2, 2, 6), -1, 1))
+        options["axis"] = 1
+    value, _, _ = check_against_reference(backend, loss, dtype, z, target, **options)
+    assert np.all(np.isfinite(value))
+    assert np.max(np.abs(value)) > 1e3  # the extremes are really reached
+
+
+# --- -inf masked classes with near-one-hot soft targets that have exact zeros ----------------
+
+MASKED = np.array([
+    [0.3, -np.inf, 1.2, -np.inf, -0.5, 2.0],  # the target's (class 2) neighbours masked
+    [-np.inf, -np.inf, -np.inf, -np.inf, 0.7, -np.inf],  # all but one class masked
+    [-np.inf, 5.0, -np.inf, -np.inf, -np.inf, -3.0],  # two classes left, target the unlikely one
+    [-np.inf, 1e4, -1e4, 0.0, 3.0, -np.inf],  # masked and saturated at once
+])
+MASKED_INDEX = np.array([2, 4, 5, 1])
+NEAR_ONE_HOT = np.array([  # exact zeros on every masked class; tiny masses elsewhere
+    [1e-6, 0.0, 1.0 - 2e-6, 0.0, 1e-6, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+    [0.0, 1e-9, 0.0, 0.0, 0.0, 1.0 - 1e-9],
+    [0.0, 1.0 - 1e-7, 1e-7, 0.0, 0.0, 0.0],
+])
+WEIGHT6 = np.array([0.0, 1.0, 2.0, 0.5, 1.0, 1.5])
+
+
+@pytest.mark.parametrize("target_kind", ["index-weighted", "near-one-hot"])
+def test_masked_classes_values_and_gradients(backend, loss, dtype, target_kind):
+    target = MASKED_INDEX if target_kind == "index-weighted" else NEAR_ONE_HOT
+    options = {**OPTIONS[loss], "reduction": "none"}
+    if target_kind == "index-weighted":  # weight 0 on a class that is also masked
+        options["weight"] = WEIGHT6
+    _, _, results = check_against_reference(backend, loss, dtype, MASKED, target, **options)
+    for path, _, got_grad in results:  # a masked class gets exactly no gradient
+        assert np.all(got_grad[np.isneginf(MASKED)] == 0), path
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_all_but_one_class_masked_is_exact(backend, loss, dtype, reduction):
+    """p is exactly one-hot on the only finite class and the target is that class: every
+    loss is 0 except MIX-ENT's ``-reverse_weight * log(1 + eps)``, and every gradient is
+    exactly 0, whatever the size of the finite logit."""
+    z = np.full((4, 6), -np.inf)
+    y = np.array([0, 2, 5, 3])
+    z[np.arange(4), y] = [0.0, -1e4, 1e4, 7.5]
+    options = {**OPTIONS[loss], "reduction": reduction}
+    per_row = -0.1 * math.log1p(1e-6) if loss == "mix_ent" else 0.0
+    expected = {"none": np.full(4, per_row), "sum": 4 * per_row, "mean": per_row}[reduction]
+    for path, value, grad in differentiate(backend, getattr(el, loss), backend.asarray(z, dtype),
+                                           backend.asarray(y), **options):
+        subnormal = 6e-8 if dtype == "float16" else 0.0  # float16's spacing near 0
+        np.testing.assert_allclose(value, expected, rtol=tolerance(dtype)["rtol"], atol=subnormal,
+                                   err_msg=path)
+        assert np.all(grad == 0), (path, grad)
+
+
+# --- half precision past the range of a naive exp -----------------------------------------
+
+def _past_naive_exp(dtype):
+    """Logits whose naive ``exp`` overflows ``dtype`` (float32's range for bfloat16), with
+    masked classes beside them, and targets off the top class, on a tied top, and at a gap
+    (2 * big) beyond the dtype's range."""
+    big = {"float16": 6e4, "bfloat16": 3e38, "float32": 3e38, "float64": 1e308}[dtype]
+    z = np.full((4, 6), -np.inf)
+    z[0, :3] = [big, -big, 0.0]
+    z[1, :3] = [-big / 3, 0.0, big / 3]
+    z[2, :3] = [big, big, -big]
+    z[3, [1, 4, 5]] = [big, 0.0, -big]
+    return z, np.array([2, 1, 0, 5])
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_logits_past_a_naive_exp(backend, loss, dtype, reduction):
+    """Every loss is ``-log p_y`` plus terms that vanish when p is one-hot: with the top
+    class at a gap of 6e4..1e308, p is exactly one-hot, the loss equals the gap (to the
+    dtype's rounding; +inf exactly where the gap itself exceeds the dtype's range, and
+    never NaN) and the gradient is exactly ``onehot(top) - onehot(y)``, finite even where
+    the value is +inf. MIX-ENT's reverse term adds ``-log eps`` off the target."""
+    z, y = _past_naive_exp(dtype)
+    seen = rounded(backend, z, dtype)
+    rows_ = np.arange(4)
+    top = np.argmax(seen, axis=1)
+    with np.errstate(over="ignore"):
+        gap = seen[rows_, top] - seen[rows_, y]
+    rows = np.where(gap > 0, gap, math.log(2.0))
+    if loss == "mix_ent":  # R = -sum p log(q + eps): p is one-hot off the target, or half on it
+        rows = rows + 0.1 * np.where(gap > 0, -math.log(1e-6),
+                                     -(0.5 * math.log1p(1e-6) + 0.5 * math.log(1e-6)))
+    if loss in ("adaptive_ce", "focal"):  # (1 - p_y)^gamma: 1 off the top, 1/2 on the tie
+        rows = rows * np.where(gap > 0, 1.0, 0.5 ** OPTIONS[loss].get("gamma", 1.0))
+    if loss == "min_ent":  # H = 0 for a one-hot p, log 2 for the tie
+        rows = rows + 0.3 * np.where(gap > 0, 0.0, math.log(2.0))
+    expected = rows if reduction == "none" else np.sum(rows)
+    largest = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38,
+               "float32": float(np.finfo(np.float32).max),
+               "float64": float(np.finfo(np.float64).max)}[dtype]
+    expected = np.where(np.abs(expected) > largest, np.inf, expected)  # correctly rounded
+    assert np.isinf(expected).any() and np.isfinite(expected).any() or reduction == "sum"
+    with np.errstate(over="ignore"):  # NumPy warns where big - (-big) or a cast overflows
+        results = differentiate(backend, getattr(el, loss), backend.asarray(z, dtype),
+                                backend.asarray(y), **OPTIONS[loss], reduction=reduction)
+    eye = np.eye(6)
+    g_expected = np.stack([eye[0] - eye[2], eye[2] - eye[1], eye[1] - eye[5]])
+    for path, value, grad in results:
+        assert np.array_equal(np.isinf(value), np.isinf(expected)), (path, value, expected)
+        assert not np.any(np.isnan(value)), (path, value)
+        np.testing.assert_allclose(value, expected, rtol=tolerance(dtype)["rtol"], err_msg=path)
+        assert np.all(np.isfinite(grad)), (path, grad)
+        np.testing.assert_array_equal(grad[[0, 1, 3]], g_expected, err_msg=path)
+        # row 2: a tie between classes 0 and 1 with target 0: the row sums to 0
+        np.testing.assert_allclose(np.sum(grad[2]), 0.0, atol=1e-6, err_msg=path)
+        assert grad[2, 0] < 0 < grad[2, 1] and np.all(grad[2, 2:] == 0), (path, grad[2])
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_half_precision_mean_of_a_batch_whose_sum_overflows(backend, half):
+    """The sum of 16384 float16 losses exceeds 65504: "mean" must still be the finite
+    mean (the reduction is done in float32), while "sum" rounds to +inf in float16, as the
+    true value does; bfloat16's range holds both."""
+    if half not in backend.dtypes:
+        pytest.skip(f"{backend.id} has no {half}")
+    rng = np.random.default_rng(11)
+    z = rng.normal(scale=4.0, size=(16384, 10))
+    y = rng.integers(0, 10, size=16384)
+    logits = backend.asarray(z, half)
+    seen = rounded(backend, z, half)
+    # the reference, vectorised in float64 (16384 rows are too many for reference.py)
+    m = seen.max(axis=1, keepdims=True)
+    ce = (m[:, 0] + np.log(np.exp(seen - m).sum(axis=1))) - seen[np.arange(16384), y]
+    with np.errstate(over="ignore"):
+        mean = backend.to_numpy(el.cross_entropy(logits, backend.asarray(y)))
+        total = backend.to_numpy(el.cross_entropy(logits, backend.asarray(y), reduction="sum"))
+        _, grads = el.value_and_grad(el.cross_entropy, logits, backend.asarray(y))
+    np.testing.assert_allclose(mean, ce.mean(), rtol=tolerance(half)["rtol"])
+    assert ce.sum() > 65504
+    if half == "float16":
+        assert total == np.inf
+    else:
+        np.testing.assert_allclose(total, ce.sum(), rtol=tolerance(half)["rtol"])
+    g = backend.to_numpy(grads["logits"])
+    assert np.all(np.isfinite(g)) and np.max(np.abs(g)) <= 1 / 16384 * 1.01
+
+
+# --- tiny eps ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target_kind", ["index", "smoothed", "soft-with-zeros"])
+def test_tiny_eps(backend, dtype, target_kind):
+    """eps = 1e-30 (a normal float32): ``-log eps ~ 69`` weighs the mass off the target;
+    values and gradients stay finite and agree with the reference on every path."""
+    target = {"index": MASKED_INDEX, "smoothed": np.array([0, 1, 5, 4]),
+              "soft-with-zeros": NEAR_ONE_HOT}[target_kind]
+    z = np.where(np.isneginf(MASKED), -2.0, MASKED) if target_kind == "smoothed" else MASKED
+    z = np.where(np.abs(z) > 100, np.sign(z) * 8.0, z)
+    options = {"reverse_weight": 0.5, "eps": 1e-30, "reduction": "none"}
+    if target_kind == "smoothed":
+        options["label_smoothing"] = 0.05
+    value, _, _ = check_against_reference(backend, "mix_ent", dtype, z, target, **options)
+    assert np.all(np.isfinite(value))
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, RuntimeWarning),
+                   reason="BUG (reported): with a dense target (soft, or smoothed) the reverse "
+                          "term computes log(q + eps) in the compute dtype; an eps below "
+                          "float32's range (1e-300) rounds to 0 there, so a zero target entry "
+                          "gives log 0 = -inf: +inf where p > 0, NaN (0 * inf) at a masked "
+                          "class, although the loss is finite (float64 gives 98.4). The "
+                          "class-index path takes -log(eps) in Python and is right.")
+def test_eps_below_float32_range_with_a_dense_target(backend):
+    z = np.array([[1.0, 2.0, -np.inf, 0.5]])
+    t = np.array([[0.5, 0.5, 0.0, 0.0]])
+    expected = reference_loss("mix_ent", z, t, {"eps": 1e-300, "reduction": "none"})
+    assert np.isfinite(expected).all()
+    got = backend.to_numpy(el.mix_ent(backend.asarray(z, "float32"), backend.asarray(t, "float32"),
+                                      eps=1e-300, reduction="none"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+# --- focal with gamma < 1 as p -> 1, on the dense target path ------------------------------
+
+@pytest.mark.parametrize("gamma", [0.25, 0.75])
+@pytest.mark.parametrize("target_kind", ["one-hot-soft", "smoothed-index"])
+def test_focal_gamma_below_one_as_p_goes_to_one(backend, dtype, gamma, target_kind):
+    """``(1-p)^(gamma-1)`` diverges as p -> 1 while ``p log p`` -> 0: the gradient must take
+    the limit 0, not ``inf * 0``. test_edges covers the sparse class-index path; this is the
+    dense one (soft targets and label smoothing) on every dtype and autograd path, with the
+    target's gap at 5, 20 (p = 1 in float32), 40 (p = 1 in float64) and 800."""
+    z = np.array([
+        [5.0, 0.0, -np.inf, 0.0, 1.0, -1.0],
+        [0.0, 20.0, 1.0, -1.0, 0.5, -np.inf],
+        [-1.0, 0.0, 40.0, 0.0, -np.inf, 0.25],
+        [0.0, 0.5, -np.inf, 800.0, 0.0, -3.0],
+    ])
+    y = np.array([0, 1, 2, 3])
+    if target_kind == "one-hot-soft":
+        target, options = np.eye(6)[y], {}
+    else:  # smoothing puts mass on every class: the masked ones become finite
+        z, target, options = np.where(np.isinf(z), -5.0, z), y, {"label_smoothing": 0.1}
+    _, _, results = check_against_reference(backend, "focal", dtype, z, target, gamma=gamma,
+                                            reduction="none", **options)
+    for path, _, got_grad in results:
+        assert np.all(np.abs(got_grad) <= 2.0), (path, got_grad)
+
+
+# --- NaN in, NaN out -----------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("target_kind", ["index", "smoothed-soft"])
+def test_nan_logits_give_nan_through_every_path(backend, loss, dtype, target_kind):
+    """A NaN logit makes its position's value and gradient NaN (also next to a masked
+    class), the reduced loss NaN, and leaves the other positions exactly as they are
+    without it."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(4, 6))
+    z[1, 3] = np.nan
+    z[2, 0], z[2, 1] = np.nan, -np.inf
+    options = {**OPTIONS[loss]}
+    if target_kind == "index":
+        target = np.array([0, 3, 2, 4])
+    else:  # the dense path: a soft target, smoothed
+        target = rng.dirichlet(np.ones(6), size=4)
+        options["label_smoothing"] = 0.2
+    fn = getattr(el, loss)
+
+    def tgt(t):
+        return backend.asarray(t) if target_kind == "index" else backend.asarray(t, dtype)
+
+    logits = backend.asarray(z, dtype)
+    for path, value, grad in differentiate(backend, fn, logits, tgt(target),
+                                           reduction="none", **options):
+        assert np.all(np.isnan(value[1:3])), (path, value)
+        assert np.all(np.isnan(grad[1])) and np.all(np.isnan(grad[2, 2:])), (path, grad)
+        alone = backend.to_numpy(fn(backend.asarray(z[[0, 3]], dtype), tgt(target[[0, 3]]),
+                                    reduction="none", **options))
+        np.testing.assert_allclose(value[[0, 3]], alone, rtol=tolerance(dtype)["rtol"] / 100,
+                                   err_msg=path)
+        assert np.all(np.isfinite(grad[[0, 3]])), path
+    for reduction in ("mean", "sum"):
+        assert np.isnan(backend.to_numpy(fn(logits, tgt(target), reduction=reduction, **options)))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_in_other_inputs_gives_nan(backend, loss):
+    """With the data checks off (validation refuses these otherwise), a NaN class weight at
+    the target's class, a NaN soft-target row and a NaN weight or base given as a 0-d array
+    make the loss NaN, never a number."""
+    z = backend.asarray(np.random.default_rng(5).normal(size=(4, 6)))
+    y = backend.asarray(np.array([0, 1, 2, 5]))
+    fn = getattr(el, loss)
+    w = backend.asarray(np.array([1.0, np.nan, 1.0, 1.0, 1.0, 1.0]))
+    out = backend.to_numpy(fn(z, y, weight=w, validate=False, reduction="none"))
+    assert np.isnan(out[1]) and np.all(np.isfinite(out[[0, 2, 3]]))
+    assert np.isnan(backend.to_numpy(fn(z, y, weight=w, validate=False)))
+    soft = np.full((4, 6), 1 / 6)
+    soft[2, 1] = np.nan
+    out = backend.to_numpy(fn(z, backend.asarray(soft), validate=False, reduction="none"))
+    assert np.isnan(out[2]) and np.all(np.isfinite(out[[0, 1, 3]]))
+    scalar = "base" if loss in ("cross_entropy", "adaptive_ce", "focal") else "ce_weight"
+    nan = backend.asarray(np.float64(np.nan))
+    assert np.isnan(backend.to_numpy(fn(z, y, validate=False, **{scalar: nan})))
+
+
+# --- entropy, softmax, log_softmax: native autograd on extremes ------------------------------
+
+def _entropy64(row):
+    finite = row[np.isfinite(row)]
+    if finite.size == 0:
+        return 0.0
+    m = finite.max()
+    p = np.exp(finite - m)
+    p = p / p.sum()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_entropy_and_softmax_on_extremes(backend, dtype):
+    """entropy stays in [0, log C], softmax rows sum to 1 and log_softmax is -inf only at
+    masked (or underflowed) classes, for masked, saturated and past-exp logits; on torch and
+    JAX their gradients (the frameworks' own autograd through the shared composition) are
+    finite, 0 at masked classes, and match central differences of a float64 entropy."""
+    big = {"float16": 6e4, "bfloat16": 1e38, "float32": 1e38, "float64": 1e300}[dtype]
+    z = np.array([[0.0, -np.inf, 1.0, 2.0], [-np.inf, -np.inf, -np.inf, -np.inf],
+                  [1e4, -1e4, 0.0, 3.0], [big, -big, 0.0, big], [0.5, 0.25, -0.5, 1.0]])
+    logits = backend.asarray(z, dtype)
+    seen = rounded(backend, z, dtype)
+    h = backend.to_numpy(el.entropy(logits))
+    expected = np.array([_entropy64(r) for r in seen])
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(h, expected, rtol=tol["rtol"], atol=tol["atol"])
+    assert np.all(h >= 0) and np.all(h <= math.log(4) * (1 + tol["rtol"]))
+    p = backend.to_numpy(el.softmax(logits))
+    np.testing.assert_allclose(p[[0, 2, 3, 4]].sum(axis=1), 1.0, rtol=tol["rtol"] * 4)
+    assert np.all(p[1] == 0) and np.all(p[np.isneginf(seen)] == 0)
+    log_p = backend.to_numpy(el.log_softmax(logits))
+    assert not np.any(np.isnan(log_p)) and np.all(log_p <= 0)
+    assert np.all(np.isneginf(log_p[np.isneginf(seen)]))
+    if backend.library not in ("torch", "jax"):
+        return
+    if backend.library == "torch":
+        t = logits.detach().clone().requires_grad_(True)
+        el.entropy(t).sum().backward()
+        g = backend.to_numpy(t.grad)
+    else:
+        import jax
+
+        g = backend.to_numpy(jax.grad(lambda a: el.entropy(a).sum())(logits))
+    assert np.all(np.isfinite(g)) and np.all(g[np.isneginf(seen)] == 0)
+    fd = np.zeros_like(seen)
+    for i, j in np.ndindex(seen.shape):
+        if np.isfinite(seen[i, j]) and abs(seen[i, j]) < 1e5:
+            up, down = seen[i].copy(), seen[i].copy()
+            up[j] += 1e-5
+            down[j] -= 1e-5
+            fd[i, j] = (_entropy64(up) - _entropy64(down)) / 2e-5
+    np.testing.assert_allclose(g, fd, rtol=tol["rtol"], atol=max(tol["atol"], 1e-6))

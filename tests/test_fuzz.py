@@ -1,0 +1,440 @@
+"""Property-based tests: hypothesis draws shapes, class counts, class axes, dtypes, targets
+(class indices, soft targets, ignored positions), every option, and runs each example on
+every installed backend (the ``backend`` fixture), through every way that backend
+differentiates (``el.value_and_grad``; torch autograd; ``jax.grad`` under ``jax.jit``).
+
+Properties:
+- values and gradients (logits and the weights and bases given as 0-d arrays) agree with
+  the independent float64 reference of ``reference.py`` (gradients by central
+  differences of it), evaluated on exactly the inputs the backend sees, within the dtype's
+  tolerance; NaN only where the reference is NaN, +-inf only where it is or where the
+  true value is beyond the dtype's range;
+- every loss is >= 0 when every base is > 1 and every weight is >= 0 (MIX-ENT: >= its exact
+  lower bound ``-reverse_weight * s * log(1 + eps) / ln b``, which is < 0);
+- ``entropy`` lies in ``[0, log_b C]``, ``softmax`` rows sum to 1, ``log_softmax <= 0``;
+- adding a constant to a position's logits changes neither the loss nor its gradient;
+- each position's logit gradient sums to 0 over the classes (cross entropy, as asked, and
+  every other loss, since each is shift invariant).
+
+Profiles (hypothesis settings profiles, chosen by ``ENTROLOSS_FUZZ``):
+- ``quick`` (default, CI): a few examples per property and backend, derandomized, so the
+  file runs in well under a minute;
+- ``long``: ``ENTROLOSS_FUZZ=long`` (>= 10,000 examples for the reference property alone:
+  2,500 per backend on the four CPU backends). Add ``--hypothesis-show-statistics`` to see
+  the counts; ``docs/reliability.md`` records the last run.
+JAX runs jitted here (the way it is trained with; eager JAX compiles every op for every
+new shape, seconds per example); the eager path is exercised throughout the rest of the
+suite.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import entroloss as el
+from cases import SCALARS, Case
+from conftest import tolerance
+from reliability_helpers import LOSSES, reference_loss
+
+PROFILE = os.environ.get("ENTROLOSS_FUZZ", "quick")
+if PROFILE not in ("quick", "long"):
+    raise ValueError(f"ENTROLOSS_FUZZ must be 'quick' or 'long', got {PROFILE!r}")
+
+_COMMON = dict(deadline=None, database=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                      HealthCheck.filter_too_much])
+settings.register_profile("entroloss-quick", max_examples=10, derandomize=True, **_COMMON)
+settings.register_profile("entroloss-long", max_examples=500, derandomize=False, **_COMMON)
+FUZZ = settings.get_profile(f"entroloss-{PROFILE}")
+
+# examples per backend: (quick, long); JAX compiles each example (~0.2 s), so it gets
+# fewer in the quick profile and the same number in the long one
+BUDGET = {
+    "reference": (24, 2500),
+    "property": (8, 250),
+}
+
+
+def examples(backend, kind: str) -> int:
+    quick, long = BUDGET[kind]
+    if PROFILE == "long":
+        return long
+    return max(4, quick // 2) if backend.library == "jax" else quick
+
+
+def run_given(backend, kind, strategy, check):
+    """Run ``check`` on examples of ``strategy`` under this file's profile."""
+
+    @settings(FUZZ, max_examples=examples(backend, kind))
+    @given(strategy)
+    def run(example):
+        check(example)
+
+    run()
+
+
+# --- strategies --------------------------------------------------------------------------
+
+HALF = ("float16", "bfloat16")
+SCALAR_RANGES = {  # weights may be negative only where the math allows it (a penalty)
+    "ce_weight": (0.0, 3.0),
+    "entropy_weight": (-1.0, 3.0),
+    "reverse_weight": (0.0, 3.0),
+}
+
+
+def _base(draw, dtype, above_one):
+    # bases near 1 scale a term by 1/ln b: kept to |1/ln b| <= 20 (2.5 for half precision)
+    low_above = 1.5 if dtype in HALF else 1.05
+    high_below = 0.67 if dtype in HALF else 0.95
+    if above_one or draw(st.booleans()):
+        return draw(st.floats(low_above, 50.0))
+    return draw(st.floats(0.05, high_below))
+
+
+@st.composite
+def fuzz_cases(draw, backend, *, above_one=False, non_negative=False, grid=False,
+               losses=LOSSES):
+    """One example: (Case in float64, dtype, names of the scalars passed as 0-d arrays).
+
+    ``above_one``: every base > 1. ``non_negative``: every weight >= 0. ``grid``: logits
+    on a dyadic grid, small enough that adding an integer constant is exact in the dtype.
+    """
+    loss = draw(st.sampled_from(losses))
+    dtype = draw(st.sampled_from(backend.dtypes))
+    kind = draw(st.sampled_from(["index", "soft", "ignore"]))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    num_classes = draw(st.integers(1, 7))
+    positions = (draw(st.integers(0, 6)),) + draw(st.sampled_from([(), (), (2,), (1, 3)]))
+    axis = draw(st.integers(0, len(positions)))
+    shape = positions[:axis] + (num_classes,) + positions[axis:]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    # logits
+    if grid:
+        step = {"bfloat16": 0.5, "float16": 0.25}.get(dtype, 1 / 16)
+        z = np.round(rng.uniform(-8, 8, size=shape) / step) * step
+    else:
+        scales = [0.01, 1.0, 3.0, 10.0] + ([] if dtype in HALF else [30.0])
+        z = rng.normal(scale=draw(st.sampled_from(scales)), size=shape)
+        if draw(st.booleans()):  # ties
+            z = np.round(z)
+        offsets = [0.0, -50.0] + ([] if dtype in HALF else [1e3])
+        z = z + draw(st.sampled_from(offsets))
+
+    options: dict = {"reduction": reduction}
+    if draw(st.booleans()):
+        options["axis"] = axis - len(shape)  # the same axis, counted from the end
+    elif axis != len(shape) - 1:
+        options["axis"] = axis
+    smoothing = draw(st.one_of(st.just(0.0), st.sampled_from([0.05, 0.3, 1.0]),
+                               st.floats(0.0, 1.0)))
+    if smoothing or draw(st.booleans()):
+        options["label_smoothing"] = smoothing
+
+    # target, and where the target distribution has no mass (maskable classes)
+    moved = np.moveaxis(z, axis, -1)  # a view: classes last
+    if kind == "soft":
+        alpha = draw(st.sampled_from([0.1, 1.0, 10.0]))
+        t = rng.dirichlet(np.full(num_classes, alpha), size=moved.shape[:-1])
+        if draw(st.booleans()):  # exact zeros
+            t = np.where(rng.random(t.shape) < 0.4, 0.0, t)
+            t[..., 0] = np.where(t.sum(-1) == 0, 1.0, t[..., 0])
+            t = t / t.sum(-1, keepdims=True)
+        empty = t == 0
+        target = np.moveaxis(t, -1, axis)
+    else:
+        y = rng.integers(0, num_classes, size=positions)
+        empty = np.arange(num_classes) != y[..., None]
+        if kind == "ignore":
+            ignore = draw(st.sampled_from([-100, -1, num_classes, 0]))
+            options["ignore_index"] = ignore
+            dropped = rng.random(positions) < draw(st.sampled_from([0.3, 0.7, 1.0]))
+            y = np.where(dropped, ignore, y)
+            empty = np.where((y == ignore)[..., None], True, empty)
+        target = y
+    if not grid and not options.get("label_smoothing") and draw(st.booleans()):
+        masked = empty & (rng.random(empty.shape) < 0.5)
+        moved = np.where(masked, -np.inf, moved)
+        z = np.moveaxis(moved, -1, axis)
+
+    if draw(st.booleans()):  # class weights, with exact zeros sometimes
+        w = rng.uniform(0.0, 3.0, size=num_classes)
+        if draw(st.booleans()):
+            w = np.where(rng.random(num_classes) < 0.3, 0.0, w)
+        options["weight"] = w
+    arrays = []
+    for name in SCALARS[loss]:
+        if not draw(st.booleans()):
+            continue
+        if name.endswith("base"):
+            options[name] = _base(draw, dtype, above_one)
+        else:
+            low, high = SCALAR_RANGES[name]
+            options[name] = draw(st.floats(0.0 if non_negative else low, high))
+        if draw(st.booleans()):
+            arrays.append(name)
+    if loss == "mix_ent" and draw(st.booleans()):
+        options["eps"] = 10.0 ** draw(st.floats(-30.0, -1.0))
+    if loss == "focal":
+        options["gamma"] = draw(st.floats(0.0, 4.0))
+    return Case(loss, z, target, options), dtype, tuple(arrays)
+
+
+# --- running one example on a backend, every way it differentiates ---------------------------
+
+def _on_backend(backend, case: Case, dtype: str, arrays: tuple):
+    """Inputs as the backend's arrays, and the case as the backend sees it (rounded)."""
+    soft = case.target.dtype.kind == "f"
+    logits = backend.asarray(case.logits, dtype)
+    target = backend.asarray(case.target, dtype) if soft else backend.asarray(case.target)
+    options, seen = dict(case.options), dict(case.options)
+    if "weight" in options:
+        options["weight"] = backend.asarray(case.options["weight"], dtype)
+        seen["weight"] = backend.to_numpy(options["weight"])
+    for name in arrays:
+        options[name] = backend.asarray(np.float64(case.options[name]), dtype)
+        seen[name] = float(backend.to_numpy(options[name]))
+    seen_case = Case(case.loss, backend.to_numpy(logits),
+                     backend.to_numpy(target) if soft else case.target, seen)
+    return logits, target, options, seen_case
+
+
+def evaluate(backend, fn, logits, target, options: dict, arrays: tuple) -> list:
+    """``[(path, value, {"logits": ..., name: ...})]`` as float64 NumPy, for
+    ``el.value_and_grad`` and the framework's own autograd (JAX jitted)."""
+    np_ = backend.to_numpy
+    statics = {k: v for k, v in options.items() if k not in arrays}
+    if backend.library == "jax":
+        import jax
+
+        def paths(z, params):
+            value = fn(z, target, **statics, **params)
+            explicit_value, grads = el.value_and_grad(fn, z, target, **statics, **params)
+            auto = jax.grad(lambda z, params: fn(z, target, **statics, **params).sum(),
+                            argnums=(0, 1))(z, params)
+            return value, explicit_value, grads, auto
+
+        value, explicit_value, grads, (g_z, g_params) = jax.jit(paths)(
+            logits, {name: options[name] for name in arrays})
+        auto = {"logits": g_z, **g_params}
+        return [("value_and_grad", np_(explicit_value), {k: np_(v) for k, v in grads.items()}),
+                ("jax.grad", np_(value), {k: np_(v) for k, v in auto.items()})]
+    value = fn(logits, target, **options)
+    explicit_value, grads = el.value_and_grad(fn, logits, target, **options)
+    out = [("value_and_grad", np_(explicit_value), {k: np_(v) for k, v in grads.items()})]
+    np.testing.assert_array_equal(np_(explicit_value), np_(value))
+    if backend.library == "torch":
+        leaves = {name: options[name].clone().requires_grad_(True) for name in arrays}
+        z = logits.clone().requires_grad_(True)
+        fn(z, target, **{**options, **leaves}).sum().backward()
+        auto = {"logits": z.grad, **{name: leaf.grad for name, leaf in leaves.items()}}
+        out.append(("torch.autograd", np_(value), {k: np_(v) for k, v in auto.items()}))
+    return out
+
+
+def _reference_kwargs(case: Case) -> dict:
+    return case.reference_kwargs()
+
+
+def reference_grads(case: Case, arrays: tuple) -> dict:
+    """Central differences of the reference's sum(loss), for the logits (finite entries;
+    -inf gets 0) and each scalar passed as an array."""
+    import reference
+
+    def total(logits, options):
+        return float(np.sum(reference.loss(logits, case.target,
+                                           **Case(case.loss, logits, case.target,
+                                                  options).reference_kwargs())))
+
+    z = case.logits
+    step = 1e-6
+    g = np.zeros_like(z)
+    for index in np.ndindex(z.shape):
+        if np.isfinite(z[index]):
+            h = step * max(1.0, abs(z[index]))
+            up, down = z.copy(), z.copy()
+            up[index] += h
+            down[index] -= h
+            g[index] = (total(up, case.options) - total(down, case.options)) / (2 * h)
+    out = {"logits": g}
+    for name in arrays:
+        value = case.options[name]
+        h = step * max(1.0, abs(value))
+        up, down = dict(case.options), dict(case.options)
+        up[name], down[name] = value + h, value - h
+        out[name] = (total(z, up) - total(z, down)) / (2 * h)
+    return out
+
+
+def _magnitude(case: Case) -> np.ndarray:
+    """The loss with every term made non-negative (|weights|, |ln b|): the scale that
+    rounding errors are relative to when terms of both signs cancel."""
+    opts = dict(case.options)
+    for name in SCALARS[case.loss]:
+        if name in opts:
+            opts[name] = abs(opts[name]) if not name.endswith("base") else max(opts[name], 1 / opts[name])
+    return np.abs(reference_loss(case.loss, case.logits, case.target, opts))
+
+
+def _largest(dtype: str) -> float:
+    return {"float16": 65504.0, "bfloat16": 3.3895313892515355e38,
+            "float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}[dtype]
+
+
+def assert_matches(got, expected, magnitude, dtype, what):
+    tol = tolerance(dtype)
+    expected = np.asarray(expected, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    # the correctly rounded result of a finite value beyond the dtype's range is +-inf
+    expected = np.where(np.abs(expected) > _largest(dtype), np.sign(expected) * np.inf, expected)
+    assert got.shape == expected.shape, what
+    assert np.array_equal(np.isnan(got), np.isnan(expected)), (what, got, expected)
+    inf = np.isinf(expected)
+    assert np.array_equal(got[inf], expected[inf]), (what, got, expected)
+    ok = ~np.isnan(expected) & ~inf
+    assert np.all(np.isfinite(got[ok])), (what, got, expected)
+    bound = tol["atol"] + tol["rtol"] * (np.abs(expected) + magnitude)
+    excess = np.abs(got - expected) - bound
+    assert np.all(excess[ok] <= 0), (
+        f"{what}: |got - expected| exceeds the {dtype} tolerance by {np.max(excess[ok]):.3g}\n"
+        f"got {got}\nexpected {expected}")
+
+
+# --- the properties ---------------------------------------------------------------------
+
+def test_matches_reference(backend):
+    def check(example):
+        case, dtype, arrays = example
+        fn = getattr(el, case.loss)
+        logits, target, options, seen = _on_backend(backend, case, dtype, arrays)
+        expected = reference_loss(seen.loss, seen.logits, seen.target, seen.options)
+        magnitude = _magnitude(seen)
+        expected_grads = reference_grads(seen, arrays) if np.all(np.isfinite(expected)) else None
+        for path, value, grads in evaluate(backend, fn, logits, target, options, arrays):
+            assert_matches(value, expected, magnitude, dtype, f"{path} value")
+            assert set(grads) == {"logits", *arrays}, path
+            if expected_grads is None:  # NaN mean (nothing counted): no gradient to compare
+                continue
+            for name, g in grads.items():
+                ref = np.asarray(expected_grads[name])
+                scale = np.max(np.abs(ref), initial=0.0)
+                # the compute error of a gradient is relative to the row's largest entry,
+                # and the reference's central differences are good to ~1e-8 of it
+                assert_matches(g, ref, scale + 1e-6, dtype, f"{path} d/d{name}")
+
+    run_given(backend, "reference", fuzz_cases(backend), check)
+
+
+def test_loss_is_non_negative_where_the_math_says_so(backend):
+    def check(example):
+        case, dtype, arrays = example
+        fn = getattr(el, case.loss)
+        logits, target, options, seen = _on_backend(backend, case, dtype, arrays)
+        for path, value, _ in evaluate(backend, fn, logits, target, options, arrays):
+            finite = value[~np.isnan(value)]
+            if case.loss != "mix_ent":
+                assert np.all(finite >= 0), (path, value)
+                continue
+            # R >= -log(1 + eps) since q <= 1, so each position is >= that times
+            # reverse_weight * s / ln b (s = w_y, 1 for soft targets)
+            eps = seen.options.get("eps", 1e-6)
+            rw = seen.options.get("reverse_weight", 1.0)
+            rb = seen.options.get("reverse_base", math.e)
+            w = seen.options.get("weight")
+            s_max = 1.0 if (w is None or seen.target.dtype.kind == "f") else float(np.max(w))
+            per_position = -rw * s_max * math.log1p(eps) / math.log(rb)
+            count = int(np.prod(seen.target.shape))
+            bound = per_position * (count if case.options["reduction"] == "sum" else 1)
+            slack = tolerance(dtype)["atol"] * 1e-3 + abs(bound) * tolerance(dtype)["rtol"]
+            assert np.all(finite >= bound - slack), (path, value, bound)
+
+    run_given(backend, "property",
+              fuzz_cases(backend, above_one=True, non_negative=True), check)
+
+
+def test_entropy_lies_between_zero_and_log_classes(backend):
+    def check(example):
+        case, dtype, _ = example
+        axis = case.options.get("axis", -1)
+        base = case.options.get("base", math.e)
+        logits = backend.asarray(case.logits, dtype)
+        seen = backend.to_numpy(logits)
+        h = backend.to_numpy(el.entropy(logits, axis=axis, base=base))
+        num = case.logits.shape[axis]
+        tol = tolerance(dtype)
+        assert h.shape == np.sum(seen, axis=axis).shape
+        assert np.all(h >= 0), h
+        assert np.all(h <= math.log(num) / math.log(base) * (1 + tol["rtol"]) + tol["atol"]), h
+        p = backend.to_numpy(el.softmax(logits, axis=axis))
+        np.testing.assert_allclose(np.sum(p, axis=axis), 1.0, rtol=tol["rtol"] * num,
+                                   atol=tol["atol"])
+        assert np.all(p >= 0) and np.all(p[np.isneginf(seen)] == 0)
+        assert np.all(backend.to_numpy(el.log_softmax(logits, axis=axis)) <= 0)
+        # against the definition, in float64, on what the backend saw
+        moved = np.moveaxis(seen, axis, -1)
+        m = moved.max(-1, keepdims=True)
+        q = np.exp(moved - m)
+        q = q / q.sum(-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = -np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0), -1)
+        np.testing.assert_allclose(h, expected / math.log(base), rtol=tol["rtol"] * 10,
+                                   atol=tol["atol"] * num)
+
+    run_given(backend, "property",
+              fuzz_cases(backend, above_one=True, losses=("cross_entropy",)).filter(
+                  lambda ex: ex[0].logits.size > 0 and not np.isneginf(ex[0].logits).all()),
+              check)
+
+
+def test_adding_a_constant_to_a_position_changes_nothing(backend):
+    def check(example):
+        case, dtype, arrays = example
+        fn = getattr(el, case.loss)
+        axis = case.options.get("axis", -1)
+        logits, target, options, seen = _on_backend(backend, case, dtype, arrays)
+        # an integer per position, small enough that z + c is exact in the dtype
+        span = {"bfloat16": 32, "float16": 128}.get(dtype, 1024)
+        rng = np.random.default_rng(abs(hash(case.logits.tobytes())) % 2**32)
+        shift = rng.integers(-span, span + 1, size=np.sum(case.logits, axis=axis, keepdims=True).shape)
+        shifted = backend.asarray(case.logits + shift, dtype)
+        assert np.array_equal(backend.to_numpy(shifted), seen.logits + shift)  # exact
+        before = evaluate(backend, fn, logits, target, options, arrays)
+        after = evaluate(backend, fn, shifted, target, options, arrays)
+        magnitude = _magnitude(seen)
+        for (path, v0, g0), (_, v1, g1) in zip(before, after):
+            assert_matches(v1, v0, magnitude, dtype, f"{path} value")
+            for name in g0:
+                scale = np.max(np.abs(g0[name]), initial=0.0)
+                assert_matches(g1[name], g0[name], scale, dtype, f"{path} d/d{name}")
+
+    run_given(backend, "property", fuzz_cases(backend, grid=True), check)
+
+
+def test_gradient_rows_sum_to_zero(backend):
+    """Cross entropy's ``S p - w q`` sums to 0 over the classes; so does every other loss's
+    gradient, each loss being invariant to a constant added to a position's logits."""
+
+    def check(example):
+        case, dtype, arrays = example
+        fn = getattr(el, case.loss)
+        axis = case.options.get("axis", -1)
+        logits, target, options, _ = _on_backend(backend, case, dtype, arrays)
+        for path, value, grads in evaluate(backend, fn, logits, target, options, arrays):
+            g = grads["logits"]
+            if np.any(np.isnan(value)):
+                continue  # a NaN mean (nothing counted): see test_edges
+            assert np.all(np.isfinite(g)), (path, g)
+            rows = np.sum(g, axis=axis)
+            size = np.sum(np.abs(g), axis=axis)
+            tol = tolerance(dtype)
+            assert np.all(np.abs(rows) <= tol["rtol"] * size * 2 + 1e-300), (path, rows, size)
+
+    run_given(backend, "property", st.one_of(
+        fuzz_cases(backend, losses=("cross_entropy",)), fuzz_cases(backend)), check)
