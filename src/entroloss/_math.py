@@ -74,7 +74,9 @@ def _logsumexp_last(xp: Any, z: Any) -> Any:
     m = xp.max(z, axis=-1, keepdims=True)
     m = xp.where(m == -math.inf, xp.zeros_like(m), m)
     total = xp.sum(xp.exp(z - m), axis=-1, keepdims=True)
-    return m + xp.log(xp.where(total == 0, xp.ones_like(total), total))
+    empty = total == 0  # every logit -inf: logsumexp is -inf (without a log(0) warning)
+    lse = m + xp.log(xp.where(empty, xp.ones_like(total), total))
+    return xp.where(empty, xp.full_like(lse, -math.inf), lse)
 
 
 def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> Any:
