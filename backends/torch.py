@@ -132,6 +132,11 @@ class _LossModule(torch.nn.Module):
             out[name] = 1.0 + value if name.endswith("base") else value
         return out
 
+    def values(self) -> dict:
+        """The weights and bases now, as Python floats (for logs and plots)."""
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                for k, v in self.scalars().items()}
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         scalars = self.scalars()
         if self.learnable:
@@ -139,7 +144,7 @@ class _LossModule(torch.nn.Module):
         return self._fn(logits, target, weight=self.weight, **scalars, **self.options)
 
     def extra_repr(self) -> str:
-        shown = {k: (round(float(v), 4)) for k, v in self.scalars().items()}
+        shown = {k: round(v, 4) for k, v in self.values().items()}
         return ", ".join(f"{k}={v}" for k, v in {**shown, **self.options}.items())
 
 

@@ -1,0 +1,147 @@
+"""What the two paper recipes share: the loss by name, batches with flip+crop done on
+tensors (no torchvision needed), AMP on CUDA, checkpoints, a progress bar, top-1/top-5,
+and the --smoke mode that the test suite runs on CPU with generated data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+
+import torch
+
+from entroloss.backends import torch as el_torch
+
+LOSSES = {
+    "ce": lambda: el_torch.CrossEntropyLoss(),
+    "label-smoothing": lambda: el_torch.CrossEntropyLoss(label_smoothing=0.1),
+    "min-ent": lambda: el_torch.MinEntLoss(entropy_weight=0.1),
+    "min-ent-learnable": lambda: el_torch.MinEntLoss(entropy_weight=0.1, learnable=True),
+    "mix-ent": lambda: el_torch.MixEntLoss(reverse_weight=0.02),
+    "mix-ent-learnable": lambda: el_torch.MixEntLoss(reverse_weight=0.02, learnable=True),
+    "adaptive": lambda: el_torch.AdaptiveCELoss(),
+    "focal": lambda: el_torch.FocalLoss(gamma=2.0),
+}
+
+
+def arguments(description: str, defaults: dict) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="ce")
+    parser.add_argument("--data", type=pathlib.Path, help="the local data folder")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs"))
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"])
+    parser.add_argument("--batch", type=int, default=defaults["batch"])
+    parser.add_argument("--lr", type=float, default=defaults["lr"])
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
+    parser.add_argument("--step-every", type=int, default=defaults["step_every"],
+                        help="StepLR: multiply the learning rate by 0.1 every this many epochs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps on generated data, to check the script end to end")
+    return parser.parse_args()
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool) -> torch.Tensor:
+    """Random crop after zero padding, and a random horizontal flip, per image."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(n, device=x.device) < 0.5
+        out = torch.where(mask[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+def accuracy_top(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    return float((logits.topk(k, dim=-1).indices == y[:, None]).any(-1).float().sum())
+
+
+def _bar(epoch, epochs, step, steps, loss, started):
+    done = int(30 * step / steps)
+    rate = step / max(time.time() - started, 1e-9)
+    print(f"\repoch {epoch + 1}/{epochs} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} "
+          f"loss {loss:.4f} {rate:.1f} it/s", end="", file=sys.stderr, flush=True)
+
+
+def train(args, model: torch.nn.Module, data, *, pad: int, flip: bool) -> dict:
+    """``data`` = (x_train, y_train, x_test, y_test) as tensors, inputs already normalised."""
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    model = model.to(device)
+    criterion = LOSSES[args.loss]().to(device)
+    optimiser = torch.optim.SGD([*model.parameters(), *criterion.parameters()], lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=args.step_every, gamma=0.1)
+    x_train, y_train, x_test, y_test = (t.to(device) for t in data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.out / f"{args.loss}-seed{args.seed}.pt"
+    start_epoch = 0
+    if args.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device)
+        model.load_state_dict(state["model"])
+        criterion.load_state_dict(state["criterion"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch = state["epoch"] + 1
+    amp = device.type == "cuda"
+    steps = math.ceil(len(y_train) / args.batch)
+    history = []
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        order = torch.randperm(len(y_train), device=device)
+        started = time.time()
+        for step in range(steps):
+            index = order[step * args.batch:(step + 1) * args.batch]
+            x = augment(x_train[index], pad, flip)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = criterion(model(x), y_train[index])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if step % 20 == 0 or step == steps - 1:
+                _bar(epoch, args.epochs, step + 1, steps, float(loss), started)
+        print(file=sys.stderr)
+        schedule.step()
+        result = {"epoch": epoch + 1, **evaluate(model, x_test, y_test, args.batch, amp)}
+        result.update(criterion.values())
+        history.append(result)
+        print(json.dumps(result), flush=True)
+        torch.save({"model": model.state_dict(), "criterion": criterion.state_dict(),
+                    "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                    "epoch": epoch}, checkpoint)
+    if not history:  # resumed after the last epoch: report the checkpoint's model
+        history.append({"epoch": start_epoch, **evaluate(model, x_test, y_test, args.batch, amp),
+                        **criterion.values()})
+        print(json.dumps(history[-1]), flush=True)
+    return history[-1]
+
+
+@torch.no_grad()
+def evaluate(model, x_test, y_test, batch, amp) -> dict:
+    model.eval()
+    top1 = top5 = 0.0
+    for i in range(0, len(y_test), batch):
+        with torch.autocast(x_test.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x_test[i:i + batch]).float()
+        top1 += accuracy_top(logits, y_test[i:i + batch], 1)
+        top5 += accuracy_top(logits, y_test[i:i + batch], min(5, logits.shape[-1]))
+    n = len(y_test)
+    return {"top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n}
+
+
+def missing_data(folder, what: str, layout: str) -> SystemExit:
+    return SystemExit(
+        f"no {what} at {folder}: download it elsewhere and put it there in torchvision's "
+        f"layout:\n{layout}\n(or run with --smoke to check the script on generated data)"
+    )
