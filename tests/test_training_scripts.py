@@ -41,3 +41,27 @@ def test_missing_data_names_what_to_put_there(tmp_path, script, needed):
     out = _run(script, "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert out.returncode != 0
     assert needed in out.stderr and "--smoke" in out.stderr
+
+
+def test_jax_mnist1d_example_learns(tmp_path):
+    pytest.importorskip("jax")
+    pytest.importorskip("mnist1d")
+    out = _run("mnist1d_jax.py", "--samples", "1000", "--epochs", "8", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_cupy_mnist1d_example_needs_a_gpu_or_runs(tmp_path):
+    pytest.importorskip("mnist1d")
+    out = _run("mnist1d_cupy.py", "--samples", "1000", "--epochs", "2", cwd=tmp_path)
+    try:
+        import cupy
+
+        gpu = cupy.cuda.is_available()
+    except ImportError:
+        gpu = False
+    if gpu:
+        assert out.returncode == 0, out.stderr[-3000:]
+    else:
+        assert out.returncode != 0 and "CuPy" in out.stderr
