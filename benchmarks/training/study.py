@@ -215,12 +215,9 @@ def write_page(report: dict) -> None:
             summary = ", ".join(f"{k} {np.mean([f[k] for f in finals]):.3g}" for k in finals[0])
             lines += [f"Learnt values after {report['epochs']} epochs (mean over seeds): "
                       f"{summary}.", "", f"![learnt weights and bases](results-{name}-learnt.png)", ""]
-    lines += [
-        "## What this shows",
-        "",
-        "CONCLUSION",
-        "",
-    ]
+    conclusion = DOCS / "results-conclusion.md"  # written by a person, after reading the numbers
+    lines += ["## What this shows", "",
+              conclusion.read_text() if conclusion.exists() else "(no conclusion written yet)", ""]
     (DOCS / "results.md").write_text("\n".join(lines))
 
 

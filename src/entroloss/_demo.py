@@ -214,9 +214,9 @@ def run(library="numpy", device=None, *, epochs=30, seed=0, losses=None, progres
     return platform, results
 
 
-def table(platform, results, epochs) -> str:
+def table(platform, results, epochs, sizes=(1258, 539)) -> str:
     lines = [
-        f"digits (scikit-learn, 1257 train / 540 test), MLP 64-64-10, {epochs} epochs of SGD "
+        f"digits (scikit-learn, {sizes[0]} train / {sizes[1]} test), MLP 64-64-10, {epochs} epochs of SGD "
         f"(momentum 0.9, lr 0.05, batch 64), backend {platform.id}, float32",
         f"{'loss':<22}{'accuracy':>10}{'NLL':>9}{'ECE':>9}{'entropy':>9}{'time s':>9}",
         "-" * 68,
