@@ -92,18 +92,16 @@ def test_out_of_range_index_under_jit_is_nan_for_every_loss(jb, loss):
 
 
 def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jb):
-    """Under jit a soft target that does not sum to 1 (or has negative entries) and a
-    negative class weight are not refused: the loss is the definition evaluated on them
-    (what the float64 reference gives), never an error."""
+    """Under jit a soft target whose rows do not sum to 1 and a negative class weight (on a
+    class-index target) are not refused: the loss is the definition evaluated on them
+    (what the float64 reference gives), value and gradient, never an error."""
     z = np.random.default_rng(2).normal(size=(3, 4))
-    bad_rows = np.array([[0.5, 0.5, 0.5, 0.0], [1.5, -0.5, 0.0, 0.0], [0.25] * 4])
-    for loss in ("cross_entropy", "min_ent", "focal"):
-        got = jax.jit(lambda z, t: getattr(el, loss)(z, t, reduction="none"))(jb.asarray(z), jb.asarray(bad_rows))
+    bad_rows = np.array([[0.5, 0.5, 0.5, 0.0], [1.5, 0.0, 0.25, 0.0], [0.1] * 4])
+    for loss in LOSSES:
+        fn = getattr(el, loss)
+        got = jax.jit(lambda z, t: fn(z, t, reduction="none"))(jb.asarray(z), jb.asarray(bad_rows))
         expected = reference.loss(z, bad_rows, kind=loss, reduction="none")
         np.testing.assert_allclose(got, expected, rtol=1e-12)
-    # MIX-ENT's log(q + eps) of a negative entry is NaN: that row is NaN, not a number
-    got = jax.jit(lambda z, t: el.mix_ent(z, t, reduction="none"))(jb.asarray(z), jb.asarray(bad_rows))
-    assert np.isfinite(got[0]) and np.isnan(got[1]) and np.isfinite(got[2])
     w = np.array([1.0, -1.0, 2.0, 0.5])
     y = np.array([0, 1, 3])
     for reduction in ("none", "mean"):
@@ -111,8 +109,44 @@ def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jb):
             jb.asarray(z), jb.asarray(w))
         expected = reference.loss(z, y, weight=list(w), reduction=reduction)
         np.testing.assert_allclose(got, expected, rtol=1e-12)
+    g = jax.jit(jax.grad(lambda z: el.min_ent(z, jb.asarray(y), weight=jb.asarray(w),
+                                              reduction="sum")))(jb.asarray(z))
+    expected = _central_differences(
+        lambda v: reference.loss(v, y, kind="min_ent", weight=list(w), reduction="sum"), z)
+    np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="weight"):  # eagerly it is refused
         el.cross_entropy(jb.asarray(z), jb.asarray(y), weight=jb.asarray(w))
+
+
+def _central_differences(f, z, step=1e-6):
+    g = np.zeros_like(z)
+    for index in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[index] += step
+        down[index] -= step
+        g[index] = (float(f(up)) - float(f(down))) / (2 * step)
+    return g
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (reported): where w_c * q_c < 0 (a negative "
+                   "soft-target entry, or a negative class weight with a soft or smoothed "
+                   "target), the forward skips the term (weighted_sum keeps only w q > 0) "
+                   "but the backward keeps it (weighted_dense), so the gradient is not the "
+                   "gradient of the returned value. Only reachable where the data checks "
+                   "do not run (jax.jit, torch.compile, validate=False).")
+@pytest.mark.parametrize("case", ["negative-soft-entry", "negative-weight-smoothed"])
+def test_gradient_is_the_gradient_of_the_value_for_unchecked_negative_mass(jb, case):
+    z = np.random.default_rng(2).normal(size=(1, 4))
+    if case == "negative-soft-entry":
+        t = jb.asarray(np.array([[1.5, -0.5, 0.0, 0.0]]))
+        options = {}
+    else:
+        t = jb.asarray(np.array([1]))
+        options = {"weight": jb.asarray(np.array([1.0, -1.0, 1.0, 1.0])), "label_smoothing": 0.1}
+    f = jax.jit(lambda z: el.cross_entropy(z, t, reduction="sum", **options))
+    g = jax.grad(f)(jb.asarray(z))
+    np.testing.assert_allclose(g, _central_differences(lambda v: f(jb.asarray(v)), z),
+                               rtol=1e-6, atol=1e-8)
 
 
 def test_bad_array_bases_under_jit(jb):
@@ -151,7 +185,8 @@ def _checked_message(error) -> str:
     with pytest.raises(ValueError) as info:  # checkify.JaxRuntimeError is a ValueError
         error.throw()
     assert isinstance(info.value, checkify.JaxRuntimeError)
-    return message
+    assert str(info.value) in message  # get() may prefix "at mapped index i: " (vmap)
+    return message.removesuffix(" (`check` failed)")
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -171,7 +206,7 @@ def test_checked_passes_good_input_unchanged(jb, loss, kind):
         options.update(weight=jb.asarray(np.array([1.0, 0.0, 2.0, 0.5])), label_smoothing=0.1)
     error, value = jax.jit(checked(fn, **options))(z, target)
     assert error.get() is None
-    np.testing.assert_array_equal(value, fn(z, target, **options))
+    np.testing.assert_allclose(value, fn(z, target, **options), rtol=1e-13)  # jit vs eager
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -223,14 +258,15 @@ def test_checked_refuses_negative_weights_and_bad_array_bases(jb, data):
     expected = _eager_message(lambda: el.cross_entropy(z, y, weight=w))
     error, _ = jax.jit(checked(el.cross_entropy))(z, y, weight=w)  # an array option per call
     assert _checked_message(error) .startswith(expected)
-    for value in (0.0, 1.0, -2.0, math.inf, math.nan):
-        for loss, name in (("cross_entropy", "base"), ("min_ent", "entropy_base"),
-                           ("mix_ent", "reverse_base"), ("focal", "base")):
-            error, _ = jax.jit(checked(getattr(el, loss)))(z, y, **{name: jb.asarray(value)})
+    for loss, name in (("cross_entropy", "base"), ("min_ent", "entropy_base"),
+                       ("mix_ent", "reverse_base"), ("focal", "base")):
+        safe = jax.jit(checked(getattr(el, loss)))  # one compilation; the base is data
+        for value in (0.0, 1.0, -2.0, math.inf, math.nan):
+            error, _ = safe(z, y, **{name: jb.asarray(value)})
             message = _checked_message(error)
             assert message.startswith(f"{name} must be a finite number > 0 and != 1"), message
-    error, _ = jax.jit(checked(el.min_ent))(z, y, entropy_base=jb.asarray(2.0))
-    assert error.get() is None
+        error, _ = safe(z, y, **{name: jb.asarray(2.0)})
+        assert error.get() is None
 
 
 def test_checked_under_vmap_reports_the_bad_problem(jb):
@@ -243,7 +279,7 @@ def test_checked_under_vmap_reports_the_bad_problem(jb):
                                rtol=1e-12)
     y[1, 2] = 7
     error, _ = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jb.asarray(y))
-    assert "class index 7" in _checked_message(error)
+    assert _checked_message(error) == "at mapped index 1: target holds class index 7, outside [0, 4)"
 
 
 def test_with_checks_in_a_checkified_training_step(jb):

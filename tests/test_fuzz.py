@@ -309,6 +309,7 @@ def assert_matches(got, expected, magnitude, dtype, what, *, floor=(0.0, 0.0)):
     assert np.array_equal(got[inf], expected[inf]), (what, got, expected)
     ok = ~np.isnan(expected) & ~inf
     assert np.all(np.isfinite(got[ok])), (what, got, expected)
+    magnitude = np.nan_to_num(np.asarray(magnitude, dtype=np.float64), nan=0.0, posinf=0.0)
     bound = tol["atol"] + tol["rtol"] * (np.abs(expected) + magnitude)
     excess = np.abs(got - expected) - bound
     assert np.all(excess[ok] <= 0), (

@@ -72,11 +72,11 @@ def _primitive(xp: Any, name: str, generic: Any) -> Any:
 
 def _logsumexp_last(xp: Any, z: Any) -> Any:
     m = xp.max(z, axis=-1, keepdims=True)
-    m = xp.where(m == -math.inf, xp.zeros_like(m), m)
+    m = xp.where(m == -math.inf, 0.0, m)
     total = xp.sum(xp.exp(z - m), axis=-1, keepdims=True)
     empty = total == 0  # every logit -inf: logsumexp is -inf (without a log(0) warning)
-    lse = m + xp.log(xp.where(empty, xp.ones_like(total), total))
-    return xp.where(empty, xp.full_like(lse, -math.inf), lse)
+    lse = m + xp.log(xp.where(empty, 1.0, total))
+    return xp.where(empty, -math.inf, lse)
 
 
 def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> Any:
@@ -98,8 +98,8 @@ def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
         z = xp.moveaxis(z, axis, -1)
     lse = _primitive(xp, "logsumexp_last", _logsumexp_last)(xp, z)
     # row-sized fix-ups, identical whichever kernel computed lse
-    lse = xp.where(lse == -math.inf, xp.zeros_like(lse), lse)
-    lse = xp.where(lse == math.inf, xp.full_like(lse, math.nan), lse)
+    lse = xp.where(lse == -math.inf, 0.0, lse)
+    lse = xp.where(lse == math.inf, math.nan, lse)
     out = z - lse
     return out if last else xp.moveaxis(out, -1, axis)
 
@@ -111,7 +111,7 @@ def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
 def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
     # p log p with the limit 0 at p = 0, so a -inf (masked) logit never leaks 0 * -inf;
     # a NaN p stays NaN (NaN * 0).
-    return p * xp.where(p > 0, log_p, xp.zeros_like(log_p))
+    return p * xp.where(p > 0, log_p, 0.0)
 
 
 def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
@@ -166,16 +166,15 @@ class _Target:
             if self.invalid is not None:
                 usable = ~self.invalid if usable is None else usable & ~self.invalid
             if usable is not None:
-                target = xp.where(usable, target, xp.zeros_like(target))
+                target = xp.where(usable, target, 0)
             index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
             self.index = xp.astype(target, index_dtype)[..., None]
             if weight is not None:
                 self.scale = xp.reshape(xp.take(weight, xp.reshape(self.index, (-1,))), target.shape)
             self.q = None
             if self.smooth > 0:
-                hot = xp.full(shape, self.keep + self.smooth, dtype=dtype, device=_device(target))
                 cold = xp.full(shape, self.smooth, dtype=dtype, device=_device(target))
-                self.q = xp.where(self.one_hot(), hot, cold)
+                self.q = xp.where(self.one_hot(), self.keep + self.smooth, cold)
         self.wq = None
         if self.q is not None:
             self.wq = self.q if weight is None else weight * self.q
@@ -199,7 +198,7 @@ class _Target:
         xp = self.xp
         if self.wq is None:
             return values if self.scale is None else self.scale * values
-        safe = xp.where(self.wq > 0, values, xp.zeros_like(values))
+        safe = xp.where(self.wq > 0, values, 0.0)
         return xp.sum(self.wq * safe, axis=-1)
 
     def reverse_log(self) -> Any:
@@ -250,8 +249,8 @@ def _focal_slopes(xp: Any, log_p: Any, gamma: float) -> Any:
         tail = plogp
     else:
         positive = one_minus_p > 0
-        safe = xp.where(positive, one_minus_p, xp.ones_like(one_minus_p))
-        tail = xp.where(positive, plogp * safe ** (gamma - 1), xp.zeros_like(plogp))
+        safe = xp.where(positive, one_minus_p, 1.0)
+        tail = xp.where(positive, plogp * safe ** (gamma - 1), 0.0)
     return gamma * tail - _focal_factor(xp, log_p, gamma)
 
 
@@ -298,13 +297,12 @@ def forward(
         scaled = reg if tgt.scale is None else tgt.scale * reg
         loss = loss + scaled * (rw / _ln(xp, rb))
     if tgt.valid is not None:
-        zero = xp.zeros_like(loss)
-        loss = xp.where(tgt.valid, loss, zero)
-        main = xp.where(tgt.valid, main, zero)
-        reg = None if reg is None else xp.where(tgt.valid, reg, zero)
+        loss = xp.where(tgt.valid, loss, 0.0)
+        main = xp.where(tgt.valid, main, 0.0)
+        reg = None if reg is None else xp.where(tgt.valid, reg, 0.0)
 
     if tgt.invalid is not None:
-        loss = xp.where(tgt.invalid, xp.full_like(loss, math.nan), loss)
+        loss = xp.where(tgt.invalid, math.nan, loss)
 
     denominator = None
     if spec.reduction == "none":
@@ -342,15 +340,15 @@ def _mean_denominator(xp: Any, tgt: _Target, loss: Any) -> Any:
         return xp.asarray(math.prod(loss.shape), dtype=loss.dtype, device=_device(loss))
     ones = xp.ones_like(loss) if tgt.scale is None else tgt.scale
     if tgt.valid is not None:
-        ones = xp.where(tgt.valid, ones, xp.zeros_like(ones))
+        ones = xp.where(tgt.valid, ones, 0.0)
     return xp.sum(ones)
 
 
 def _safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
     # 0/0 (empty or all-ignored batch) is NaN on every backend, without a float warning.
     positive = denominator > 0
-    safe = xp.where(positive, denominator, xp.ones_like(denominator))
-    return xp.where(positive, total / safe, xp.full_like(total, math.nan))
+    safe = xp.where(positive, denominator, 1.0)
+    return xp.where(positive, total / safe, math.nan)
 
 
 def backward(
@@ -376,10 +374,10 @@ def backward(
         g = _safe_divide(xp, g, denominator)
     g_pos = g if spec.reduction == "none" else xp.broadcast_to(g, main.shape)
     if tgt.valid is not None:
-        g_pos = xp.where(tgt.valid, g_pos, xp.zeros_like(g_pos))
+        g_pos = xp.where(tgt.valid, g_pos, 0.0)
 
     if tgt.invalid is not None:  # unchecked out-of-range index: a NaN row, not a number
-        g_pos = xp.where(tgt.invalid, xp.full_like(g_pos, math.nan), g_pos)
+        g_pos = xp.where(tgt.invalid, math.nan, g_pos)
     ln_cb = _ln(xp, cb)
     c_main = g_pos * (cw / ln_cb)  # per-position coefficient of d(main)/dz
     c_reg = None
@@ -423,7 +421,7 @@ def backward(
             dz = dz + c_reg[..., None] * (p * (tgt.reverse_log() - reg[..., None]))
 
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
-        dz = xp.where(tgt.valid[..., None], dz, xp.zeros_like(dz))
+        dz = xp.where(tgt.valid[..., None], dz, 0.0)
     if spec.axis != dz.ndim - 1:
         dz = xp.moveaxis(dz, -1, spec.axis)
     param_grads = tuple(
