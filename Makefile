@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU builds for the test machines; users pick their own through the extras.
 TEST_FRAMEWORKS := torch==2.13.0 jax optax
 
-.PHONY: demo test verify install clean
+.PHONY: demo test docs verify install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.deps-test: pyproject.toml $(VENV)/.deps-demo
-	$(BIN)/pip install -q --disable-pip-version-check $(TEST_FRAMEWORKS) ".[test]"
+	$(BIN)/pip install -q --disable-pip-version-check $(TEST_FRAMEWORKS) ".[test,docs]"
 	touch $@
 
 # The package itself is reinstalled (not editable) every time, so the tests and the demo
@@ -26,8 +26,14 @@ install: $(VENV)/.deps-demo
 demo: install
 	$(BIN)/entroloss demo
 
-test: $(VENV)/.deps-test install
+test: $(VENV)/.deps-test install docs
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The site, offline, warnings as errors (the doctests run in the test suite). Open
+# site/index.html in a browser, or serve it with `.venv/bin/mkdocs serve`.
+docs: $(VENV)/.deps-test install
+	$(BIN)/python docs/figures.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 verify: install
 	$(BIN)/entroloss verify

@@ -149,22 +149,34 @@ class _LossModule(torch.nn.Module):
 
 
 class CrossEntropyLoss(_LossModule):
+    """`entroloss.cross_entropy` as a module; `learnable=True` learns `base`."""
+
     _function, _scalars = "cross_entropy", {"base": math.e}
 
 
 class MinEntLoss(_LossModule):
+    """`entroloss.min_ent` as a module; `learnable=True` learns `ce_weight`,
+    `entropy_weight`, `ce_base` and `entropy_base`."""
+
     _function = "min_ent"
     _scalars = {"ce_weight": 1.0, "entropy_weight": 1.0, "ce_base": math.e, "entropy_base": math.e}
 
 
 class MixEntLoss(_LossModule):
+    """`entroloss.mix_ent` as a module; `learnable=True` learns `ce_weight`,
+    `reverse_weight`, `ce_base` and `reverse_base`."""
+
     _function = "mix_ent"
     _scalars = {"ce_weight": 1.0, "reverse_weight": 1.0, "ce_base": math.e, "reverse_base": math.e}
 
 
 class AdaptiveCELoss(_LossModule):
+    """`entroloss.adaptive_ce` as a module; `learnable=True` learns `base`."""
+
     _function, _scalars = "adaptive_ce", {"base": math.e}
 
 
 class FocalLoss(_LossModule):
+    """`entroloss.focal` as a module (pass `gamma=`); `learnable=True` learns `base`."""
+
     _function, _scalars = "focal", {"base": math.e}

@@ -118,10 +118,11 @@ def cross_entropy(
     reduction: str = "mean",
     validate: bool = True,
 ) -> Any:
-    r"""Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
+    """Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
 
-    .. math:: \ell_i = -\frac{1}{\ln b} \sum_c w_c\, q_c \log p_c, \qquad
-              q = (1-\varepsilon)\,\mathrm{onehot}(y) + \varepsilon / C
+    Per position, with ``p = softmax(logits)``::
+
+        l = -sum_c w_c q_c log(p_c) / ln(b),   q = (1 - eps) onehot(y) + eps / C
 
     Args:
       logits: floating array ``(..., C, ...)`` with the classes along ``axis``.
@@ -175,17 +176,17 @@ def min_ent(
     reduction: str = "mean",
     validate: bool = True,
 ) -> Any:
-    r"""MIN-ENT: cross entropy plus the entropy of the prediction.
+    """MIN-ENT: cross entropy plus the entropy of the prediction.
 
-    .. math:: \ell_i = \alpha\,\frac{\mathrm{CE}_i}{\ln b_1}
-              + \beta\, s_i\, \frac{H(p_i)}{\ln b_2}, \qquad
-              H(p) = -\sum_c p_c \log p_c
+    Per position::
+
+        l = alpha * CE / ln(b1) + beta * s * H(p) / ln(b2),   H(p) = -sum_c p_c log(p_c)
 
     ``alpha = ce_weight``, ``beta = entropy_weight``, ``b1 = ce_base``,
     ``b2 = entropy_base``; ``s_i`` is the class weight of the target (1 for soft
     targets). Any of the four may be a 0-d array, and then receives a gradient. With
-    ``entropy_weight=0`` this is :func:`cross_entropy` exactly. Other arguments as in
-    :func:`cross_entropy`.
+    ``entropy_weight=0`` this is `cross_entropy` exactly. Other arguments as in
+    `cross_entropy`.
 
     Example (uniform logits: ``CE = H = ln 4``)::
 
@@ -225,16 +226,17 @@ def mix_ent(
     reduction: str = "mean",
     validate: bool = True,
 ) -> Any:
-    r"""MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
+    """MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
 
-    .. math:: \ell_i = \alpha\,\frac{\mathrm{CE}_i}{\ln b_1}
-              + \beta\, s_i\, \frac{R_i}{\ln b_2}, \qquad
-              R = -\sum_c p_c \log(q_c + \epsilon) = H(p) + \mathrm{KL}(p \,\|\, q + \epsilon)
+    Per position::
+
+        l = alpha * CE / ln(b1) + beta * s * R / ln(b2)
+        R = -sum_c p_c log(q_c + eps) = H(p) + KL(p || q + eps)
 
     The regularizer is the paper's "minimum-entropy term plus a K-L term with target and
     prediction swapped"; ``eps`` keeps the log of a one-hot target finite. The paper's own
     code is not public: this is the definition this package commits to (see the math
-    page). With ``reverse_weight=0`` this is :func:`cross_entropy` exactly.
+    page). With ``reverse_weight=0`` this is `cross_entropy` exactly.
 
     Example (uniform logits over 4 classes, one-hot target:
     ``R = -(log(1+eps) + 3 log(eps)) / 4``)::
@@ -274,12 +276,14 @@ def focal(
     reduction: str = "mean",
     validate: bool = True,
 ) -> Any:
-    r"""Focal loss over the target distribution.
+    """Focal loss over the target distribution.
 
-    .. math:: \ell_i = -\frac{1}{\ln b} \sum_c w_c\, q_c\, (1 - p_c)^\gamma \log p_c
+    Per position::
 
-    ``gamma=0`` is :func:`cross_entropy`; ``gamma=1`` is :func:`adaptive_ce`. Other
-    arguments as in :func:`cross_entropy`.
+        l = -sum_c w_c q_c (1 - p_c)^gamma log(p_c) / ln(b)
+
+    ``gamma=0`` is `cross_entropy`; ``gamma=1`` is `adaptive_ce`. Other
+    arguments as in `cross_entropy`.
 
     Example (uniform logits over 4 classes: ``(3/4)^2 ln 4``)::
 
@@ -311,12 +315,14 @@ def adaptive_ce(
     reduction: str = "mean",
     validate: bool = True,
 ) -> Any:
-    r"""The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.
+    """The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.
 
-    .. math:: \ell_i = -\frac{1}{\ln b} \sum_c w_c\, q_c\, (1 - p_c) \log p_c
+    Per position::
+
+        l = -sum_c w_c q_c (1 - p_c) log(p_c) / ln(b)
 
     which for a class index without smoothing is ``-w_y (1 - p_y) log p_y / ln b``:
-    :func:`focal` with ``gamma=1``. Arguments as in :func:`cross_entropy`.
+    `focal` with ``gamma=1``. Arguments as in `cross_entropy`.
 
     Example (uniform logits over 4 classes: ``(3/4) ln 4``)::
 
@@ -345,8 +351,8 @@ _LOSSES = {
 def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: Any) -> tuple:
     """The loss and its hand-derived gradients, on any array namespace.
 
-    ``loss_fn`` is one of :func:`cross_entropy`, :func:`min_ent`, :func:`mix_ent`,
-    :func:`adaptive_ce`, :func:`focal`; ``options`` are its keyword arguments. Returns
+    ``loss_fn`` is one of `cross_entropy`, `min_ent`, `mix_ent`,
+    `adaptive_ce`, `focal`; ``options`` are its keyword arguments. Returns
     ``(loss, grads)`` where ``grads["logits"]`` has the logits' shape and dtype, and
     ``grads[name]`` is present for every weight or base passed as a 0-d array. With
     ``reduction="none"`` the gradients are those of the sum of the per-position losses.
@@ -388,7 +394,7 @@ def _logits_in_compute_dtype(x: Any, axis: Any) -> tuple:
 
 
 def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
-    r"""Entropy of ``softmax(logits)`` along ``axis``: ``-sum_c p_c log p_c / ln b``.
+    """Entropy of ``softmax(logits)`` along ``axis``: ``-sum_c p_c log p_c / ln b``.
 
     Finite for ``-inf`` (masked) logits; differentiable through each framework's own
     autograd. Lies in ``[0, log_b C]``.
