@@ -33,11 +33,57 @@ def main() -> None:
         command += ["--dtype", dtype]
     if tag == "cpu":
         command.append("--memory")
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"entroloss bench failed:\n{out.stderr[-4000:]}")
     data = json.loads(out.stdout)
     (DOCS / f"benchmarks-{tag}.json").write_text(json.dumps(data, indent=1))
     plot(data, DOCS / f"benchmarks-{tag}.png")
-    print(f"wrote docs/benchmarks-{tag}.json and docs/benchmarks-{tag}.png")
+    page()
+    print(f"wrote docs/benchmarks-{tag}.json, docs/benchmarks-{tag}.png and docs/benchmarks.md")
+
+
+def section(tag: str, data: dict) -> list:
+    m = data["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("machine", "processor", "cpus"))
+    lines = [f"## {tag.upper()}: {m.get('processor') or m['machine']}, {m['cpus']} cores", "",
+             f"Versions: {versions}.", "",
+             "| backend | N x C | dtype | candidate | fwd ms | fwd+bwd ms | fwd ratio | fwd+bwd ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['backend']} | {r['shape'][0]}x{r['shape'][1]} | {r['dtype']} | "
+                     f"{r['candidate']} | {r['forward_ms']:.3f} | {r['step_ms']:.3f} | "
+                     f"{r['forward_ratio']:.2f} | {r['step_ratio']:.2f} |")
+    lines += ["", f"![time ratio against problem size](benchmarks-{tag}.png)", ""]
+    memory = data.get("memory")
+    if memory:
+        n, c = memory["shape"]
+        lines += [f"Peak extra resident memory of one torch CPU forward+backward at {n}x{c} "
+                  f"(logits {n * c * 4 / 2**20:.0f} MiB), in multiples of the logits' bytes:", "",
+                  "| candidate | peak extra / logits bytes |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in memory["extra_over_logits_bytes"].items()]
+        lines.append("")
+    for s in data.get("skipped", []):
+        lines.append(f"- skipped {s['backend']}: {s['reason']}")
+    return lines
+
+
+def page() -> None:
+    lines = ["# Benchmarks", "",
+             "Measured by `python benchmarks/run.py` (the harness behind `entroloss bench`): "
+             "forward and forward+backward time as a ratio to the same backend's native "
+             "cross entropy at the same shape and dtype (`F.cross_entropy` eager for torch, "
+             "optax's integer-label cross entropy under `jax.jit`, a hand-written NumPy "
+             "forward+backward), medians of interleaved runs after warm-up, a device sync "
+             "around every timing. Losses with the default options; class-index targets.", ""]
+    analysis = DOCS / "benchmarks-analysis.md"  # written by a person, after reading the numbers
+    if analysis.exists():
+        lines += [analysis.read_text(), ""]
+    for tag in ("cpu", "gpu"):
+        path = DOCS / f"benchmarks-{tag}.json"
+        if path.exists():
+            lines += section(tag, json.loads(path.read_text()))
+    (DOCS / "benchmarks.md").write_text("\n".join(lines) + "\n")
 
 
 def plot(data: dict, path: pathlib.Path) -> None:
@@ -67,4 +113,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--page-only"]:
+        page()
+    else:
+        main()

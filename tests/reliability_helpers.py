@@ -14,7 +14,7 @@ import numpy as np
 
 import entroloss as el
 import reference
-from cases import Case
+from cases import SCALARS, Case
 
 LOSSES = ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal")
 
@@ -80,9 +80,76 @@ def rounded(backend, array: np.ndarray, dtype: str) -> np.ndarray:
     return to_numpy(backend, backend.asarray(array, dtype))
 
 
-def nan_mask_rows(x: np.ndarray) -> np.ndarray:
-    return np.isnan(x).any(axis=-1)
+def coefficient_scale(kind: str, logits: np.ndarray, target: np.ndarray, options: dict) -> np.ndarray:
+    """Per position, a bound on what multiplies a rounding error of ``log p`` (or ``p``)
+    in the loss and its gradient: ``|ce_weight / ln ce_base| * S * (2 + gamma)`` with
+    ``S = sum_c w_c q_c``, plus the regularizer's ``|weight / ln base| * s`` times
+    ``log C + 2`` (entropy) or ``2 (1 - log eps)`` (reverse), times the cotangent (``1/D``
+    for "mean"). Ignored positions: 0."""
+    o = options
+    axis = o.get("axis", -1)
+    z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
+    num = z.shape[-1]
+    w = np.ones(num) if o.get("weight") is None else np.asarray(o["weight"], dtype=np.float64)
+    smoothing = o.get("label_smoothing", 0.0)
+    soft = np.asarray(target).dtype.kind == "f"
+    if soft:
+        q = (1 - smoothing) * np.moveaxis(np.asarray(target, dtype=np.float64), axis, -1) + smoothing / num
+        s = np.ones(z.shape[:-1])
+        counted = np.ones(z.shape[:-1], dtype=bool)
+    else:
+        y = np.asarray(target)
+        ignore = o.get("ignore_index")
+        counted = np.ones(y.shape, dtype=bool) if ignore is None else y != ignore
+        safe = np.where(counted & (y >= 0) & (y < num), y, 0)
+        q = (1 - smoothing) * np.eye(num)[safe] + smoothing / num
+        s = w[safe]
+    big_s = np.sum(np.abs(w * q), axis=-1)
+    scalar = {n: o.get(n, math.e if n.endswith("base") else 1.0) for n in SCALARS[kind]}
+    main_base = scalar.get("base", scalar.get("ce_base"))
+    gamma = o.get("gamma", {"adaptive_ce": 1.0, "focal": 2.0}.get(kind, 0.0))
+    main = abs(scalar.get("ce_weight", 1.0) / math.log(main_base)) * big_s * (2 + gamma)
+    reg = 0.0
+    if kind == "min_ent":
+        reg = abs(scalar["entropy_weight"] / math.log(scalar["entropy_base"])) * np.abs(s) * (math.log(num) + 2)
+    if kind == "mix_ent":
+        eps = o.get("eps", 1e-6)
+        reg = abs(scalar["reverse_weight"] / math.log(scalar["reverse_base"])) * np.abs(s) * 2 * (1 - math.log(eps))
+    scale = np.where(counted, main + reg, 0.0)
+    if o.get("reduction", "mean") == "mean":
+        denominator = float(np.sum(np.where(counted, s if not soft else 1.0, 0.0)))
+        scale = scale / denominator if denominator > 0 else scale * np.nan
+    return scale
 
 
-def log_classes(num_classes: int) -> float:
-    return math.log(num_classes)
+def compute_ulp(dtype: str) -> float:
+    """The unit roundoff of the dtype the loss is computed in (halves: float32)."""
+    return float(np.finfo(np.float64 if dtype == "float64" else np.float32).eps)
+
+
+def known_error(kind: str, logits: np.ndarray, target: np.ndarray, options: dict, dtype: str,
+                *, per_class: bool = False) -> np.ndarray:
+    """The absolute error the current implementation may make beyond the dtype's relative
+    tolerance, per position (``per_class``: broadcast along the class axis, for
+    gradients), summed for "sum"/"mean".
+
+    Two known losses of precision (docs/reliability.md, "Known issues"; each pinned by a
+    strict-xfail test of test_extremes.py that states the stricter contract):
+    - ``log p`` is computed as ``z - logsumexp(z)``: an absolute error of a few ulps of the
+      position's largest ``|z|`` (not of ``|log p|``);
+    - MIX-ENT's reverse term for a class index is ``a_off + (a_on - a_off) p_y``: an absolute
+      error of a few ulps of ``-log eps``, however small the term.
+    Both are covered by ``8 ulp * max(1, max|z|) * coefficient_scale``. With both fixed,
+    ``max(1, max|z|)`` becomes 1 and the MIX-ENT term drops out.
+    """
+    axis = options.get("axis", -1)
+    z = np.asarray(logits, dtype=np.float64)
+    finite = np.where(np.isfinite(z), np.abs(z), 0.0)
+    top = np.maximum(np.max(finite, axis=axis, initial=0.0), 1.0)
+    per_position = 8 * compute_ulp(dtype) * top * np.nan_to_num(
+        coefficient_scale(kind, z, target, options), nan=0.0)
+    if per_class:
+        return np.expand_dims(per_position, axis=axis % z.ndim)
+    if options.get("reduction", "mean") == "none":
+        return per_position
+    return np.sum(per_position)

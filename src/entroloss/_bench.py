@@ -71,6 +71,7 @@ def _torch_candidates(platform, logits, target, *, compiled: bool):
         out[f"el.{name}"] = (forward_of(lambda z, y, fn=fn: fn(z, y)),
                              step_of(lambda z, y, fn=fn: fn(z, y)))
     if compiled:
+        torch._dynamo.reset()  # every shape and dtype compiles afresh, within dynamo's limits
         out["compiled F.cross_entropy"] = _compiled(torch, native, logits, target)
         for name in ("cross_entropy", "min_ent"):
             fn = getattr(_api, name)
