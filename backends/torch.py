@@ -24,7 +24,7 @@ def _logsumexp_last(xp_: Any, z: torch.Tensor) -> torch.Tensor:
 def _softmax_affine(xp_: Any, log_p: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor,
                     beta: torch.Tensor) -> torch.Tensor:
     # the same result as _math._softmax_affine, built in place on a fresh tensor
-    out = torch.exp(log_p).mul_(alpha.unsqueeze(-1))
+    out = torch.exp(log_p).mul_(alpha)
     return out.scatter_add_(-1, index, beta.unsqueeze(-1).to(out.dtype))
 
 

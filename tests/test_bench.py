@@ -40,8 +40,9 @@ def test_native_torch_kernels_equal_the_generic_primitives():
     log_p = _math.log_softmax(xp, torch.randn(6, 5, dtype=torch.float64))
     alpha, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     index = torch.randint(0, 5, (6, 1))
-    torch.testing.assert_close(adapter._softmax_affine(xp, log_p, alpha, index, beta),
-                               _math._softmax_affine(xp, log_p, alpha, index, beta))
+    for a in (alpha[:, None], torch.randn(6, 5, dtype=torch.float64)):
+        torch.testing.assert_close(adapter._softmax_affine(xp, log_p, a, index, beta),
+                                   _math._softmax_affine(xp, log_p, a, index, beta))
 
 
 def test_bench_cli_quick_json():

@@ -16,22 +16,29 @@ Properties:
 - each position's logit gradient sums to 0 over the classes (cross entropy, as asked, and
   every other loss, since each is shift invariant).
 
+Tolerances: the dtype's (conftest.tolerance), relative to the size of the terms that may
+cancel, plus the implementation's known absolute error (``reliability_helpers.known_error``:
+ulps of the largest |logit|, and of ``-log eps`` for MIX-ENT with class indices), which
+the strict-xfail precision tests of test_extremes.py tighten.
+
 Profiles (hypothesis settings profiles, chosen by ``ENTROLOSS_FUZZ``):
-- ``quick`` (default, CI): a few examples per property and backend, derandomized, so the
-  file runs in well under a minute;
-- ``long``: ``ENTROLOSS_FUZZ=long`` (>= 10,000 examples for the reference property alone:
-  2,500 per backend on the four CPU backends). Add ``--hypothesis-show-statistics`` to see
-  the counts; ``docs/reliability.md`` records the last run. ``ENTROLOSS_FUZZ_EXAMPLES=n``
-  sets the examples per property and backend of either profile.
-JAX runs jitted here (the way it is trained with; eager JAX compiles every op for every
-new shape, seconds per example); the eager path is exercised throughout the rest of the
-suite.
+- ``quick`` (default, CI): derandomized; per backend 40 examples of the reference
+  property (16 on JAX) and 10 of each other one (5 on JAX); well under a minute;
+- ``long``: ``ENTROLOSS_FUZZ=long``, random; per backend 2,500 examples of the reference
+  property and 250 of each other one: 14,000 examples on the four CPU backends. Add
+  ``--hypothesis-show-statistics`` to see the counts; docs/reliability.md records the
+  last run.
+``ENTROLOSS_FUZZ_EXAMPLES=n`` sets the examples per property and backend of either
+profile. JAX runs jitted here (the way it is trained with; eager JAX compiles every op for
+every new shape, seconds per example); the eager path runs throughout the rest of the
+suite. NumPy RuntimeWarnings are silenced inside ``evaluate`` (the numbers are checked).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -58,8 +65,8 @@ FUZZ = settings.get_profile(f"entroloss-{PROFILE}")
 # examples per backend: (quick, long); JAX compiles each example (~0.2 s), so it gets
 # fewer in the quick profile and the same number in the long one
 BUDGET = {
-    "reference": (24, 2500),
-    "property": (8, 250),
+    "reference": (40, 2500),
+    "property": (10, 250),
 }
 
 
@@ -70,7 +77,7 @@ def examples(backend, kind: str) -> int:
     quick, long = BUDGET[kind]
     if PROFILE == "long":
         return long
-    return max(4, quick // 2) if backend.library == "jax" else quick
+    return max(5, quick * 2 // 5) if backend.library == "jax" else quick
 
 
 def run_given(backend, kind, strategy, check):
@@ -216,7 +223,17 @@ def _on_backend(backend, case: Case, dtype: str, arrays: tuple):
 
 def evaluate(backend, fn, logits, target, options: dict, arrays: tuple) -> list:
     """``[(path, value, {"logits": ..., name: ...})]`` as float64 NumPy, for
-    ``el.value_and_grad`` and the framework's own autograd (JAX jitted)."""
+    ``el.value_and_grad`` and the framework's own autograd (JAX jitted).
+
+    NumPy's RuntimeWarnings are silenced here: this file checks the numbers (a NaN that
+    leaks fails it); the one known spurious warning is pinned by test_extremes.py
+    (test_ignored_fully_masked_position_warns_nothing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _evaluate(backend, fn, logits, target, options, arrays)
+
+
+def _evaluate(backend, fn, logits, target, options: dict, arrays: tuple) -> list:
     np_ = backend.to_numpy
     statics = {k: v for k, v in options.items() if k not in arrays}
     if backend.library == "jax":
@@ -417,8 +434,11 @@ def test_entropy_lies_between_zero_and_log_classes(backend):
             q = np.exp(moved - m)
             q = q / np.where(q.sum(-1, keepdims=True) > 0, q.sum(-1, keepdims=True), 1.0)
             expected = -np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0), -1)
-        np.testing.assert_allclose(h, expected / math.log(base), rtol=tol["rtol"] * 10,
-                                   atol=tol["atol"] * num)
+        # plus the known error of log p = z - logsumexp(z): ulps of the largest |logit|
+        top = np.max(np.where(np.isfinite(moved), np.abs(moved), 0.0), axis=-1, initial=1.0)
+        known = 8 * compute_ulp(dtype) * top * (math.log(num) + 2) / math.log(base)
+        assert np.all(np.abs(h - expected / math.log(base))
+                      <= tol["rtol"] * 10 * np.abs(expected) + tol["atol"] * num + known), (h, expected)
 
     run_given(backend, "property",
               fuzz_cases(backend, above_one=True, losses=("cross_entropy",)).filter(

@@ -80,10 +80,11 @@ def _logsumexp_last(xp: Any, z: Any) -> Any:
 
 
 def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> Any:
-    """``exp(log_p) * alpha[..., None] + onehot(index) * beta[..., None]``: the gradient
-    of every loss with a class-index target. A native kernel may build it in place."""
+    """``exp(log_p) * alpha + onehot(index) * beta[..., None]`` (``alpha`` broadcasts
+    against ``log_p``): the gradient of every loss with a class-index target. A native
+    kernel may build it in place."""
     hot = index == xp.arange(log_p.shape[-1], dtype=index.dtype, device=_device(index))
-    scaled = xp.exp(log_p) * alpha[..., None]
+    scaled = xp.exp(log_p) * alpha
     return xp.where(hot, scaled + beta[..., None], scaled)
 
 
@@ -108,10 +109,16 @@ def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
     return xp.exp(log_softmax(xp, z, axis))
 
 
+def _finite_log_p(xp: Any, log_p: Any) -> Any:
+    # -inf (a masked class, p = 0) becomes a large finite negative number, so p * log p
+    # is 0 there instead of 0 * -inf = NaN; NaN stays NaN (clip propagates it). The floor
+    # is -sqrt(max): far below any log p whose p is not 0, and still finite after
+    # multiplication by a loss coefficient.
+    return xp.clip(log_p, min=-math.sqrt(float(xp.finfo(log_p.dtype).max)))
+
+
 def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
-    # p log p with the limit 0 at p = 0, so a -inf (masked) logit never leaks 0 * -inf;
-    # a NaN p stays NaN (NaN * 0).
-    return p * xp.where(p > 0, log_p, 0.0)
+    return p * _finite_log_p(xp, log_p)
 
 
 def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
@@ -405,12 +412,11 @@ def backward(
             a_off, a_on = _reverse_levels(spec)
             alpha = alpha + c_reg * (a_off - reg)
             beta = beta + c_reg * (a_on - a_off) * xp.exp(tgt.gather(log_p))
-        elif spec.regularizer == "entropy":
-            alpha = alpha - c_reg * reg
+        alpha = alpha[..., None]
+        if spec.regularizer == "entropy":  # -p (log p + H) folds into the factor of p
+            alpha = (alpha - (c_reg * reg)[..., None]) - c_reg[..., None] * _finite_log_p(xp, log_p)
         affine = _primitive(xp, "softmax_affine", _softmax_affine)
         dz = affine(xp, log_p, alpha, tgt.index, beta)
-        if spec.regularizer == "entropy":
-            dz = dz - c_reg[..., None] * _p_log_p(xp, xp.exp(log_p), log_p)
     else:
         p = xp.exp(log_p)
         v = tgt.wq * _focal_slopes(xp, log_p, spec.gamma)
