@@ -17,10 +17,6 @@ import torch
 from entroloss import _math
 
 
-def _logsumexp_last(xp_: Any, z: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(z, dim=-1, keepdim=True)
-
-
 def _softmax_affine(xp_: Any, log_p: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor,
                     beta: torch.Tensor) -> torch.Tensor:
     # the same result as _math._softmax_affine, built in place on a fresh tensor
@@ -28,8 +24,8 @@ def _softmax_affine(xp_: Any, log_p: torch.Tensor, alpha: torch.Tensor, index: t
     return out.scatter_add_(-1, index, beta.unsqueeze(-1).to(out.dtype))
 
 
-# torch's fused kernels for two of _math's primitives (see _math.NATIVE)
-_math.NATIVE[xp.__name__] = {"logsumexp_last": _logsumexp_last, "softmax_affine": _softmax_affine}
+# torch's in-place kernel for _math's gradient primitive (see _math.NATIVE)
+_math.NATIVE[xp.__name__] = {"softmax_affine": _softmax_affine}
 
 
 class _Loss(torch.autograd.Function):

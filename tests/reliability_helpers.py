@@ -1,5 +1,6 @@
 """Shared by test_fuzz.py and test_extremes.py: the float64 reference's gradient by central
-differences, and the loss differentiated every way a backend offers.
+differences, the loss differentiated every way a backend offers, and the implementation's
+known error (``known_error``).
 
 Nothing here comes from the package's math: expected values come from ``reference.py``
 (plain Python, one position at a time) and expected gradients from central differences of
@@ -28,8 +29,8 @@ def reference_grad(kind: str, logits: np.ndarray, target: np.ndarray, options: d
                    step: float = 1e-4) -> np.ndarray:
     """d sum(loss) / d logits of the reference, by central differences, in float64.
 
-    Only finite logits are moved. A -inf (masked) logit gets 0 (a masked class has no
-    gradient, DESIGN §5); a NaN logit makes its position's gradient NaN.
+    Only finite logits are moved; a -inf (masked) logit gets 0 (a masked class has no
+    gradient, DESIGN §5). For finite losses only.
     """
     z = np.asarray(logits, dtype=np.float64)
     grad = np.zeros_like(z)

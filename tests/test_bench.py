@@ -31,12 +31,6 @@ def test_native_torch_kernels_equal_the_generic_primitives():
 
     from entroloss.backends import torch as adapter
 
-    z = torch.randn(6, 5, dtype=torch.float64)
-    z[1] = -math.inf
-    z[2, :3] = -math.inf
-    z[3, 0] = math.nan
-    torch.testing.assert_close(adapter._logsumexp_last(xp, z), _math._logsumexp_last(xp, z),
-                               equal_nan=True)
     log_p = _math.log_softmax(xp, torch.randn(6, 5, dtype=torch.float64))
     alpha, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     index = torch.randint(0, 5, (6, 1))

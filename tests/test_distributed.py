@@ -100,7 +100,8 @@ def _ddp_worker(rank, port, out_dir):
     import torch
     import torch.distributed as dist
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if sys.platform.startswith("linux"):  # keep gloo's own connections on the loopback
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     from datetime import timedelta
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

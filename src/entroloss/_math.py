@@ -57,10 +57,10 @@ class Spec:
 
 # --- primitives, with native kernels where a framework has them ---------------------------
 #
-# Like scipy.special, the few primitives below have one array-API definition here, and an
-# adapter may register a native kernel for its namespace (``NATIVE[xp.__name__][name]``) that
-# computes the same thing faster; see backends/torch.py. The loss definitions never
-# change with the backend.
+# Like scipy.special, a primitive has one array-API definition here, and an adapter may
+# register a native kernel for its namespace (``NATIVE[xp.__name__][name]``) that computes
+# the same thing faster; see backends/torch.py. The loss definitions never change with
+# the backend.
 NATIVE: dict = {}
 
 
@@ -68,15 +68,6 @@ def _primitive(xp: Any, name: str, generic: Any) -> Any:
     # keyed by the namespace's name: torch.compile can trace a str lookup, not a module one
     table = NATIVE.get(xp.__name__)
     return generic if table is None else table.get(name, generic)
-
-
-def _logsumexp_last(xp: Any, z: Any) -> Any:
-    m = xp.max(z, axis=-1, keepdims=True)
-    m = xp.where(m == -math.inf, 0.0, m)
-    total = xp.sum(xp.exp(z - m), axis=-1, keepdims=True)
-    empty = total == 0  # every logit -inf: logsumexp is -inf (without a log(0) warning)
-    lse = m + xp.log(xp.where(empty, 1.0, total))
-    return xp.where(empty, -math.inf, lse)
 
 
 def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> Any:
@@ -89,20 +80,18 @@ def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> A
 
 
 def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
-    """``z - logsumexp(z)`` along ``axis``, shifted by the row maximum for stability.
+    """``(z - m) - log(sum(exp(z - m)))`` along ``axis``, ``m`` the row maximum.
 
-    A row whose logits are all -inf has no probability anywhere: its log p is -inf
-    throughout (so a loss on it is +inf, not NaN). NaN and +inf give NaN.
+    Subtracting ``m`` before anything else keeps log p exact for logits with a large
+    common offset (``z - logsumexp(z)`` would lose it to rounding). A row whose logits are
+    all -inf has no probability anywhere: its log p is -inf throughout (so a loss on it is
+    +inf, not NaN). NaN and +inf give NaN.
     """
-    last = axis in (-1, z.ndim - 1)
-    if not last:
-        z = xp.moveaxis(z, axis, -1)
-    lse = _primitive(xp, "logsumexp_last", _logsumexp_last)(xp, z)
-    # row-sized fix-ups, identical whichever kernel computed lse
-    lse = xp.where(lse == -math.inf, 0.0, lse)
-    lse = xp.where(lse == math.inf, math.nan, lse)
-    out = z - lse
-    return out if last else xp.moveaxis(out, -1, axis)
+    m = xp.max(z, axis=axis, keepdims=True)
+    m = xp.where(m == -math.inf, 0.0, m)
+    shifted = z - m
+    total = xp.sum(xp.exp(shifted), axis=axis, keepdims=True)
+    return shifted - xp.log(xp.where(total == 0, 1.0, total))
 
 
 def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
@@ -209,8 +198,12 @@ class _Target:
         return xp.sum(self.wq * safe, axis=-1)
 
     def reverse_log(self) -> Any:
-        """``a_c = -log(q_c + eps)`` (dense targets; MIX-ENT)."""
-        return -self.xp.log(self.q + self.spec.eps)
+        """``a_c = -log(q_c + eps)`` (dense targets; MIX-ENT). Where ``q_c = 0`` it is
+        ``-log(eps)`` taken in Python: an eps below the dtype's range would round to 0."""
+        xp = self.xp
+        zero = self.q == 0
+        inside = xp.where(zero, 1.0, self.q + self.spec.eps)  # no log(0), even transiently
+        return xp.where(zero, -math.log(self.spec.eps), -xp.log(inside))
 
     def needed(self, per_class: Any) -> Any:
         """The part of an elementwise input that this target reads: all of it for dense
@@ -334,9 +327,11 @@ def _reverse_levels(spec: Spec) -> tuple:
 def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
     if spec.regularizer == "entropy":
         return 0.0 - xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=-1)
-    if tgt.wq is None:  # one-hot q: R = a_off + (a_on - a_off) p_y, as sum(p) = 1
+    if tgt.wq is None:  # one-hot q: R = a_on p_y + a_off sum_{c != y} p_c
         a_off, a_on = _reverse_levels(spec)
-        return a_off + (a_on - a_off) * xp.exp(tgt.gather(log_p))
+        # the mass off the target summed from its small terms: 1 - p_y would round away
+        off_target = xp.sum(xp.where(tgt.one_hot(), 0.0, xp.exp(log_p)), axis=-1)
+        return a_on * xp.exp(tgt.gather(log_p)) + a_off * off_target
     return xp.sum(xp.exp(log_p) * tgt.reverse_log(), axis=-1)
 
 
