@@ -100,10 +100,11 @@ def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
 
 def _finite_log_p(xp: Any, log_p: Any) -> Any:
     # -inf (a masked class, p = 0) becomes a large finite negative number, so p * log p
-    # is 0 there instead of 0 * -inf = NaN; NaN stays NaN (clip propagates it). The floor
+    # is 0 there instead of 0 * -inf = NaN; NaN stays NaN (NaN == -inf is False). The floor
     # is -sqrt(max): far below any log p whose p is not 0, and still finite after
     # multiplication by a loss coefficient.
-    return xp.clip(log_p, min=-math.sqrt(float(xp.finfo(log_p.dtype).max)))
+    floor = -math.sqrt(float(xp.finfo(log_p.dtype).max))
+    return xp.where(log_p == -math.inf, floor, log_p)  # elementwise (dask keeps its chunks)
 
 
 def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
