@@ -130,24 +130,19 @@ def compute_ulp(dtype: str) -> float:
 
 def known_error(kind: str, logits: np.ndarray, target: np.ndarray, options: dict, dtype: str,
                 *, per_class: bool = False) -> np.ndarray:
-    """The absolute error the current implementation may make beyond the dtype's relative
-    tolerance, per position (``per_class``: broadcast along the class axis, for
-    gradients), summed for "sum"/"mean".
+    """The absolute rounding error allowed beyond the dtype's relative tolerance: a few ulps
+    (of the compute dtype) of the parts that may cancel in a loss or its gradient
+    (``coefficient_scale``), per position (``per_class``: broadcast along the class axis,
+    for gradients), summed for "sum"/"mean".
 
-    Two known losses of precision (docs/reliability.md, "Known issues"; each pinned by a
-    strict-xfail test of test_extremes.py that states the stricter contract):
-    - ``log p`` is computed as ``z - logsumexp(z)``: an absolute error of a few ulps of the
-      position's largest ``|z|`` (not of ``|log p|``);
-    - MIX-ENT's reverse term for a class index is ``a_off + (a_on - a_off) p_y``: an absolute
-      error of a few ulps of ``-log eps``, however small the term.
-    Both are covered by ``8 ulp * max(1, max|z|) * coefficient_scale``. With both fixed,
-    ``max(1, max|z|)`` becomes 1 and the MIX-ENT term drops out.
+    While known issues 1 and 3 of docs/reliability.md were open (log p as ``z -
+    logsumexp(z)``; MIX-ENT's one-hot reverse term as ``a_off + (a_on - a_off) p_y``) this
+    also allowed ulps of the largest ``|logit|``; with both fixed it does not, and the
+    precision tests of test_extremes.py hold the tighter contract.
     """
     axis = options.get("axis", -1)
     z = np.asarray(logits, dtype=np.float64)
-    finite = np.where(np.isfinite(z), np.abs(z), 0.0)
-    top = np.maximum(np.max(finite, axis=axis, initial=0.0), 1.0)
-    per_position = 8 * compute_ulp(dtype) * top * np.nan_to_num(
+    per_position = 8 * compute_ulp(dtype) * np.nan_to_num(
         coefficient_scale(kind, z, target, options), nan=0.0)
     if per_class:
         return np.expand_dims(per_position, axis=axis % z.ndim)
