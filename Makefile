@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU builds for the test machines; users pick their own through the extras.
 TEST_FRAMEWORKS := torch==2.13.0 jax optax
 
-.PHONY: demo test docs verify install clean
+.PHONY: demo test docs verify install clean fuzz-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(VENV)/.deps-test install docs
 docs: $(VENV)/.deps-test install
 	$(BIN)/python docs/figures.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The long fuzz profile (>= 10,000 examples; about 15 minutes here), not part of make test.
+fuzz-long: $(VENV)/.deps-test install
+	cd tests && ENTROLOSS_FUZZ=long ../$(BIN)/python -m pytest -q -p no:cacheprovider test_fuzz.py
 
 verify: install
 	$(BIN)/entroloss verify
