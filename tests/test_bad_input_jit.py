@@ -128,12 +128,6 @@ def _central_differences(f, z, step=1e-6):
     return g
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported): where w_c * q_c < 0 (a negative "
-                   "soft-target entry, or a negative class weight with a soft or smoothed "
-                   "target), the forward skips the term (weighted_sum keeps only w q > 0) "
-                   "but the backward keeps it (weighted_dense), so the gradient is not the "
-                   "gradient of the returned value. Only reachable where the data checks "
-                   "do not run (jax.jit, torch.compile, validate=False).")
 @pytest.mark.parametrize("case", ["negative-soft-entry", "negative-weight-smoothed"])
 def test_gradient_is_the_gradient_of_the_value_for_unchecked_negative_mass(jb, case):
     z = np.random.default_rng(2).normal(size=(1, 4))

@@ -392,7 +392,8 @@ class _Largest:
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"])
-@pytest.mark.parametrize("target_kind", ["soft", "index-smoothed-weighted-ignore"])
+@pytest.mark.parametrize("target_kind", ["soft", "index-smoothed-weighted-ignore",
+                                         "index-weighted-ignore"])
 def test_dask_mean_and_sum_are_lazy_chunked_and_match_numpy(dask_data, loss, target_kind):
     import dask
 
@@ -402,7 +403,9 @@ def test_dask_mean_and_sum_are_lazy_chunked_and_match_numpy(dask_data, loss, tar
         target, dtarget, options = d["soft"], d["dsoft"], {}
     else:
         target, dtarget = d["y"], d["dy"]
-        options = {"label_smoothing": 0.1, "ignore_index": -100}
+        options = {"ignore_index": -100}
+        if "smoothed" in target_kind:
+            options["label_smoothing"] = 0.1
     for reduction in ("mean", "sum"):
         dopts = dict(options, reduction=reduction)
         nopts = dict(dopts)
@@ -424,38 +427,23 @@ def test_dask_mean_and_sum_are_lazy_chunked_and_match_numpy(dask_data, loss, tar
         assert 0 < recorder.largest <= d["nbytes"] / 5, (recorder.largest, d["nbytes"])
 
 
-def test_dask_value_and_grad_is_lazy_and_matches_numpy(dask_data):
+@pytest.mark.parametrize("target_kind", ["soft", "index-ignore"])
+def test_dask_value_and_grad_is_lazy_and_matches_numpy(dask_data, target_kind):
     import dask
 
     d = dask_data
+    if target_kind == "soft":
+        target, dtarget, options = d["soft"], d["dsoft"], {}
+    else:
+        target, dtarget, options = d["y"], d["dy"], {"ignore_index": -100}
     with dask.config.set(scheduler=_forbid):
-        value, grads = el.value_and_grad(el.mix_ent, d["dz"], d["dsoft"], reverse_weight=0.3)
+        value, grads = el.value_and_grad(el.mix_ent, d["dz"], dtarget, reverse_weight=0.3,
+                                         **options)
     assert isinstance(grads["logits"], d["da"].Array)
     assert grads["logits"].chunks == d["dz"].chunks  # the gradient keeps the logits' chunks
-    expected_value, expected = el.value_and_grad(el.mix_ent, d["z"], d["soft"], reverse_weight=0.3)
+    expected_value, expected = el.value_and_grad(el.mix_ent, d["z"], target, reverse_weight=0.3,
+                                                 **options)
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_allclose(float(value.compute()), float(expected_value), rtol=1e-12)
         np.testing.assert_allclose(grads["logits"].compute(), expected["logits"], rtol=1e-10,
                                    atol=1e-16)
-
-
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="dask has no take_along_axis (dask/dask#3663) and array-api-compat "
-                          "1.16's dask namespace does not add one; a class-index target "
-                          "without label smoothing is gathered with it (_math._Target.gather)")
-def test_dask_class_index_target_without_smoothing(dask_data):
-    el.cross_entropy(dask_data["dz"], dask_data["dy"], ignore_index=-100)
-
-
-def test_dask_workaround_one_hot_targets(dask_data):
-    """Until then: without class weights a one-hot soft target is the same loss (and the
-    same "mean" denominator) as its class index; with smoothing, indices work as they are."""
-    da = dask_data["da"]
-    z, y = dask_data["z"][:4000], dask_data["y"][:4000] % 10  # no ignored positions
-    dz = da.from_array(z, chunks=(1000, 10))
-    dy = da.from_array(y, chunks=1000)
-    one_hot = (dy[:, None] == da.arange(10)[None, :]).astype(np.float64)
-    for loss in ("cross_entropy", "min_ent", "mix_ent", "focal"):
-        fn = getattr(el, loss)
-        got = float(fn(dz, one_hot).compute(scheduler="synchronous"))
-        np.testing.assert_allclose(got, float(fn(z, y)), rtol=1e-12)

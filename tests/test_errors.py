@@ -114,6 +114,13 @@ def test_ignore_index_with_soft_target(ok, loss):
     raises(ValueError, "ignore_index", loss, ok[0], ok[2], ignore_index=0)
 
 
+def test_ignore_index_outside_the_target_dtype(backend, ok, loss):
+    """-100 cannot occur in a uint8 target (a cast would have wrapped it to 156)."""
+    small = backend.asarray(np.array([0, 1, 2, 1], dtype=np.uint8))
+    raises(ValueError, "ignore_index=-100", loss, ok[0], small, ignore_index=-100)
+    raises(ValueError, "ignore_index=300", loss, ok[0], small, ignore_index=300)
+
+
 def test_ignore_index_type(ok, loss):
     raises(TypeError, "ignore_index", loss, ok[0], ok[1], ignore_index=1.5)
 

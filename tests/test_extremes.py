@@ -500,19 +500,15 @@ def test_gradient_of_a_fully_masked_row(backend, request):
         assert np.all(g[1] == 0) and g[2, 1] == 0, (name, g)
 
 
-def test_ignored_fully_masked_position_warns_nothing(backend, request):
+def test_ignored_fully_masked_position_warns_nothing(backend):
     """An ignored position contributes 0 whatever its logits, also when they are all -inf
-    and class 0's weight (or ce_weight) is 0: no value, gradient, or NumPy warning of it."""
-    if backend.library in ("numpy", "array_api_strict"):
-        request.node.add_marker(pytest.mark.xfail(strict=True, raises=RuntimeWarning, reason=(
-            "BUG (reported, minor): an ignored position's index is replaced by 0, so its +inf "
-            "term (all logits -inf) meets class 0's weight or ce_weight = 0: 0 * inf = NaN "
-            "before the position is masked out; NumPy warns 'invalid value encountered in "
-            "multiply' (an error under this suite's filterwarnings). The result is right.")))
+    and class 0's weight (or ce_weight) is 0: no value, gradient, or NumPy warning of it
+    (the suite turns RuntimeWarning into an error)."""
     z = np.array([[-np.inf, -np.inf, -np.inf], [0.0, 1.0, 2.0]])
     y = np.array([-100, 1])
     cases = [(el.cross_entropy, {"weight": backend.asarray(np.array([0.0, 1.0, 1.0]))}),
-             (el.min_ent, {"ce_weight": 0.0})]
+             (el.min_ent, {"ce_weight": 0.0}),
+             (el.mix_ent, {"ce_weight": 0.0, "label_smoothing": 0.1})]  # the dense w q path
     for fn, options in cases:
         value, grads = el.value_and_grad(fn, backend.asarray(z), backend.asarray(y),
                                          ignore_index=-100, reduction="none", **options)

@@ -72,6 +72,8 @@ def _prepare(
     soft = check.target_kind(xp, logits, target, axis)
     if soft and ignore_index is not None:
         raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
+    if not soft and ignore_index is not None:
+        check.ignore_index_fits(xp, target, ignore_index)
     weight = check.class_weight(xp, logits, weight, num_classes, validate)
     slots: list[Any] = [1.0, math.e, 0.0, math.e]
     array_params = {}

@@ -147,7 +147,7 @@ class _Target:
         self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
         self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
         # scale: s_i, the target class's weight
-        self.valid = self.invalid = self.index = self.scale = None
+        self.valid = self.invalid = self.usable = self.index = self.scale = None
         if spec.soft:
             self.q = self.keep * xp.astype(target, dtype) + self.smooth
         else:
@@ -164,6 +164,9 @@ class _Target:
                 usable = ~self.invalid if usable is None else usable & ~self.invalid
             if usable is not None:
                 target = xp.where(usable, target, 0)
+            # where a position is ignored (or invalid), its stand-in index 0 must carry
+            # no mass: class 0's term could be +inf there and meet a zero weight
+            self.usable = usable
             index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
             self.index = xp.astype(target, index_dtype)[..., None]
             if weight is not None:
@@ -175,10 +178,18 @@ class _Target:
         self.wq = None
         if self.q is not None:
             self.wq = self.q if weight is None else weight * self.q
+            if self.usable is not None:
+                self.wq = xp.where(self.usable[..., None], self.wq, 0.0)
 
     def gather(self, values: Any) -> Any:
-        """``values[..., y]`` per position (sparse targets only)."""
-        return self.xp.take_along_axis(values, self.index, axis=-1)[..., 0]
+        """``values[..., y]`` per position (sparse targets only); 0 where the position is
+        ignored or its index unusable."""
+        xp = self.xp
+        if hasattr(xp, "take_along_axis"):
+            picked = xp.take_along_axis(values, self.index, axis=-1)[..., 0]
+        else:  # dask has none: select with the one-hot mask (where, so -inf elsewhere is harmless)
+            picked = xp.sum(xp.where(self.one_hot(), values, 0.0), axis=-1)
+        return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
 
     def one_hot(self) -> Any:
         xp = self.xp
@@ -190,12 +201,13 @@ class _Target:
         array (dense targets) or ``values[..., y]`` (sparse ones, see :attr:`wq`).
 
         Entries with ``w_c q_c = 0`` contribute exactly 0, even where the value is +inf
-        (a masked class), so no ``0 * inf`` NaN appears.
+        (a masked class), so no ``0 * inf`` NaN appears. Negative ``w_c q_c`` (only
+        reachable unchecked, under jit or ``validate=False``) is kept, as the backward does.
         """
         xp = self.xp
         if self.wq is None:
             return values if self.scale is None else self.scale * values
-        safe = xp.where(self.wq > 0, values, 0.0)
+        safe = xp.where(self.wq != 0, values, 0.0)
         return xp.sum(self.wq * safe, axis=-1)
 
     def reverse_log(self) -> Any:

@@ -92,6 +92,17 @@ def check_ignore_index(ignore_index: Any) -> int | None:
     return int(ignore_index)
 
 
+def ignore_index_fits(xp: Any, target: Any, ignore_index: int) -> None:
+    # e.g. -100 in a uint8 target: no entry can equal it, and the labels were likely
+    # wrapped around when cast (-100 -> 156), so this is refused rather than ignored
+    info = xp.iinfo(target.dtype)
+    if not info.min <= ignore_index <= info.max:
+        raise ValueError(
+            f"ignore_index={ignore_index} cannot occur in a target of dtype {target.dtype} "
+            f"(range [{info.min}, {info.max}]); use a signed integer target"
+        )
+
+
 def is_concrete(x: Any) -> bool:
     """False for arrays whose values cannot be read now: JAX tracers (inside ``jax.jit``,
     ``jax.grad``, ``jax.vmap``), tensors inside ``torch.compile``, dask arrays."""
