@@ -17,15 +17,39 @@ import torch
 from entroloss import _math
 
 
+# torch kernels for _math's primitives (see _math.NATIVE): the same results with fewer
+# full-size temporaries, each a pass over memory and, on CPU, fresh pages to fault in.
+# They run only inside _Loss below, where torch's autograd does not differentiate them.
+
+
+def _finite_log_p(log_p: torch.Tensor) -> torch.Tensor:
+    # clamp, not _math's where(log_p == -inf, floor, log_p): they differ only below the
+    # floor, where p = 0 and so p * log p = 0 either way; NaN stays NaN
+    return log_p.clamp(min=-math.sqrt(torch.finfo(log_p.dtype).max))
+
+
+def _log_softmax(xp_: Any, z: torch.Tensor) -> torch.Tensor:
+    # torch's kernel computes (z - max) - log(sum(exp(z - max))), as _math.log_softmax does;
+    # a row of only -inf is NaN there and -inf in the loss's contract
+    out = torch.log_softmax(z, dim=-1)
+    return out.masked_fill_(torch.amax(z, dim=-1, keepdim=True) == -math.inf, -math.inf)
+
+
+def _sum_p_log_p(xp_: Any, log_p: torch.Tensor) -> torch.Tensor:
+    return _finite_log_p(log_p).mul_(torch.exp(log_p)).sum(dim=-1)
+
+
 def _softmax_affine(xp_: Any, log_p: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor,
-                    beta: torch.Tensor) -> torch.Tensor:
-    # the same result as _math._softmax_affine, built in place on a fresh tensor
-    out = torch.exp(log_p).mul_(alpha)
+                    beta: torch.Tensor, log_p_scale: torch.Tensor | None = None) -> torch.Tensor:
+    if log_p_scale is None:
+        out = torch.exp(log_p).mul_(alpha)
+    else:
+        out = _finite_log_p(log_p).mul_(log_p_scale.unsqueeze(-1)).add_(alpha).mul_(torch.exp(log_p))
     return out.scatter_add_(-1, index, beta.unsqueeze(-1).to(out.dtype))
 
 
-# torch's in-place kernel for _math's gradient primitive (see _math.NATIVE)
-_math.NATIVE[xp.__name__] = {"softmax_affine": _softmax_affine}
+_math.NATIVE[xp.__name__] = {"log_softmax": _log_softmax, "sum_p_log_p": _sum_p_log_p,
+                             "softmax_affine": _softmax_affine}
 
 
 class _Loss(torch.autograd.Function):

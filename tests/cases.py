@@ -47,7 +47,8 @@ class Case:
     def reference_kwargs(self) -> dict:
         out = {"kind": self.loss}
         for name, value in self.options.items():
-            out[_REFERENCE_NAMES.get(name, name)] = value
+            if name != "chunk_size":  # how it is computed, not what
+                out[_REFERENCE_NAMES.get(name, name)] = value
         if "weight" in out and out["weight"] is not None:
             out["weight"] = [float(v) for v in out["weight"]]
         return out

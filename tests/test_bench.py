@@ -26,17 +26,32 @@ def test_hand_written_baseline_is_cross_entropy_and_its_gradient():
 
 
 def test_native_torch_kernels_equal_the_generic_primitives():
+    """torch's kernels for _math's primitives: the generic results, on rows with masked
+    classes, a row of only -inf, and rows holding +inf and NaN."""
     torch = pytest.importorskip("torch")
     import array_api_compat.torch as xp
 
     from entroloss.backends import torch as adapter
 
-    log_p = _math.log_softmax(xp, torch.randn(6, 5, dtype=torch.float64))
-    alpha, beta = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-    index = torch.randint(0, 5, (6, 1))
-    for a in (alpha[:, None], torch.randn(6, 5, dtype=torch.float64)):
-        torch.testing.assert_close(adapter._softmax_affine(xp, log_p, a, index, beta),
-                                   _math._softmax_affine(xp, log_p, a, index, beta))
+    inf, nan = math.inf, math.nan
+    z = torch.randn(8, 5, dtype=torch.float64)
+    z[1, 2] = z[2, :4] = -inf  # masked classes, down to a single one left
+    z[3] = -inf  # nothing left
+    z[4, 0], z[5, 3] = inf, nan
+    for dtype in (torch.float64, torch.float32):
+        zd = z.to(dtype)
+        log_p = _math.log_softmax(xp, zd)
+        # the same formula; float32 may differ in the last bit (vectorised exp and sums)
+        torch.testing.assert_close(adapter._log_softmax(xp, zd), log_p, equal_nan=True)
+        torch.testing.assert_close(adapter._sum_p_log_p(xp, log_p), _math._sum_p_log_p(xp, log_p),
+                                   equal_nan=True)
+        alpha, beta, scale = (torch.randn(8, dtype=dtype) for _ in range(3))
+        index = torch.randint(0, 5, (8, 1))
+        for a, s in ((alpha[:, None], None), (torch.randn(8, 5, dtype=dtype), None),
+                     (alpha[:, None], scale)):
+            torch.testing.assert_close(adapter._softmax_affine(xp, log_p, a, index, beta, s),
+                                       _math._softmax_affine(xp, log_p, a, index, beta, s),
+                                       equal_nan=True)
 
 
 def test_bench_cli_quick_json():

@@ -121,6 +121,13 @@ def test_ignore_index_outside_the_target_dtype(backend, ok, loss):
     raises(ValueError, "ignore_index=300", loss, ok[0], small, ignore_index=300)
 
 
+def test_chunk_size(ok, loss):
+    raises(ValueError, "chunk_size", loss, ok[0], ok[1], chunk_size=0)
+    raises(ValueError, "chunk_size", loss, ok[0], ok[1], chunk_size=-4)
+    raises(TypeError, "chunk_size", loss, ok[0], ok[1], chunk_size=2.0)
+    raises(TypeError, "chunk_size", loss, ok[0], ok[1], chunk_size=True)
+
+
 def test_ignore_index_type(ok, loss):
     raises(TypeError, "ignore_index", loss, ok[0], ok[1], ignore_index=1.5)
 

@@ -56,6 +56,7 @@ def _prepare(
     label_smoothing: Any = 0.0,
     reduction: Any = "mean",
     validate: Any = True,
+    chunk_size: Any = None,
 ) -> _Prepared:
     xp = check.namespace_of_logits(logits)
     axis = check.normalize_axis(axis, logits.ndim)
@@ -65,6 +66,7 @@ def _prepare(
     if not isinstance(validate, bool):
         raise TypeError(f"validate must be True or False, got {type(validate).__name__}")
     reduction = check.check_reduction(reduction)
+    chunk_size = check.check_chunk_size(chunk_size)
     ignore_index = check.check_ignore_index(ignore_index)
     label_smoothing = check.real_option(
         "label_smoothing", label_smoothing, low=0.0, high=1.0, what="in [0, 1]"
@@ -98,6 +100,7 @@ def _prepare(
         label_smoothing=label_smoothing,
         ignore_index=ignore_index,
         indices_checked=indices_checked,
+        chunk_size=chunk_size,
     )
     return _Prepared(xp, spec, logits, target, weight, tuple(slots), array_params)
 
@@ -119,6 +122,7 @@ def cross_entropy(
     base: Any = math.e,
     reduction: str = "mean",
     validate: bool = True,
+    chunk_size: int | None = None,
 ) -> Any:
     """Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
 
@@ -138,6 +142,11 @@ def cross_entropy(
       reduction: ``"mean"`` (divided by the summed weight of the counted positions),
         ``"sum"`` or ``"none"``.
       validate: read the data to check class indices and soft-target rows.
+      chunk_size: process this many positions (rows) at a time and keep no
+        ``log p`` for the backward, which recomputes it chunk by chunk: the memory beyond
+        the logits is then the gradient plus a few ``chunk_size × C`` temporaries, for
+        very large vocabularies (the same numbers, about one more pass over the logits).
+        ``None`` processes all positions at once.
 
     Returns:
       The loss in the logits' namespace, dtype and device; shape ``()`` or, with
@@ -177,6 +186,7 @@ def min_ent(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     validate: bool = True,
+    chunk_size: int | None = None,
 ) -> Any:
     """MIN-ENT: cross entropy plus the entropy of the prediction.
 
@@ -227,6 +237,7 @@ def mix_ent(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     validate: bool = True,
+    chunk_size: int | None = None,
 ) -> Any:
     """MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
 
@@ -277,6 +288,7 @@ def focal(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     validate: bool = True,
+    chunk_size: int | None = None,
 ) -> Any:
     """Focal loss over the target distribution.
 
@@ -316,6 +328,7 @@ def adaptive_ce(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     validate: bool = True,
+    chunk_size: int | None = None,
 ) -> Any:
     """The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.
 

@@ -215,6 +215,8 @@ def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=
 _MEMORY_PROBE = r"""
 import sys, gc, torch, entroloss as el
 n, c, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+which, _, chunk = which.partition(" chunks of ")  # "el.min_ent chunks of 512"
+options = {"chunk_size": int(chunk)} if chunk else {}
 
 def status(key):  # kB
     for line in open("/proc/self/status"):
@@ -233,7 +235,7 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS:")
 zz = z.requires_grad_(True)
-fn(zz, y).backward()
+fn(zz, y, **options).backward()
 print((status("VmHWM:") - before) * 1024)
 """
 

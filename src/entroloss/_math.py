@@ -22,7 +22,7 @@ autograd; none of them re-derives anything. ``docs/math.md`` derives every gradi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["Spec", "PARAM_NAMES", "forward", "backward", "log_softmax", "softmax", "entropy"]
@@ -50,6 +50,7 @@ class Spec:
     label_smoothing: float = 0.0
     ignore_index: int | None = None
     indices_checked: bool = False  # validation read the class indices: all in range
+    chunk_size: int | None = None  # rows per chunk: bounded memory (see forward)
 
 
 # --- primitives -------------------------------------------------------------------------
@@ -70,13 +71,23 @@ def _primitive(xp: Any, name: str, generic: Any) -> Any:
     return generic if table is None else table.get(name, generic)
 
 
-def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any) -> Any:
-    """``exp(log_p) * alpha + onehot(index) * beta[..., None]`` (``alpha`` broadcasts
-    against ``log_p``): the gradient of every loss with a class-index target. A native
-    kernel may build it in place."""
+def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any,
+                    log_p_scale: Any = None) -> Any:
+    """``p * (alpha + log_p_scale * log p) + onehot(index) * beta`` with ``p = exp(log_p)``
+    (``alpha`` of shape ``(..., 1)``; ``log p`` as :func:`_finite_log_p`, so masked classes
+    give 0): the gradient of every loss with a class-index target, MIN-ENT's
+    ``-p (log p + H)`` included. A native kernel may build it in place."""
     hot = index == xp.arange(log_p.shape[-1], dtype=index.dtype, device=_device(index))
-    scaled = xp.exp(log_p) * alpha
+    factor = alpha
+    if log_p_scale is not None:
+        factor = alpha + log_p_scale[..., None] * _finite_log_p(xp, log_p)
+    scaled = xp.exp(log_p) * factor
     return xp.where(hot, scaled + beta[..., None], scaled)
+
+
+def _sum_p_log_p(xp: Any, log_p: Any) -> Any:
+    """``sum_c p_c log p_c`` over the last axis (0 for masked classes): minus the entropy."""
+    return xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=-1)
 
 
 def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
@@ -112,7 +123,8 @@ def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
 
 
 def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
-    """Entropy of ``softmax(z)`` along ``axis`` in nats (an autograd-friendly composition)."""
+    """Entropy of ``softmax(z)`` along ``axis`` in nats (an autograd-friendly composition:
+    no native kernels, which are for the losses' own forward and backward)."""
     log_p = log_softmax(xp, z, axis)
     return 0.0 - xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=axis)  # +0, not -0
 
@@ -293,15 +305,37 @@ def forward(
     ``params`` holds ``(ce_weight, ce_base, reg_weight, reg_base)``; ``weight`` is the
     class-weight vector or ``None``. Inputs are assumed validated. The residuals are a
     tuple of arrays (or ``None``), so that any autograd system can store them.
+
+    With ``spec.chunk_size`` set and more positions than that, the positions are processed
+    that many rows at a time and ``log p`` is not kept: the residuals hold the logits
+    themselves and the backward recomputes ``log p`` chunk by chunk. Memory beyond the
+    logits is then the gradient plus a few chunk-sized temporaries, at the price of a
+    second log-softmax pass.
     """
-    out_dtype = logits.dtype
-    dtype = _compute_dtype(xp, out_dtype)
+    if _chunked(spec, math.prod(logits.shape) // logits.shape[spec.axis]):
+        return _forward_chunked(xp, spec, logits, target, weight, params)
+    loss, log_p, main, reg, tgt = _positions(xp, spec, logits, target, weight, params)
+    denominator = None
+    if spec.reduction == "none":
+        value = loss
+    else:
+        value = xp.sum(loss)
+        if spec.reduction == "mean":
+            denominator = _mean_denominator(xp, tgt, loss)
+            value = _safe_divide(xp, value, denominator)
+    return xp.astype(value, logits.dtype, copy=False), (log_p, main, reg, denominator)
+
+
+def _positions(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, params: tuple) -> tuple:
+    """Per position (class axis moved last): the loss, ignored positions 0 and unusable
+    indices NaN; and ``log p``, the main and regularizer terms and the target."""
+    dtype = _compute_dtype(xp, logits.dtype)
     z = xp.astype(logits, dtype, copy=False)
     if spec.axis != z.ndim - 1:
         z = xp.moveaxis(z, spec.axis, -1)
     tgt, (cw, cb, rw, rb) = _setup(xp, spec, tuple(logits.shape), target, weight, params, dtype)
 
-    log_p = log_softmax(xp, z)
+    log_p = _primitive(xp, "log_softmax", log_softmax)(xp, z)
     main = _main_term(xp, spec, tgt, log_p)
     loss = main * (cw / _ln(xp, cb))
     reg = None
@@ -316,16 +350,86 @@ def forward(
 
     if tgt.invalid is not None:
         loss = xp.where(tgt.invalid, math.nan, loss)
+    return loss, log_p, main, reg, tgt
 
-    denominator = None
+
+# --- chunks of rows: the same math, bounded memory -----------------------------------------
+
+
+def _chunked(spec: Spec, positions: int) -> bool:
+    return spec.chunk_size is not None and positions > spec.chunk_size
+
+
+def _rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
+    """Logits as ``(N, C)``, the target as ``(N,)`` or ``(N, C)``, and the positions' shape."""
+    z = logits if spec.axis == logits.ndim - 1 else xp.moveaxis(logits, spec.axis, -1)
+    positions, classes = tuple(z.shape[:-1]), z.shape[-1]
+    rows = math.prod(positions)
+    z = xp.reshape(z, (rows, classes))
+    if spec.soft:
+        t = target if spec.axis == target.ndim - 1 else xp.moveaxis(target, spec.axis, -1)
+        target = xp.reshape(t, (rows, classes))
+    else:
+        target = xp.reshape(target, (rows,))
+    row_spec = replace(spec, axis=1, reduction="none", chunk_size=None)
+    starts = range(0, rows, spec.chunk_size)
+    return z, target, positions, row_spec, [slice(a, min(a + spec.chunk_size, rows)) for a in starts]
+
+
+def _forward_chunked(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any,
+                     params: tuple) -> tuple:
+    z, target, positions, row_spec, chunks = _rows(xp, spec, logits, target)
+    losses, mains, regs = [], [], []
+    denominator = 0.0
+    for rows in chunks:
+        loss, _, main, reg, tgt = _positions(xp, row_spec, z[rows, :], target[rows, ...], weight,
+                                             params)
+        losses.append(loss)
+        mains.append(main)
+        regs.append(reg)
+        if spec.reduction == "mean":
+            denominator = denominator + _mean_denominator(xp, tgt, loss)
+    loss, main = xp.concat(losses), xp.concat(mains)
+    reg = None if regs[0] is None else xp.concat(regs)
     if spec.reduction == "none":
-        value = loss
+        value, denominator = xp.reshape(loss, positions), None
     else:
         value = xp.sum(loss)
         if spec.reduction == "mean":
-            denominator = _mean_denominator(xp, tgt, loss)
             value = _safe_divide(xp, value, denominator)
-    return xp.astype(value, out_dtype, copy=False), (log_p, main, reg, denominator)
+        else:
+            denominator = None
+    return xp.astype(value, logits.dtype, copy=False), (logits, main, reg, denominator)
+
+
+def _backward_chunked(xp: Any, spec: Spec, residuals: tuple, target: Any, weight: Any,
+                      params: tuple, cotangent: Any, logits_dtype: Any) -> tuple:
+    logits, main, reg, denominator = residuals
+    z, target, positions, row_spec, chunks = _rows(xp, spec, logits, target)
+    g = xp.asarray(cotangent, dtype=main.dtype, device=_device(main))
+    if denominator is not None:
+        g = _safe_divide(xp, g, denominator)
+    g = xp.reshape(g, main.shape) if spec.reduction == "none" else xp.broadcast_to(g, main.shape)
+    from array_api_compat import is_writeable_array
+
+    # written chunk by chunk where the namespace allows it (a concat would hold two copies)
+    dz = xp.empty(z.shape, dtype=logits_dtype, device=_device(z)) if is_writeable_array(z) else []
+    param_grads: list = [None] * 4
+    for rows in chunks:
+        log_p = _primitive(xp, "log_softmax", log_softmax)(xp, xp.astype(z[rows, :], main.dtype,
+                                                                      copy=False))
+        saved = (log_p, main[rows], None if reg is None else reg[rows], None)
+        d_rows, d_params = backward(xp, row_spec, saved, target[rows, ...], weight, params,
+                                    g[rows], logits_dtype)
+        if isinstance(dz, list):
+            dz.append(d_rows)
+        else:
+            dz[rows, :] = d_rows
+        param_grads = [d if total is None else total + d for total, d in zip(param_grads, d_params)]
+    dz = xp.reshape(xp.concat(dz) if isinstance(dz, list) else dz, positions + (z.shape[-1],))
+    if spec.axis != dz.ndim - 1:
+        dz = xp.moveaxis(dz, -1, spec.axis)
+    return dz, tuple(param_grads)
 
 
 def _main_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
@@ -339,7 +443,7 @@ def _reverse_levels(spec: Spec) -> tuple:
 
 def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
     if spec.regularizer == "entropy":
-        return 0.0 - xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=-1)
+        return 0.0 - _primitive(xp, "sum_p_log_p", _sum_p_log_p)(xp, log_p)
     if tgt.wq is None:  # one-hot q: R = a_on p_y + a_off sum_{c != y} p_c
         a_off, a_on = _reverse_levels(spec)
         # the mass off the target summed from its small terms: 1 - p_y would round away
@@ -379,6 +483,9 @@ def backward(
     """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``) and for
     ``(ce_weight, ce_base, reg_weight, reg_base)`` (in the compute dtype; ``None`` where
     the parameter was a Python float)."""
+    if _chunked(spec, math.prod(residuals[1].shape)):  # main: one entry per position
+        return _backward_chunked(xp, spec, residuals, target, weight, params, cotangent,
+                                 logits_dtype)
     log_p, main, reg, denominator = residuals
     shape = tuple(log_p.shape)
     if spec.axis != len(shape) - 1:  # the logits' own layout, for _setup
@@ -420,11 +527,11 @@ def backward(
             a_off, a_on = _reverse_levels(spec)
             alpha = alpha + c_reg * (a_off - reg)
             beta = beta + c_reg * (a_on - a_off) * xp.exp(tgt.gather(log_p))
-        alpha = alpha[..., None]
+        log_p_scale = None
         if spec.regularizer == "entropy":  # -p (log p + H) folds into the factor of p
-            alpha = (alpha - (c_reg * reg)[..., None]) - c_reg[..., None] * _finite_log_p(xp, log_p)
+            alpha, log_p_scale = alpha - c_reg * reg, -c_reg
         affine = _primitive(xp, "softmax_affine", _softmax_affine)
-        dz = affine(xp, log_p, alpha, tgt.index, beta)
+        dz = affine(xp, log_p, alpha[..., None], tgt.index, beta, log_p_scale)
     else:
         p = xp.exp(log_p)
         v = tgt.wq * _focal_slopes(xp, log_p, spec.gamma)

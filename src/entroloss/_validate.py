@@ -84,6 +84,16 @@ def check_reduction(reduction: Any) -> str:
     return reduction
 
 
+def check_chunk_size(chunk_size: Any) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+    return int(chunk_size)
+
+
 def check_ignore_index(ignore_index: Any) -> int | None:
     if ignore_index is None:
         return None
