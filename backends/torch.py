@@ -22,33 +22,44 @@ from entroloss import _math
 # They run only inside _Loss below, where torch's autograd does not differentiate them.
 
 
-def _finite_log_p(log_p: torch.Tensor) -> torch.Tensor:
-    # clamp, not _math's where(log_p == -inf, floor, log_p): they differ only below the
-    # floor, where p = 0 and so p * log p = 0 either way; NaN stays NaN
-    return log_p.clamp(min=-math.sqrt(torch.finfo(log_p.dtype).max))
+def _sum_exp_shifted(xp_: Any, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return torch.sub(z, m).exp_().sum(dim=-1, keepdim=True)
 
 
-def _log_softmax(xp_: Any, z: torch.Tensor) -> torch.Tensor:
-    # torch's kernel computes (z - max) - log(sum(exp(z - max))), as _math.log_softmax does;
-    # a row of only -inf is NaN there and -inf in the loss's contract
-    out = torch.log_softmax(z, dim=-1)
-    return out.masked_fill_(torch.amax(z, dim=-1, keepdim=True) == -math.inf, -math.inf)
+def _log_p(xp_: Any, z: torch.Tensor, m: torch.Tensor, lt: torch.Tensor) -> torch.Tensor:
+    return torch.sub(z, m).sub_(lt)
+
+
+def _finite_log_p(xp_: Any, log_p: torch.Tensor) -> torch.Tensor:
+    # in place on the forward's own fresh log p; clamp, not _math's where(log_p == -inf,
+    # floor, log_p): they differ only below the floor, where p = 0 either way; NaN stays NaN
+    return log_p.clamp_(min=-math.sqrt(torch.finfo(log_p.dtype).max))
+
+
+def _mass_off_target(xp_: Any, log_p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.exp(log_p).scatter_(-1, index, 0.0).sum(dim=-1)
 
 
 def _sum_p_log_p(xp_: Any, log_p: torch.Tensor) -> torch.Tensor:
-    return _finite_log_p(log_p).mul_(torch.exp(log_p)).sum(dim=-1)
+    return torch.exp(log_p).mul_(log_p).sum(dim=-1)
 
 
-def _softmax_affine(xp_: Any, log_p: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor,
-                    beta: torch.Tensor, log_p_scale: torch.Tensor | None = None) -> torch.Tensor:
+def _softmax_affine(xp_: Any, z: torch.Tensor, m: torch.Tensor, lt: torch.Tensor,
+                    alpha: torch.Tensor, index: torch.Tensor, beta: torch.Tensor,
+                    log_p_scale: torch.Tensor | None = None) -> torch.Tensor:
+    # log p is built in the buffer that becomes the gradient
+    log_p = _finite_log_p(xp_, _log_p(xp_, z, m, lt))
     if log_p_scale is None:
-        out = torch.exp(log_p).mul_(alpha)
+        out = log_p.exp_().mul_(alpha)
     else:
-        out = _finite_log_p(log_p).mul_(log_p_scale.unsqueeze(-1)).add_(alpha).mul_(torch.exp(log_p))
+        p = torch.exp(log_p)
+        out = log_p.mul_(log_p_scale.unsqueeze(-1)).add_(alpha).mul_(p)
     return out.scatter_add_(-1, index, beta.unsqueeze(-1).to(out.dtype))
 
 
-_math.NATIVE[xp.__name__] = {"log_softmax": _log_softmax, "sum_p_log_p": _sum_p_log_p,
+_math.NATIVE[xp.__name__] = {"sum_exp_shifted": _sum_exp_shifted, "log_p": _log_p,
+                             "finite_log_p": _finite_log_p, "sum_p_log_p": _sum_p_log_p,
+                             "mass_off_target": _mass_off_target,
                              "softmax_affine": _softmax_affine}
 
 
@@ -72,11 +83,12 @@ class _Loss(torch.autograd.Function):
                 "shared hand-derived one, which is not itself differentiated "
                 "(create_graph=True / double backward is not supported)"
             )
-        target, weight, log_p, main, reg, denominator, *tensor_params = ctx.saved_tensors
+        target, weight, *saved = ctx.saved_tensors
+        residuals, tensor_params = tuple(saved[:-4]), saved[-4:]
         params = tuple(f if t is None else t for f, t in zip(ctx.floats, tensor_params))
-        with torch.autocast(log_p.device.type, enabled=False):
-            d_logits, d_params = _math.backward(xp, ctx.spec, (log_p, main, reg, denominator),
-                                                target, weight, params, grad, ctx.logits_dtype)
+        with torch.autocast(grad.device.type, enabled=False):
+            d_logits, d_params = _math.backward(xp, ctx.spec, residuals, target, weight, params,
+                                                grad, ctx.logits_dtype)
         d_params = tuple(
             None if d is None or not ctx.needs_input_grad[4 + i] else d.to(params[i].dtype)
             for i, d in enumerate(d_params)

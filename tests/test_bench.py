@@ -40,17 +40,26 @@ def test_native_torch_kernels_equal_the_generic_primitives():
     z[4, 0], z[5, 3] = inf, nan
     for dtype in (torch.float64, torch.float32):
         zd = z.to(dtype)
-        log_p = _math.log_softmax(xp, zd)
-        # the same formula; float32 may differ in the last bit (vectorised exp and sums)
-        torch.testing.assert_close(adapter._log_softmax(xp, zd), log_p, equal_nan=True)
-        torch.testing.assert_close(adapter._sum_p_log_p(xp, log_p), _math._sum_p_log_p(xp, log_p),
+        m = torch.amax(zd, dim=-1, keepdim=True)
+        m = torch.where(m == -inf, 0.0, m)
+        exact = dict(equal_nan=True, rtol=0, atol=0)
+        # the same formula; float32 sums may differ in the last bit (vectorised)
+        torch.testing.assert_close(adapter._sum_exp_shifted(xp, zd, m),
+                                   _math._sum_exp_shifted(xp, zd, m), equal_nan=True)
+        m, lt = _math._row_stats(xp, zd)
+        log_p = _math._log_p(xp, zd, m, lt)
+        torch.testing.assert_close(adapter._log_p(xp, zd, m, lt), log_p, **exact)
+        finite = _math._finite_log_p(xp, log_p)
+        torch.testing.assert_close(adapter._finite_log_p(xp, log_p.clone()), finite, **exact)
+        torch.testing.assert_close(adapter._sum_p_log_p(xp, finite), _math._sum_p_log_p(xp, finite),
                                    equal_nan=True)
         alpha, beta, scale = (torch.randn(8, dtype=dtype) for _ in range(3))
         index = torch.randint(0, 5, (8, 1))
-        for a, s in ((alpha[:, None], None), (torch.randn(8, 5, dtype=dtype), None),
-                     (alpha[:, None], scale)):
-            torch.testing.assert_close(adapter._softmax_affine(xp, log_p, a, index, beta, s),
-                                       _math._softmax_affine(xp, log_p, a, index, beta, s),
+        torch.testing.assert_close(adapter._mass_off_target(xp, finite, index),
+                                   _math._mass_off_target(xp, finite, index), equal_nan=True)
+        for a, s in ((alpha[:, None], None), (alpha[:, None], scale)):
+            torch.testing.assert_close(adapter._softmax_affine(xp, zd, m, lt, a, index, beta, s),
+                                       _math._softmax_affine(xp, zd, m, lt, a, index, beta, s),
                                        equal_nan=True)
 
 

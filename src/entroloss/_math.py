@@ -53,9 +53,6 @@ class Spec:
     chunk_size: int | None = None  # rows per chunk: bounded memory (see forward)
 
 
-# --- primitives -------------------------------------------------------------------------
-
-
 # --- primitives, with native kernels where a framework has them ---------------------------
 #
 # Like scipy.special, a primitive has one array-API definition here, and an adapter may
@@ -71,32 +68,59 @@ def _primitive(xp: Any, name: str, generic: Any) -> Any:
     return generic if table is None else table.get(name, generic)
 
 
-def _softmax_affine(xp: Any, log_p: Any, alpha: Any, index: Any, beta: Any,
+def _row_stats(xp: Any, z: Any) -> tuple:
+    """Per row (classes last, keepdims): the maximum ``m`` and ``lt = log(sum(exp(z - m)))``,
+    so that ``log p = (z - m) - lt``. Both are 0 for a row of only -inf, whose log p is
+    then -inf throughout (no probability anywhere)."""
+    m = xp.max(z, axis=-1, keepdims=True)
+    m = xp.where(m == -math.inf, 0.0, m)
+    total = _primitive(xp, "sum_exp_shifted", _sum_exp_shifted)(xp, z, m)
+    return m, xp.log(xp.where(total == 0, 1.0, total))
+
+
+def _sum_exp_shifted(xp: Any, z: Any, m: Any) -> Any:
+    return xp.sum(xp.exp(z - m), axis=-1, keepdims=True)
+
+
+def _log_p(xp: Any, z: Any, m: Any, lt: Any) -> Any:
+    """``(z - m) - lt``: ``m`` subtracted first keeps log p exact for logits with a large
+    common offset (``z - logsumexp(z)`` would lose it to rounding)."""
+    return (z - m) - lt
+
+
+def _softmax_affine(xp: Any, z: Any, m: Any, lt: Any, alpha: Any, index: Any, beta: Any,
                     log_p_scale: Any = None) -> Any:
-    """``p * (alpha + log_p_scale * log p) + onehot(index) * beta`` with ``p = exp(log_p)``
-    (``alpha`` of shape ``(..., 1)``; ``log p`` as :func:`_finite_log_p`, so masked classes
-    give 0): the gradient of every loss with a class-index target, MIN-ENT's
+    """``p * (alpha + log_p_scale * log p) + onehot(index) * beta``, with log p from the
+    logits and their row statistics (finite, see :func:`_finite_log_p`) and ``alpha`` of
+    shape ``(..., 1)``: the gradient of every loss with a class-index target, MIN-ENT's
     ``-p (log p + H)`` included. A native kernel may build it in place."""
-    hot = index == xp.arange(log_p.shape[-1], dtype=index.dtype, device=_device(index))
+    log_p = _finite_log_p(xp, _log_p(xp, z, m, lt))
+    hot = index == xp.arange(z.shape[-1], dtype=index.dtype, device=_device(index))
     factor = alpha
     if log_p_scale is not None:
-        factor = alpha + log_p_scale[..., None] * _finite_log_p(xp, log_p)
+        factor = alpha + log_p_scale[..., None] * log_p
     scaled = xp.exp(log_p) * factor
     return xp.where(hot, scaled + beta[..., None], scaled)
 
 
+def _mass_off_target(xp: Any, log_p: Any, index: Any) -> Any:
+    """``sum_{c != y} p_c``, summed from its small terms: ``1 - p_y`` would round away."""
+    hot = index == xp.arange(log_p.shape[-1], dtype=index.dtype, device=_device(index))
+    return xp.sum(xp.where(hot, 0.0, xp.exp(log_p)), axis=-1)
+
+
 def _sum_p_log_p(xp: Any, log_p: Any) -> Any:
-    """``sum_c p_c log p_c`` over the last axis (0 for masked classes): minus the entropy."""
-    return xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=-1)
+    """``sum_c p_c log p_c`` over the last axis (``log_p`` finite): minus the entropy."""
+    return xp.sum(xp.exp(log_p) * log_p, axis=-1)
 
 
 def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
-    """``(z - m) - log(sum(exp(z - m)))`` along ``axis``, ``m`` the row maximum.
+    """``(z - m) - log(sum(exp(z - m)))`` along ``axis``, ``m`` the row maximum, as
+    :func:`_row_stats` and :func:`_log_p` compute it for the losses (written out here along
+    any axis, for the public function and the framework's own autograd).
 
-    Subtracting ``m`` before anything else keeps log p exact for logits with a large
-    common offset (``z - logsumexp(z)`` would lose it to rounding). A row whose logits are
-    all -inf has no probability anywhere: its log p is -inf throughout (so a loss on it is
-    +inf, not NaN). NaN and +inf give NaN.
+    A row whose logits are all -inf has no probability anywhere: its log p is -inf
+    throughout (so a loss on it is +inf, not NaN). NaN and +inf give NaN.
     """
     m = xp.max(z, axis=axis, keepdims=True)
     m = xp.where(m == -math.inf, 0.0, m)
@@ -113,20 +137,16 @@ def _finite_log_p(xp: Any, log_p: Any) -> Any:
     # -inf (a masked class, p = 0) becomes a large finite negative number, so p * log p
     # is 0 there instead of 0 * -inf = NaN; NaN stays NaN (NaN == -inf is False). The floor
     # is -sqrt(max): far below any log p whose p is not 0, and still finite after
-    # multiplication by a loss coefficient.
+    # multiplication by a loss coefficient; exp of it is 0.
     floor = -math.sqrt(float(xp.finfo(log_p.dtype).max))
     return xp.where(log_p == -math.inf, floor, log_p)  # elementwise (dask keeps its chunks)
-
-
-def _p_log_p(xp: Any, p: Any, log_p: Any) -> Any:
-    return p * _finite_log_p(xp, log_p)
 
 
 def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
     """Entropy of ``softmax(z)`` along ``axis`` in nats (an autograd-friendly composition:
     no native kernels, which are for the losses' own forward and backward)."""
     log_p = log_softmax(xp, z, axis)
-    return 0.0 - xp.sum(_p_log_p(xp, xp.exp(log_p), log_p), axis=axis)  # +0, not -0
+    return 0.0 - xp.sum(xp.exp(log_p) * _finite_log_p(xp, log_p), axis=axis)  # +0, not -0
 
 
 def _compute_dtype(xp: Any, dtype: Any) -> Any:
@@ -193,14 +213,16 @@ class _Target:
             if self.usable is not None:
                 self.wq = xp.where(self.usable[..., None], self.wq, 0.0)
 
-    def gather(self, values: Any) -> Any:
-        """``values[..., y]`` per position (sparse targets only); 0 where the position is
-        ignored or its index unusable."""
+    def log_p_at_target(self, z: Any, m: Any, lt: Any) -> Any:
+        """``log p[..., y]`` per position (sparse targets only), from the logits and their
+        row statistics: nothing of the logits' size is built. 0 where the position is
+        ignored or its index unusable (its stand-in class carries no mass)."""
         xp = self.xp
         if hasattr(xp, "take_along_axis"):
-            picked = xp.take_along_axis(values, self.index, axis=-1)[..., 0]
+            z_y = xp.take_along_axis(z, self.index, axis=-1)
         else:  # dask has none: select with the one-hot mask (where, so -inf elsewhere is harmless)
-            picked = xp.sum(xp.where(self.one_hot(), values, 0.0), axis=-1)
+            z_y = xp.sum(xp.where(self.one_hot(), z, 0.0), axis=-1, keepdims=True)
+        picked = _log_p(xp, z_y, m, lt)[..., 0]
         return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
 
     def one_hot(self) -> Any:
@@ -230,11 +252,6 @@ class _Target:
         inside = xp.where(zero, 1.0, self.q + self.spec.eps)  # no log(0), even transiently
         return xp.where(zero, -math.log(self.spec.eps), -xp.log(inside))
 
-    def needed(self, per_class: Any) -> Any:
-        """The part of an elementwise input that this target reads: all of it for dense
-        targets, ``[..., y]`` for sparse ones (gathered before any elementwise work)."""
-        return per_class if self.wq is not None else self.gather(per_class)
-
 
 def _device(x: Any) -> Any:
     from array_api_compat import device
@@ -260,7 +277,8 @@ def _focal_values(xp: Any, log_p: Any, gamma: float) -> Any:
 
 
 def _focal_slopes(xp: Any, log_p: Any, gamma: float) -> Any:
-    """``p f'(p) = gamma p (1-p)^(gamma-1) log p - (1-p)^gamma`` elementwise.
+    """``p f'(p) = gamma p (1-p)^(gamma-1) log p - (1-p)^gamma`` elementwise (``log_p``
+    finite).
 
     Written as ``gamma * (p log p) * (1-p)^(gamma-1)`` so that it stays finite for
     gamma < 1 as p -> 1 (its limit there is 0) and at masked classes (p = 0).
@@ -269,7 +287,7 @@ def _focal_slopes(xp: Any, log_p: Any, gamma: float) -> Any:
         return -xp.ones_like(log_p)
     one_minus_p = -xp.expm1(log_p)
     p = xp.exp(log_p)
-    plogp = _p_log_p(xp, p, log_p)
+    plogp = p * log_p
     if gamma == 1:
         tail = plogp
     else:
@@ -304,17 +322,17 @@ def forward(
 
     ``params`` holds ``(ce_weight, ce_base, reg_weight, reg_base)``; ``weight`` is the
     class-weight vector or ``None``. Inputs are assumed validated. The residuals are a
-    tuple of arrays (or ``None``), so that any autograd system can store them.
+    tuple of arrays (or ``None``), so that any autograd system can store them: the logits
+    themselves and two numbers per position (the row maximum and log-normaliser), never
+    anything of the logits' size; the backward rebuilds log p as it writes the gradient.
 
     With ``spec.chunk_size`` set and more positions than that, the positions are processed
-    that many rows at a time and ``log p`` is not kept: the residuals hold the logits
-    themselves and the backward recomputes ``log p`` chunk by chunk. Memory beyond the
-    logits is then the gradient plus a few chunk-sized temporaries, at the price of a
-    second log-softmax pass.
+    that many rows at a time, so that the temporaries of the regularizers and of soft
+    targets stay chunk-sized too.
     """
     if _chunked(spec, math.prod(logits.shape) // logits.shape[spec.axis]):
         return _forward_chunked(xp, spec, logits, target, weight, params)
-    loss, log_p, main, reg, tgt = _positions(xp, spec, logits, target, weight, params)
+    loss, main, reg, stats, tgt = _positions(xp, spec, logits, target, weight, params)
     denominator = None
     if spec.reduction == "none":
         value = loss
@@ -323,24 +341,38 @@ def forward(
         if spec.reduction == "mean":
             denominator = _mean_denominator(xp, tgt, loss)
             value = _safe_divide(xp, value, denominator)
-    return xp.astype(value, logits.dtype, copy=False), (log_p, main, reg, denominator)
+    return xp.astype(value, logits.dtype, copy=False), (logits, *stats, main, reg, denominator)
+
+
+def _moved(xp: Any, spec: Spec, logits: Any, dtype: Any) -> Any:
+    """The logits in the compute dtype with the class axis last."""
+    z = xp.astype(logits, dtype, copy=False)
+    return z if spec.axis == z.ndim - 1 else xp.moveaxis(z, spec.axis, -1)
 
 
 def _positions(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, params: tuple) -> tuple:
     """Per position (class axis moved last): the loss, ignored positions 0 and unusable
-    indices NaN; and ``log p``, the main and regularizer terms and the target."""
+    indices NaN; the main and regularizer terms; the row statistics; the target."""
     dtype = _compute_dtype(xp, logits.dtype)
-    z = xp.astype(logits, dtype, copy=False)
-    if spec.axis != z.ndim - 1:
-        z = xp.moveaxis(z, spec.axis, -1)
+    z = _moved(xp, spec, logits, dtype)
     tgt, (cw, cb, rw, rb) = _setup(xp, spec, tuple(logits.shape), target, weight, params, dtype)
 
-    log_p = _primitive(xp, "log_softmax", log_softmax)(xp, z)
-    main = _main_term(xp, spec, tgt, log_p)
+    m, lt = _row_stats(xp, z)
+    # log p in full only where a term reads every class; else only at the target
+    log_p = log_p_y = None
+    if tgt.wq is not None or spec.regularizer is not None:
+        log_p = _primitive(xp, "log_p", _log_p)(xp, z, m, lt)
+    if tgt.wq is None:
+        log_p_y = tgt.log_p_at_target(z, m, lt)
+    # +inf where the target has mass on a masked class
+    main = _main_term(xp, spec, tgt, log_p if log_p_y is None else log_p_y)
     loss = main * (cw / _ln(xp, cb))
     reg = None
     if spec.regularizer is not None:
-        reg = _reg_term(xp, spec, tgt, log_p)
+        # past the main term log p is only exponentiated or multiplied by p: masked
+        # classes' -inf becomes a finite floor, so that p log p is 0 there (not 0 * -inf)
+        log_p = _primitive(xp, "finite_log_p", _finite_log_p)(xp, log_p)
+        reg = _reg_term(xp, spec, tgt, log_p, log_p_y)
         scaled = reg if tgt.scale is None else tgt.scale * reg
         loss = loss + scaled * (rw / _ln(xp, rb))
     if tgt.valid is not None:
@@ -350,10 +382,10 @@ def _positions(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, param
 
     if tgt.invalid is not None:
         loss = xp.where(tgt.invalid, math.nan, loss)
-    return loss, log_p, main, reg, tgt
+    return loss, main, reg, (m, lt), tgt
 
 
-# --- chunks of rows: the same math, bounded memory -----------------------------------------
+# --- chunks of rows: the same math, bounded temporaries -------------------------------------
 
 
 def _chunked(spec: Spec, positions: int) -> bool:
@@ -361,7 +393,8 @@ def _chunked(spec: Spec, positions: int) -> bool:
 
 
 def _rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
-    """Logits as ``(N, C)``, the target as ``(N,)`` or ``(N, C)``, and the positions' shape."""
+    """Logits as ``(N, C)``, the target as ``(N,)`` or ``(N, C)``, the positions' shape,
+    the spec of one chunk and the chunks' row slices."""
     z = logits if spec.axis == logits.ndim - 1 else xp.moveaxis(logits, spec.axis, -1)
     positions, classes = tuple(z.shape[:-1]), z.shape[-1]
     rows = math.prod(positions)
@@ -379,18 +412,17 @@ def _rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
 def _forward_chunked(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any,
                      params: tuple) -> tuple:
     z, target, positions, row_spec, chunks = _rows(xp, spec, logits, target)
-    losses, mains, regs = [], [], []
+    parts: dict = {"loss": [], "main": [], "reg": [], "m": [], "lt": []}
     denominator = 0.0
     for rows in chunks:
-        loss, _, main, reg, tgt = _positions(xp, row_spec, z[rows, :], target[rows, ...], weight,
-                                             params)
-        losses.append(loss)
-        mains.append(main)
-        regs.append(reg)
+        loss, main, reg, (m, lt), tgt = _positions(xp, row_spec, z[rows, :], target[rows, ...],
+                                                   weight, params)
+        for name, part in zip(parts, (loss, main, reg, m, lt)):
+            parts[name].append(part)
         if spec.reduction == "mean":
             denominator = denominator + _mean_denominator(xp, tgt, loss)
-    loss, main = xp.concat(losses), xp.concat(mains)
-    reg = None if regs[0] is None else xp.concat(regs)
+    loss, main, m, lt = (xp.concat(parts[name]) for name in ("loss", "main", "m", "lt"))
+    reg = None if parts["reg"][0] is None else xp.concat(parts["reg"])
     if spec.reduction == "none":
         value, denominator = xp.reshape(loss, positions), None
     else:
@@ -399,41 +431,12 @@ def _forward_chunked(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any,
             value = _safe_divide(xp, value, denominator)
         else:
             denominator = None
-    return xp.astype(value, logits.dtype, copy=False), (logits, main, reg, denominator)
-
-
-def _backward_chunked(xp: Any, spec: Spec, residuals: tuple, target: Any, weight: Any,
-                      params: tuple, cotangent: Any, logits_dtype: Any) -> tuple:
-    logits, main, reg, denominator = residuals
-    z, target, positions, row_spec, chunks = _rows(xp, spec, logits, target)
-    g = xp.asarray(cotangent, dtype=main.dtype, device=_device(main))
-    if denominator is not None:
-        g = _safe_divide(xp, g, denominator)
-    g = xp.reshape(g, main.shape) if spec.reduction == "none" else xp.broadcast_to(g, main.shape)
-    from array_api_compat import is_writeable_array
-
-    # written chunk by chunk where the namespace allows it (a concat would hold two copies)
-    dz = xp.empty(z.shape, dtype=logits_dtype, device=_device(z)) if is_writeable_array(z) else []
-    param_grads: list = [None] * 4
-    for rows in chunks:
-        log_p = _primitive(xp, "log_softmax", log_softmax)(xp, xp.astype(z[rows, :], main.dtype,
-                                                                      copy=False))
-        saved = (log_p, main[rows], None if reg is None else reg[rows], None)
-        d_rows, d_params = backward(xp, row_spec, saved, target[rows, ...], weight, params,
-                                    g[rows], logits_dtype)
-        if isinstance(dz, list):
-            dz.append(d_rows)
-        else:
-            dz[rows, :] = d_rows
-        param_grads = [d if total is None else total + d for total, d in zip(param_grads, d_params)]
-    dz = xp.reshape(xp.concat(dz) if isinstance(dz, list) else dz, positions + (z.shape[-1],))
-    if spec.axis != dz.ndim - 1:
-        dz = xp.moveaxis(dz, -1, spec.axis)
-    return dz, tuple(param_grads)
+    return xp.astype(value, logits.dtype, copy=False), (logits, m, lt, main, reg, denominator)
 
 
 def _main_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
-    return tgt.weighted_sum(_focal_values(xp, tgt.needed(log_p), spec.gamma))
+    """``log_p``: in full for dense targets, at the target for sparse ones."""
+    return tgt.weighted_sum(_focal_values(xp, log_p, spec.gamma))
 
 
 def _reverse_levels(spec: Spec) -> tuple:
@@ -441,14 +444,13 @@ def _reverse_levels(spec: Spec) -> tuple:
     return -math.log(spec.eps), -math.log(1.0 + spec.eps)
 
 
-def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any) -> Any:
+def _reg_term(xp: Any, spec: Spec, tgt: _Target, log_p: Any, log_p_y: Any) -> Any:
     if spec.regularizer == "entropy":
         return 0.0 - _primitive(xp, "sum_p_log_p", _sum_p_log_p)(xp, log_p)
     if tgt.wq is None:  # one-hot q: R = a_on p_y + a_off sum_{c != y} p_c
         a_off, a_on = _reverse_levels(spec)
-        # the mass off the target summed from its small terms: 1 - p_y would round away
-        off_target = xp.sum(xp.where(tgt.one_hot(), 0.0, xp.exp(log_p)), axis=-1)
-        return a_on * xp.exp(tgt.gather(log_p)) + a_off * off_target
+        off_target = _primitive(xp, "mass_off_target", _mass_off_target)(xp, log_p, tgt.index)
+        return a_on * xp.exp(log_p_y) + a_off * off_target
     return xp.sum(xp.exp(log_p) * tgt.reverse_log(), axis=-1)
 
 
@@ -483,21 +485,46 @@ def backward(
     """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``) and for
     ``(ce_weight, ce_base, reg_weight, reg_base)`` (in the compute dtype; ``None`` where
     the parameter was a Python float)."""
-    if _chunked(spec, math.prod(residuals[1].shape)):  # main: one entry per position
-        return _backward_chunked(xp, spec, residuals, target, weight, params, cotangent,
-                                 logits_dtype)
-    log_p, main, reg, denominator = residuals
-    shape = tuple(log_p.shape)
-    if spec.axis != len(shape) - 1:  # the logits' own layout, for _setup
-        shape = shape[: spec.axis] + shape[-1:] + shape[spec.axis:-1]
-    tgt, (cw, cb, rw, rb) = _setup(xp, spec, shape, target, weight, params, log_p.dtype)
-    g = xp.asarray(cotangent, dtype=log_p.dtype, device=_device(log_p))
+    logits, m, lt, main, reg, denominator = residuals
+    g = xp.asarray(cotangent, dtype=main.dtype, device=_device(main))
     if denominator is not None:
         g = _safe_divide(xp, g, denominator)
-    g_pos = g if spec.reduction == "none" else xp.broadcast_to(g, main.shape)
+    g_pos = xp.reshape(g, main.shape) if spec.reduction == "none" else xp.broadcast_to(g, main.shape)
+    if not _chunked(spec, math.prod(main.shape)):
+        z = _moved(xp, spec, logits, main.dtype)
+        dz, param_grads = _backward_positions(xp, spec, tuple(logits.shape), z, m, lt, main, reg,
+                                              target, weight, params, g_pos)
+        dz = xp.astype(dz, logits_dtype, copy=False)
+        return (dz if spec.axis == dz.ndim - 1 else xp.moveaxis(dz, -1, spec.axis)), param_grads
+
+    z, target, positions, row_spec, chunks = _rows(xp, spec, logits, target)
+    from array_api_compat import is_writeable_array
+
+    # written chunk by chunk where the namespace allows it (a concat would hold two copies)
+    dz = xp.empty(z.shape, dtype=logits_dtype, device=_device(z)) if is_writeable_array(z) else []
+    param_grads: list = [None] * 4
+    for rows in chunks:
+        z_rows = xp.astype(z[rows, :], main.dtype, copy=False)
+        d_rows, d_params = _backward_positions(
+            xp, row_spec, tuple(z_rows.shape), z_rows, m[rows, :], lt[rows, :], main[rows],
+            None if reg is None else reg[rows], target[rows, ...], weight, params, g_pos[rows])
+        d_rows = xp.astype(d_rows, logits_dtype, copy=False)
+        if isinstance(dz, list):
+            dz.append(d_rows)
+        else:
+            dz[rows, :] = d_rows
+        param_grads = [d if total is None else total + d for total, d in zip(param_grads, d_params)]
+    dz = xp.reshape(xp.concat(dz) if isinstance(dz, list) else dz, positions + (z.shape[-1],))
+    return (dz if spec.axis == dz.ndim - 1 else xp.moveaxis(dz, -1, spec.axis)), tuple(param_grads)
+
+
+def _backward_positions(xp: Any, spec: Spec, shape: tuple, z: Any, m: Any, lt: Any, main: Any,
+                        reg: Any, target: Any, weight: Any, params: tuple, g_pos: Any) -> tuple:
+    """The gradient (class axis last, compute dtype) and the four parameter gradients, for
+    per-position cotangents ``g_pos``; ``shape`` is the logits' own layout (for _setup)."""
+    tgt, (cw, cb, rw, rb) = _setup(xp, spec, shape, target, weight, params, z.dtype)
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
-
     if tgt.invalid is not None:  # unchecked out-of-range index: a NaN row, not a number
         g_pos = xp.where(tgt.invalid, math.nan, g_pos)
     ln_cb = _ln(xp, cb)
@@ -519,34 +546,34 @@ def backward(
     # d(main)/dz = v - p sum(v), v = w q p f'(p); dH/dz = -p (log p + H); dR/dz = p (a - R)
     if tgt.wq is None:
         # one-hot q: v lives on the target only, so every term is p * alpha + onehot * beta
-        k = c_main * _focal_slopes(xp, tgt.gather(log_p), spec.gamma)
+        log_p_y = _finite_log_p(xp, tgt.log_p_at_target(z, m, lt))
+        k = c_main * _focal_slopes(xp, log_p_y, spec.gamma)
         if tgt.scale is not None:
             k = k * tgt.scale
         alpha, beta = -k, k
         if spec.regularizer == "reverse":
             a_off, a_on = _reverse_levels(spec)
             alpha = alpha + c_reg * (a_off - reg)
-            beta = beta + c_reg * (a_on - a_off) * xp.exp(tgt.gather(log_p))
+            beta = beta + c_reg * (a_on - a_off) * xp.exp(log_p_y)
         log_p_scale = None
         if spec.regularizer == "entropy":  # -p (log p + H) folds into the factor of p
             alpha, log_p_scale = alpha - c_reg * reg, -c_reg
         affine = _primitive(xp, "softmax_affine", _softmax_affine)
-        dz = affine(xp, log_p, alpha[..., None], tgt.index, beta, log_p_scale)
+        dz = affine(xp, z, m, lt, alpha[..., None], tgt.index, beta, log_p_scale)
     else:
+        log_p = _finite_log_p(xp, _primitive(xp, "log_p", _log_p)(xp, z, m, lt))
         p = xp.exp(log_p)
         v = tgt.wq * _focal_slopes(xp, log_p, spec.gamma)
         dz = c_main[..., None] * (v - p * xp.sum(v, axis=-1, keepdims=True))
         if spec.regularizer == "entropy":
-            dz = dz - c_reg[..., None] * (_p_log_p(xp, p, log_p) + p * reg[..., None])
+            dz = dz - c_reg[..., None] * (p * (log_p + reg[..., None]))
         elif spec.regularizer == "reverse":
             dz = dz + c_reg[..., None] * (p * (tgt.reverse_log() - reg[..., None]))
 
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, 0.0)
-    if spec.axis != dz.ndim - 1:
-        dz = xp.moveaxis(dz, -1, spec.axis)
     param_grads = tuple(
         None if isinstance(param, (int, float)) else grad
         for param, grad in zip((cw, cb, rw, rb), (d_cw, d_cb, d_rw, d_rb))
     )
-    return xp.astype(dz, logits_dtype, copy=False), param_grads
+    return dz, param_grads
