@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--compiled", action="store_true",
                        help="also time torch.compile'd losses (slow to compile on CPU)")
     bench.add_argument("--memory", action="store_true", help="also measure torch CPU peak memory")
+    bench.add_argument("--chunk-size", type=int, metavar="ROWS",
+                       help="also time (torch) and measure each loss with chunk_size=ROWS")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.command == "bench":

@@ -47,7 +47,7 @@ class Timing:
 # --- candidates: name -> (forward, forward+backward) callables on prepared inputs ------------
 
 
-def _torch_candidates(platform, logits, target, *, compiled: bool):
+def _torch_candidates(platform, logits, target, *, compiled: bool, chunk_size=None):
     import torch
     import torch.nn.functional as F
 
@@ -70,6 +70,11 @@ def _torch_candidates(platform, logits, target, *, compiled: bool):
         fn = getattr(_api, name)
         out[f"el.{name}"] = (forward_of(lambda z, y, fn=fn: fn(z, y)),
                              step_of(lambda z, y, fn=fn: fn(z, y)))
+    if chunk_size and logits.shape[0] > chunk_size:
+        for name in LOSSES:
+            fn = getattr(_api, name)
+            chunked = lambda z, y, fn=fn: fn(z, y, chunk_size=chunk_size)  # noqa: E731
+            out[f"el.{name} chunks of {chunk_size}"] = (forward_of(chunked), step_of(chunked))
     if compiled:
         torch._dynamo.reset()  # every shape and dtype compiles afresh, within dynamo's limits
         out["compiled F.cross_entropy"] = _compiled(torch, native, logits, target)
@@ -145,9 +150,9 @@ def _explicit_candidates(platform, logits, target, **_):
     return out, "hand-written" if out.get("hand-written") else None
 
 
-def _candidates(platform, logits, target, compiled):
+def _candidates(platform, logits, target, compiled, chunk_size=None):
     if platform.library == "torch":
-        return _torch_candidates(platform, logits, target, compiled=compiled)
+        return _torch_candidates(platform, logits, target, compiled=compiled, chunk_size=chunk_size)
     if platform.library == "jax":
         return _jax_candidates(platform, logits, target)
     return _explicit_candidates(platform, logits, target)
@@ -180,7 +185,7 @@ def _interleaved(platform, fns: dict, repeats: int, budget_s: float) -> dict:
 
 
 def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=15,
-        budget_s=20.0, compiled=False, progress=None):
+        budget_s=20.0, compiled=False, chunk_size=None, progress=None):
     platforms, missing = available(library, device)
     rows = []
     work = []
@@ -196,7 +201,7 @@ def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=
         rng = np.random.default_rng(0)
         logits = p.asarray(rng.normal(size=(n, c)).astype(np.float32), dtype)
         target = p.asarray(rng.integers(0, c, size=n), "int64")
-        fns, baseline = _candidates(p, logits, target, compiled)
+        fns, baseline = _candidates(p, logits, target, compiled, chunk_size)
         fwd = _interleaved(p, {k: f for k, (f, _) in fns.items()}, repeats, budget_s / 2)
         step = _interleaved(p, {k: s for k, (_, s) in fns.items()}, repeats, budget_s / 2)
         for name in fns:
@@ -240,17 +245,28 @@ print((status("VmHWM:") - before) * 1024)
 """
 
 
-def peak_extra_memory(n: int, c: int, candidates=("F.cross_entropy",) + tuple(f"el.{x}" for x in LOSSES)):
+def memory_candidates(chunk_size=None) -> tuple:
+    """``F.cross_entropy``, every loss, and every loss in chunks of ``chunk_size`` rows."""
+    out = ("F.cross_entropy",) + tuple(f"el.{x}" for x in LOSSES)
+    if chunk_size:
+        out += tuple(f"el.{x} chunks of {chunk_size}" for x in LOSSES)
+    return out
+
+
+def peak_extra_memory(n: int, c: int, candidates=memory_candidates(), runs: int = 3):
     """Peak resident memory added by one torch CPU forward+backward, in multiples of the
-    logits' bytes (the gradient, which any loss must return, is 1.0 of it)."""
+    logits' bytes (the gradient, which any loss must return, is 1.0 of it): the median of
+    ``runs`` fresh processes (glibc may keep freed blocks of some sizes resident, which
+    varies from run to run)."""
     out = {}
     for which in candidates:
-        result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(n), str(c), which],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            out[which] = math.nan
-            continue
-        out[which] = int(result.stdout.strip()) / (n * c * 4)
+        figures = []
+        for _ in range(runs):
+            result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(n), str(c), which],
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                figures.append(int(result.stdout.strip()) / (n * c * 4))
+        out[which] = statistics.median(figures) if figures else math.nan
     return out
 
 
@@ -268,12 +284,12 @@ def machine() -> dict:
 
 
 def table(rows, missing) -> str:
-    lines = [f"{'backend':<11}{'shape':>13}{'dtype':>10}  {'candidate':<28}{'fwd ms':>10}"
+    lines = [f"{'backend':<11}{'shape':>13}{'dtype':>10}  {'candidate':<36}{'fwd ms':>10}"
              f"{'fwd+bwd ms':>12}{'fwd ratio':>11}{'fwd+bwd ratio':>15}"]
     lines.append("-" * len(lines[0]))
     for r in rows:
         shape = f"{r.shape[0]}x{r.shape[1]}"
-        lines.append(f"{r.backend:<11}{shape:>13}{r.dtype:>10}  {r.candidate:<28}"
+        lines.append(f"{r.backend:<11}{shape:>13}{r.dtype:>10}  {r.candidate:<36}"
                      f"{r.forward_ms:>10.3f}{r.step_ms:>12.3f}{r.forward_ratio:>11.2f}"
                      f"{r.step_ratio:>15.2f}")
     lines.append("ratios: time / the same backend's native cross entropy at the same shape "
@@ -300,12 +316,13 @@ def main(args) -> int:
         shapes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.shape)
     dtypes = tuple(args.dtype or ("float32",))
     rows, missing = run(args.backend, args.device, shapes=shapes, dtypes=dtypes,
-                        repeats=args.repeats, compiled=args.compiled,
+                        repeats=args.repeats, compiled=args.compiled, chunk_size=args.chunk_size,
                         progress=None if args.json else _bar)
     memory = {}
     if args.memory and any(r.backend == "torch-cpu" for r in rows):
         n, c = max({r.shape for r in rows if r.backend == "torch-cpu"}, key=lambda s: s[0] * s[1])
-        memory = {"shape": [n, c], "extra_over_logits_bytes": peak_extra_memory(n, c)}
+        memory = {"shape": [n, c], "extra_over_logits_bytes":
+                  peak_extra_memory(n, c, memory_candidates(args.chunk_size))}
     if args.json:
         print(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows],
                           "memory": memory, "skipped": [dict(backend=b, reason=r) for b, r in missing]},
@@ -317,5 +334,5 @@ def main(args) -> int:
             print(f"\npeak extra resident memory of one torch CPU forward+backward at {n}x{c}, "
                   f"in logits' bytes ({n * c * 4 / 2**20:.0f} MiB):")
             for k, v in memory["extra_over_logits_bytes"].items():
-                print(f"  {k:<22}{v:6.2f}x")
+                print(f"  {k:<36}{v:6.2f}x")
     return 0

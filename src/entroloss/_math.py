@@ -94,10 +94,11 @@ def _softmax_affine(xp: Any, z: Any, m: Any, lt: Any, alpha: Any, index: Any, be
     logits and their row statistics (finite, see :func:`_finite_log_p`) and ``alpha`` of
     shape ``(..., 1)``: the gradient of every loss with a class-index target, MIN-ENT's
     ``-p (log p + H)`` included. A native kernel may build it in place."""
-    log_p = _finite_log_p(xp, _log_p(xp, z, m, lt))
+    log_p = _log_p(xp, z, m, lt)
     hot = index == xp.arange(z.shape[-1], dtype=index.dtype, device=_device(index))
     factor = alpha
-    if log_p_scale is not None:
+    if log_p_scale is not None:  # only a product with log p needs it finite (exp(-inf) = 0)
+        log_p = _finite_log_p(xp, log_p)
         factor = alpha + log_p_scale[..., None] * log_p
     scaled = xp.exp(log_p) * factor
     return xp.where(hot, scaled + beta[..., None], scaled)
@@ -527,27 +528,33 @@ def _backward_positions(xp: Any, spec: Spec, shape: tuple, z: Any, m: Any, lt: A
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
     if tgt.invalid is not None:  # unchecked out-of-range index: a NaN row, not a number
         g_pos = xp.where(tgt.invalid, math.nan, g_pos)
+    # weight/ln(b): d/dweight = 1/ln b; d/db = -weight / (b ln(b)^2); only for parameters
+    # given as arrays (the others get None)
+    learnt = [not isinstance(v, (int, float)) for v in (cw, cb, rw, rb)]
     ln_cb = _ln(xp, cb)
     c_main = g_pos * (cw / ln_cb)  # per-position coefficient of d(main)/dz
     c_reg = None
-    d_rw = d_rb = None
+    d_cw = d_cb = d_rw = d_rb = None
     if reg is not None:
         ln_rb = _ln(xp, rb)
         g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
         c_reg = g_reg * (rw / ln_rb)
-        # weight/ln(b): d/dweight = 1/ln b; d/db = -weight / (b ln(b)^2)
-        r_sum = xp.sum(g_reg * reg)
-        d_rw = r_sum / ln_rb
-        d_rb = -r_sum * rw / (rb * ln_rb**2)
-    m_sum = xp.sum(g_pos * main)
-    d_cw = m_sum / ln_cb
-    d_cb = -m_sum * cw / (cb * ln_cb**2)
+        if learnt[2] or learnt[3]:
+            r_sum = xp.sum(g_reg * reg)
+            d_rw = r_sum / ln_rb
+            d_rb = -r_sum * rw / (rb * ln_rb**2)
+    if learnt[0] or learnt[1]:
+        m_sum = xp.sum(g_pos * main)
+        d_cw = m_sum / ln_cb
+        d_cb = -m_sum * cw / (cb * ln_cb**2)
 
     # d(main)/dz = v - p sum(v), v = w q p f'(p); dH/dz = -p (log p + H); dR/dz = p (a - R)
     if tgt.wq is None:
         # one-hot q: v lives on the target only, so every term is p * alpha + onehot * beta
-        log_p_y = _finite_log_p(xp, tgt.log_p_at_target(z, m, lt))
-        k = c_main * _focal_slopes(xp, log_p_y, spec.gamma)
+        log_p_y = None  # p_y f'(p_y) is -1 for cross entropy, whatever p_y
+        if spec.gamma != 0 or spec.regularizer == "reverse":
+            log_p_y = _finite_log_p(xp, tgt.log_p_at_target(z, m, lt))
+        k = -c_main if spec.gamma == 0 else c_main * _focal_slopes(xp, log_p_y, spec.gamma)
         if tgt.scale is not None:
             k = k * tgt.scale
         alpha, beta = -k, k
@@ -572,8 +579,6 @@ def _backward_positions(xp: Any, spec: Spec, shape: tuple, z: Any, m: Any, lt: A
 
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, 0.0)
-    param_grads = tuple(
-        None if isinstance(param, (int, float)) else grad
-        for param, grad in zip((cw, cb, rw, rb), (d_cw, d_cb, d_rw, d_rb))
-    )
+    param_grads = tuple(grad if wanted else None
+                        for wanted, grad in zip(learnt, (d_cw, d_cb, d_rw, d_rb)))
     return dz, param_grads
