@@ -47,14 +47,13 @@ def _sum_p_log_p(xp_: Any, log_p: torch.Tensor) -> torch.Tensor:
 def _softmax_affine(xp_: Any, z: torch.Tensor, m: torch.Tensor, lt: torch.Tensor,
                     alpha: torch.Tensor, index: torch.Tensor, beta: torch.Tensor,
                     log_p_scale: torch.Tensor | None = None) -> torch.Tensor:
-    # log p is built in the buffer that becomes the gradient
-    log_p = _log_p(xp_, z, m, lt)
+    # p = exp(z - m) / exp(lt), built in the buffer that becomes the gradient
+    out = torch.sub(z, m).exp_()
     if log_p_scale is None:
-        out = log_p.exp_().mul_(alpha)
+        out.mul_(alpha / torch.exp(lt))
     else:
-        log_p = _finite_log_p(xp_, log_p)
-        p = torch.exp(log_p)
-        out = log_p.mul_(log_p_scale.unsqueeze(-1)).add_(alpha).mul_(p)
+        factor = _finite_log_p(xp_, _log_p(xp_, z, m, lt)).mul_(log_p_scale.unsqueeze(-1)).add_(alpha)
+        out.mul_(factor.div_(torch.exp(lt)))
     return out.scatter_add_(-1, index, beta.unsqueeze(-1).to(out.dtype))
 
 

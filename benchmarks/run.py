@@ -25,12 +25,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", default="9")
     parser.add_argument("--dtype", action="append")
+    parser.add_argument("--chunk-size", default="256", help="rows per chunk for the chunked candidates")
     args = parser.parse_args()
     tag = "gpu" if args.device in ("cuda", "gpu") else "cpu"
     command = [sys.executable, "-m", "entroloss", "bench", "--device", args.device, "--json",
                "--compiled", "--repeats", args.repeats]
     for dtype in args.dtype or ["float32", "bfloat16"]:
         command += ["--dtype", dtype]
+    command += ["--chunk-size", args.chunk_size]
     if tag == "cpu":
         command.append("--memory")
     out = subprocess.run(command, capture_output=True, text=True)

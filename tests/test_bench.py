@@ -63,6 +63,44 @@ def test_native_torch_kernels_equal_the_generic_primitives():
                                        equal_nan=True)
 
 
+@pytest.mark.parametrize("shape", [(8, 5), (2, 8, 5)])
+def test_native_numpy_kernels_equal_the_generic_primitives(shape):
+    """NumPy's in-place kernels: the generic results, with the same special rows, and for
+    positions in more than one dimension."""
+    import array_api_compat.numpy as xp
+
+    from entroloss.backends import explicit as adapter
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=shape)
+    rows = z.reshape(-1, shape[-1])
+    rows[1, 2] = -np.inf
+    rows[2, :4] = -np.inf
+    rows[3] = -np.inf
+    rows[4, 0], rows[5, 3] = np.inf, np.nan
+    index = rng.integers(0, shape[-1], size=shape[:-1] + (1,))
+    alpha, beta, scale = (rng.normal(size=shape[:-1]) for _ in range(3))
+    with np.errstate(invalid="ignore"):  # the inf and NaN rows
+        for dtype in (np.float64, np.float32):
+            zd = z.astype(dtype)
+            m, lt = _math._row_stats(xp, zd)
+            np.testing.assert_allclose(adapter._sum_exp_shifted(xp, zd, m),
+                                       _math._sum_exp_shifted(xp, zd, m), rtol=1e-6)
+            log_p = _math._log_p(xp, zd, m, lt)
+            np.testing.assert_array_equal(adapter._log_p(xp, zd, m, lt), log_p)
+            finite = _math._finite_log_p(xp, log_p)
+            np.testing.assert_array_equal(adapter._finite_log_p(xp, log_p.copy()), finite)
+            for name, args in (("_sum_p_log_p", (finite,)), ("_mass_off_target", (finite, index))):
+                np.testing.assert_allclose(getattr(adapter, name)(xp, *args),
+                                           getattr(_math, name)(xp, *args), rtol=1e-6)
+            for s in (None, scale.astype(dtype)):
+                a = alpha.astype(dtype)[..., None]
+                np.testing.assert_allclose(
+                    adapter._softmax_affine(xp, zd, m, lt, a, index, beta.astype(dtype), s),
+                    _math._softmax_affine(xp, zd, m, lt, a, index, beta.astype(dtype), s),
+                    rtol=1e-6)
+
+
 def test_bench_cli_quick_json():
     out = subprocess.run(
         [sys.executable, "-m", "entroloss", "bench", "--backend", "numpy", "--shape", "64x8",

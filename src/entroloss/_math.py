@@ -90,17 +90,19 @@ def _log_p(xp: Any, z: Any, m: Any, lt: Any) -> Any:
 
 def _softmax_affine(xp: Any, z: Any, m: Any, lt: Any, alpha: Any, index: Any, beta: Any,
                     log_p_scale: Any = None) -> Any:
-    """``p * (alpha + log_p_scale * log p) + onehot(index) * beta``, with log p from the
-    logits and their row statistics (finite, see :func:`_finite_log_p`) and ``alpha`` of
-    shape ``(..., 1)``: the gradient of every loss with a class-index target, MIN-ENT's
-    ``-p (log p + H)`` included. A native kernel may build it in place."""
-    log_p = _log_p(xp, z, m, lt)
+    """``p * (alpha + log_p_scale * log p) + onehot(index) * beta``, with ``p`` and log p
+    from the logits and their row statistics, and ``alpha`` of shape ``(..., 1)``: the
+    gradient of every loss with a class-index target, MIN-ENT's ``-p (log p + H)``
+    included. A native kernel may build it in place.
+
+    ``p = exp(z - m) / exp(lt)``: ``exp(z - m)`` is the forward's own (the row sums), which
+    a compiler then computes once for both passes, as it does for its own cross entropy.
+    """
     hot = index == xp.arange(z.shape[-1], dtype=index.dtype, device=_device(index))
     factor = alpha
     if log_p_scale is not None:  # only a product with log p needs it finite (exp(-inf) = 0)
-        log_p = _finite_log_p(xp, log_p)
-        factor = alpha + log_p_scale[..., None] * log_p
-    scaled = xp.exp(log_p) * factor
+        factor = alpha + log_p_scale[..., None] * _finite_log_p(xp, _log_p(xp, z, m, lt))
+    scaled = xp.exp(z - m) * (factor / xp.exp(lt))
     return xp.where(hot, scaled + beta[..., None], scaled)
 
 
