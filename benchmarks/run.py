@@ -102,7 +102,9 @@ def plot(data: dict, path: pathlib.Path) -> None:
         for candidate in dict.fromkeys(r["candidate"] for r in these):
             points = sorted((r["shape"][0] * r["shape"][1], r["step_ratio"])
                             for r in these if r["candidate"] == candidate)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=candidate)
+            style = ":" if "compiled" in candidate else "--" if "chunks" in candidate else "-"
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle=style,
+                    label=candidate)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -115,7 +117,11 @@ def plot(data: dict, path: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--page-only"]:
+    if sys.argv[1:] == ["--page-only"]:  # redraw the page and plots from the saved JSON
+        for tag in ("cpu", "gpu"):
+            saved = DOCS / f"benchmarks-{tag}.json"
+            if saved.exists():
+                plot(json.loads(saved.read_text()), DOCS / f"benchmarks-{tag}.png")
         page()
     else:
         main()
