@@ -50,8 +50,8 @@ def _log_p(xp: Any, z: Any, m: Any, lt: Any) -> Any:
 
 
 def _finite_log_p(xp: Any, log_p: Any) -> Any:
-    # in place on the forward's own fresh log p; maximum keeps NaN, and differs from the
-    # definition's where(log_p == -inf, floor, log_p) only below the floor, where p = 0
+    # _math's where(log_p < floor, floor, log_p), in place on the forward's own fresh log p
+    # (maximum keeps NaN)
     return np.maximum(log_p, -math.sqrt(float(np.finfo(log_p.dtype).max)), out=log_p)
 
 

@@ -31,8 +31,7 @@ def _log_p(xp_: Any, z: torch.Tensor, m: torch.Tensor, lt: torch.Tensor) -> torc
 
 
 def _finite_log_p(xp_: Any, log_p: torch.Tensor) -> torch.Tensor:
-    # in place on the forward's own fresh log p; clamp, not _math's where(log_p == -inf,
-    # floor, log_p): they differ only below the floor, where p = 0 either way; NaN stays NaN
+    # _math's where(log_p < floor, floor, log_p), in place on the forward's own fresh log p
     return log_p.clamp_(min=-math.sqrt(torch.finfo(log_p.dtype).max))
 
 

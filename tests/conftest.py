@@ -26,12 +26,28 @@ except ImportError:
 Backend = Platform
 
 
-@pytest.fixture(params=ALL, ids=lambda p: p.id)
-def backend(request) -> Platform:
+def _load(request) -> Platform:
     try:
         return request.param.load()
     except Unavailable as reason:
         pytest.skip(str(reason))
+
+
+@pytest.fixture(params=ALL, ids=lambda p: p.id)
+def backend(request) -> Platform:
+    return _load(request)
+
+
+@pytest.fixture(params=[p for p in ALL if p.library == "torch"], ids=lambda p: p.id)
+def tb(request) -> Platform:
+    """torch on each device (for torch-only tests)."""
+    return _load(request)
+
+
+@pytest.fixture(params=[p for p in ALL if p.library == "jax"], ids=lambda p: p.id)
+def jb(request) -> Platform:
+    """JAX on each device (for JAX-only tests)."""
+    return _load(request)
 
 
 def tolerance(dtype_name: str) -> dict:

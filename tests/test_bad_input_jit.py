@@ -15,7 +15,6 @@ import pytest
 
 import entroloss as el
 import reference
-from entroloss._platforms import ALL, Unavailable
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -23,14 +22,6 @@ checkify = pytest.importorskip("jax.experimental.checkify")
 from entroloss.backends.jax_checks import checked, with_checks  # noqa: E402
 
 LOSSES = ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"]
-
-
-@pytest.fixture(params=[p for p in ALL if p.library == "jax"], ids=lambda p: p.id)
-def jb(request):
-    try:
-        return request.param.load()
-    except Unavailable as reason:
-        pytest.skip(str(reason))
 
 
 @pytest.fixture

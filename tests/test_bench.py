@@ -38,6 +38,7 @@ def test_native_torch_kernels_equal_the_generic_primitives():
     z[1, 2] = z[2, :4] = -inf  # masked classes, down to a single one left
     z[3] = -inf  # nothing left
     z[4, 0], z[5, 3] = inf, nan
+    z[6, 1] = -3.4e38  # masked with float32's most negative number
     for dtype in (torch.float64, torch.float32):
         zd = z.to(dtype)
         m = torch.amax(zd, dim=-1, keepdim=True)
@@ -78,6 +79,7 @@ def test_native_numpy_kernels_equal_the_generic_primitives(shape):
     rows[2, :4] = -np.inf
     rows[3] = -np.inf
     rows[4, 0], rows[5, 3] = np.inf, np.nan
+    rows[6, 1] = -3.4e38  # masked with float32's most negative number
     index = rng.integers(0, shape[-1], size=shape[:-1] + (1,))
     alpha, beta, scale = (rng.normal(size=shape[:-1]) for _ in range(3))
     with np.errstate(invalid="ignore"):  # the inf and NaN rows

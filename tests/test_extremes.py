@@ -514,3 +514,39 @@ def test_ignored_fully_masked_position_warns_nothing(backend):
                                          ignore_index=-100, reduction="none", **options)
         value, g = backend.to_numpy(value), backend.to_numpy(grads["logits"])
         assert value[0] == 0 and np.isfinite(value[1]) and np.all(g[0] == 0), (value, g)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_classes_masked_with_the_most_negative_float(backend, loss):
+    """``masked_fill(mask, finfo.min)`` is the common way to mask: the same values and
+    gradients as a -inf mask, also where a coefficient above 1 multiplies log p (found by
+    review: MIN-ENT's gradient overflowed to 0 * inf = NaN on the generic path)."""
+    options = {"reduction": "sum"}
+    if loss == "min_ent":
+        options["entropy_weight"] = 2.0
+    if loss == "mix_ent":
+        options["reverse_weight"] = 2.0
+    y = backend.asarray(np.array([0, 2]))
+    results = []
+    for mask in (np.finfo(np.float32).min, -np.inf):
+        z = np.array([[2.0, mask, 0.5], [0.1, mask, -0.3]], dtype=np.float32)
+        value, grads = el.value_and_grad(getattr(el, loss), backend.asarray(z, "float32"), y,
+                                         **options)
+        results.append((backend.to_numpy(value), backend.to_numpy(grads["logits"])))
+    (value, g), (value_inf, g_inf) = results
+    assert np.isfinite(value) and np.all(np.isfinite(g)) and np.all(g[:, 1] == 0), (value, g)
+    np.testing.assert_allclose(value, value_inf, rtol=1e-6)
+    np.testing.assert_allclose(g, g_inf, rtol=1e-6, atol=1e-7)
+
+
+def test_a_masked_target_class_with_zero_weight_counts_nothing(backend):
+    """A class-index target on a masked class whose class weight is 0: the position
+    contributes 0 (w_y q_y = 0, as on the dense path), not 0 * inf = NaN; nor does it
+    move the gradient. (torch's nll_loss gives NaN there.)"""
+    z = backend.asarray(np.array([[-np.inf, 1.0, 0.0], [0.5, 0.0, -1.0]]))
+    y = backend.asarray(np.array([0, 1]))
+    w = backend.asarray(np.array([0.0, 1.0, 2.0]))
+    for loss in LOSSES:
+        value, grads = el.value_and_grad(getattr(el, loss), z, y, weight=w, reduction="none")
+        value, g = backend.to_numpy(value), backend.to_numpy(grads["logits"])
+        assert value[0] == 0 and np.all(g[0] == 0) and np.isfinite(value[1]), (loss, value, g)

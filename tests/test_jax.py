@@ -11,18 +11,9 @@ import pytest
 
 import entroloss as el
 from cases import GRID_ARGS, GRID_IDS, SCALARS, draw, on_backend
-from entroloss._platforms import ALL, Unavailable
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
-
-
-@pytest.fixture(params=[p for p in ALL if p.library == "jax"], ids=lambda p: p.id)
-def jb(request):
-    try:
-        return request.param.load()
-    except Unavailable as reason:
-        pytest.skip(str(reason))
 
 
 @pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)

@@ -10,19 +10,10 @@ import pytest
 
 import entroloss as el
 from cases import GRID_ARGS, GRID_IDS, SCALARS, draw, on_backend
-from entroloss._platforms import ALL, Unavailable
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 LOSSES = ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"]
-
-
-@pytest.fixture(params=[p for p in ALL if p.library == "torch"], ids=lambda p: p.id)
-def tb(request):
-    try:
-        return request.param.load()
-    except Unavailable as reason:
-        pytest.skip(str(reason))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

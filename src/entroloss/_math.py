@@ -137,12 +137,12 @@ def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
 
 
 def _finite_log_p(xp: Any, log_p: Any) -> Any:
-    # -inf (a masked class, p = 0) becomes a large finite negative number, so p * log p
-    # is 0 there instead of 0 * -inf = NaN; NaN stays NaN (NaN == -inf is False). The floor
-    # is -sqrt(max): far below any log p whose p is not 0, and still finite after
-    # multiplication by a loss coefficient; exp of it is 0.
+    # Below the floor (-inf for a masked class, or a class masked with finfo.min), log p
+    # becomes the floor, so p * log p is 0 there instead of 0 * -inf = NaN, and a
+    # coefficient times it cannot overflow; NaN stays NaN (NaN < floor is False). The floor
+    # is -sqrt(max): far below any log p whose p is not 0 (exp of it is 0).
     floor = -math.sqrt(float(xp.finfo(log_p.dtype).max))
-    return xp.where(log_p == -math.inf, floor, log_p)  # elementwise (dask keeps its chunks)
+    return xp.where(log_p < floor, floor, log_p)  # elementwise (dask keeps its chunks)
 
 
 def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
@@ -243,7 +243,9 @@ class _Target:
         """
         xp = self.xp
         if self.wq is None:
-            return values if self.scale is None else self.scale * values
+            if self.scale is None:
+                return values
+            return self.scale * xp.where(self.scale != 0, values, 0.0)
         safe = xp.where(self.wq != 0, values, 0.0)
         return xp.sum(self.wq * safe, axis=-1)
 
