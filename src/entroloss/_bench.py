@@ -66,15 +66,14 @@ def _torch_candidates(platform, logits, target, *, compiled: bool, chunk_size=No
 
     native = F.cross_entropy
     out = {"F.cross_entropy": (forward_of(native), step_of(native))}
-    for name in LOSSES:
-        fn = getattr(_api, name)
-        out[f"el.{name}"] = (forward_of(lambda z, y, fn=fn: fn(z, y)),
-                             step_of(lambda z, y, fn=fn: fn(z, y)))
+    variants = {"": {}}
     if chunk_size and logits.shape[0] > chunk_size:
+        variants[f" chunks of {chunk_size}"] = {"chunk_size": chunk_size}
+    for suffix, options in variants.items():
         for name in LOSSES:
             fn = getattr(_api, name)
-            chunked = lambda z, y, fn=fn: fn(z, y, chunk_size=chunk_size)  # noqa: E731
-            out[f"el.{name} chunks of {chunk_size}"] = (forward_of(chunked), step_of(chunked))
+            loss = lambda z, y, fn=fn, options=options: fn(z, y, **options)  # noqa: E731
+            out[f"el.{name}{suffix}"] = (forward_of(loss), step_of(loss))
     if compiled:
         torch._dynamo.reset()  # every shape and dtype compiles afresh, within dynamo's limits
         out["compiled F.cross_entropy"] = _compiled(torch, native, logits, target)
