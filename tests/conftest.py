@@ -14,7 +14,7 @@ import array_api_compat as compat
 import numpy as np
 import pytest
 
-from entroloss._platforms import ALL, Platform, Unavailable
+from entroloss.tools.platforms import ALL, Platform, Unavailable
 
 try:  # float64 on JAX for the float64 axis; test_jax.py checks x64 off in a subprocess
     import jax

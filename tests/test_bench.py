@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from entroloss import _bench, _math
+from entroloss import _math
+from entroloss.tools import bench as _bench
 
 
 def test_hand_written_baseline_is_cross_entropy_and_its_gradient():

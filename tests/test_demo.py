@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from entroloss import _demo
+from entroloss.tools import demo as _demo
 
 
 def test_calibration_metrics_on_hand_made_predictions():

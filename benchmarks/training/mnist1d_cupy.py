@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 import entroloss as el
-from entroloss import _demo
+from entroloss.tools import demo as _demo
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from study import load_mnist1d  # noqa: E402

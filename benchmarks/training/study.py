@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from entroloss import _demo
-from entroloss._platforms import available
+from entroloss.tools import demo as _demo
+from entroloss.tools.platforms import available
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -49,17 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from . import _bench
+        from .tools import bench
 
-        return _bench.main(args)
+        return bench.main(args)
     if args.command == "verify":
-        from . import _verify
+        from .tools import verify
 
-        return _verify.main(args)
+        return verify.main(args)
     if args.command == "demo":
-        from . import _demo
+        from .tools import demo
 
-        return _demo.main(args)
+        return demo.main(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 

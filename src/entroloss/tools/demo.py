@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import _api
-from ._platforms import available
+from .. import _api
+from .platforms import available
 
 # (row label, loss function, options). Weights are modest: the papers do not give theirs,
 # and R is scaled by -log(eps) ~ 13.8 for one-hot targets.

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import _api, _reference
-from ._platforms import available
+from .. import _api
+from . import reference as _reference
+from .platforms import available
 
 LOSSES = ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal")
 # error bounds relative to max(1, |reference|): rounding of the inputs is in the reference

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import _api
-from ._platforms import available
+from .. import _api
+from .platforms import available
 
 LOSSES = ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce")
 CPU_SHAPES = ((256, 10), (1024, 1000), (4096, 32000))
