@@ -21,6 +21,7 @@ $(VENV)/.deps-test: pyproject.toml $(VENV)/.deps-demo
 # The package itself is reinstalled (not editable) every time, so the tests and the demo
 # run what a user's `pip install` gets, with backends/ mapped to entroloss.backends.
 install: $(VENV)/.deps-demo
+	rm -rf build  # a stale build/ would ship files since removed from src/
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --force-reinstall --no-cache-dir .
 
 demo: install

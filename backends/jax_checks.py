@@ -1,7 +1,7 @@
 """Opt-in data checks for JAX under ``jax.jit``, through ``jax.experimental.checkify``.
 
 Under ``jax.jit`` (and ``grad``, ``vmap``) the loss cannot read its data while tracing, so
-the checks of DESIGN §5 that read values are skipped; an out-of-range class index then
+the checks that read values (docs/reliability.md) are skipped; an out-of-range class index then
 gives NaN, and a bad soft target, a negative class weight or a bad array base is computed
 as given (docs/reliability.md). This module turns those checks into ``checkify`` checks,
 which JAX carries out of the compiled function as an error value::
@@ -38,14 +38,17 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from entroloss._losses import LOSSES
+
 __all__ = ["checked", "with_checks", "check_inputs"]
 
-_BASES = ("base", "ce_base", "entropy_base", "reverse_base")
+# every public name of a logarithm base
+_BASES = tuple(dict.fromkeys(name for definition in LOSSES for name in definition.bases))
 
 
 def check_inputs(logits: Any, target: Any, /, *, axis: int = -1, weight: Any = None,
                  ignore_index: int | None = None, **options: Any) -> None:
-    """Emit ``checkify.check``s for the data rules of DESIGN §5: class indices in
+    """Emit ``checkify.check``s for the data rules of the bad-input checks: class indices in
     ``[0, C)`` or ``ignore_index``; soft-target entries non-negative with rows summing to 1;
     class weights non-negative; bases given as arrays finite, > 0 and != 1.
 

@@ -1,14 +1,22 @@
-"""The public functions: validate, then hand the shared math to the logits' adapter."""
+"""The public functions: validate, then hand the shared math to the logits' adapter.
+
+Each loss is a stub (its signature and docstring) attached by :func:`_define` to its
+entry of the registry, ``entroloss._losses``; every loss then runs the same path:
+``_prepare`` checks the arguments and builds the static :class:`_math.Spec`, and the
+adapter of the logits' library evaluates ``_math.forward`` (and its backward).
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-from . import _math
+from . import _losses, _math
 from . import _validate as check
+from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
 
 __all__ = [
     "cross_entropy",
@@ -22,18 +30,70 @@ __all__ = [
     "value_and_grad",
 ]
 
+# The keywords every loss takes, beyond its own (LossDef.option_names).
+COMMON_OPTIONS = ("axis", "weight", "ignore_index", "label_smoothing", "reduction", "validate",
+                  "chunk_size")
+
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A validated call: everything an adapter needs, plus which parameters are arrays."""
+    """A validated call: everything an adapter needs, plus which scalars are arrays."""
 
     xp: Any
     spec: _math.Spec
     logits: Any
     target: Any
     weight: Any
-    params: tuple  # (ce_weight, ce_base, reg_weight, reg_base)
-    array_params: dict  # public name -> slot in params, for parameters given as arrays
+    scalars: _math.Scalars
+    learnt: dict  # public name -> slot, for the weights and bases given as arrays
+
+
+@dataclass(frozen=True)
+class _Public:
+    """A public loss: its registry entry and its keyword defaults (from its signature)."""
+
+    definition: LossDef
+    defaults: dict
+
+    def options(self, given: dict) -> dict:
+        unknown = given.keys() - self.defaults.keys()
+        if unknown:
+            raise TypeError(f"{self.definition.name}() got an unexpected keyword argument "
+                            f"{min(unknown)!r}")
+        return {**self.defaults, **given}
+
+
+_PUBLIC: dict = {}  # public function -> _Public
+
+F = TypeVar("F", bound=Callable)
+
+
+def _define(definition: LossDef) -> Callable[[F], F]:
+    """Make the decorated stub the public function of ``definition``: the stub gives the
+    signature and the docstring, the registry what it computes."""
+
+    def attach(stub: F) -> F:
+        parameters = inspect.signature(stub).parameters.values()
+        defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+        expected = set(definition.option_names()) | set(COMMON_OPTIONS)
+        if set(defaults) != expected:  # the stub and its entry must name the same options
+            raise TypeError(f"{stub.__name__}'s keywords {sorted(defaults)} are not its "
+                            f"entry's {sorted(expected)}")
+        public = _Public(definition, defaults)
+
+        def loss(logits: Any, target: Any, /, **options: Any) -> Any:
+            p = _prepare(definition, logits, target, public.options(options))
+            return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars)
+
+        # Python's own errors (a missing target, a third positional) name the loss
+        loss.__code__ = loss.__code__.replace(co_name=stub.__name__)
+        if hasattr(loss.__code__, "co_qualname"):
+            loss.__code__ = loss.__code__.replace(co_qualname=stub.__name__)
+        functools.update_wrapper(loss, stub)
+        _PUBLIC[loss] = public
+        return loss  # type: ignore[return-value]
+
+    return attach
 
 
 def _adapter(logits: Any) -> Any:
@@ -42,74 +102,67 @@ def _adapter(logits: Any) -> Any:
     return backends.adapter_for(logits)
 
 
-def _prepare(
-    logits: Any,
-    target: Any,
-    *,
-    params: dict,  # public name -> (slot in _math.PARAM_NAMES, value, is a base)
-    regularizer: str | None = None,
-    gamma: float = 0.0,
-    eps: float = 1e-6,
-    axis: Any = -1,
-    weight: Any = None,
-    ignore_index: Any = None,
-    label_smoothing: Any = 0.0,
-    reduction: Any = "mean",
-    validate: Any = True,
-    chunk_size: Any = None,
-) -> _Prepared:
+def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepared:
+    """Check every argument (the loss's own options first), then build the spec."""
+    gamma = definition.gamma
+    if gamma is None:
+        gamma = check.real_option("gamma", o["gamma"], low=0.0, what=">= 0")
+    eps = 1e-6
+    if definition.takes_eps:
+        eps = check.real_option("eps", o["eps"], low=0.0, low_open=True, what="> 0")
     xp = check.namespace_of_logits(logits)
-    axis = check.normalize_axis(axis, logits.ndim)
+    axis = check.normalize_axis(o["axis"], logits.ndim)
     num_classes = logits.shape[axis]
     if num_classes == 0:
         raise ValueError(f"logits have 0 classes along axis {axis}; at least 1 is needed")
+    validate = o["validate"]
     if not isinstance(validate, bool):
         raise TypeError(f"validate must be True or False, got {type(validate).__name__}")
-    reduction = check.check_reduction(reduction)
-    chunk_size = check.check_chunk_size(chunk_size)
-    ignore_index = check.check_ignore_index(ignore_index)
+    reduction = check.check_reduction(o["reduction"])
+    chunk_size = check.check_chunk_size(o["chunk_size"])
+    ignore_index = check.check_ignore_index(o["ignore_index"])
     label_smoothing = check.real_option(
-        "label_smoothing", label_smoothing, low=0.0, high=1.0, what="in [0, 1]"
+        "label_smoothing", o["label_smoothing"], low=0.0, high=1.0, what="in [0, 1]"
     )
     soft = check.target_kind(xp, logits, target, axis)
     if soft and ignore_index is not None:
         raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
     if not soft and ignore_index is not None:
         check.ignore_index_fits(xp, target, ignore_index)
-    weight = check.class_weight(xp, logits, weight, num_classes, validate)
-    slots: list[Any] = [1.0, math.e, 0.0, math.e]
-    array_params = {}
-    for name, (slot, value, is_base) in params.items():
-        value = check.scalar_param(xp, logits, name, value, base=is_base, data_checks=validate)
-        slots[slot] = value
-        if not isinstance(value, float):
-            array_params[name] = slot
+    weight = check.class_weight(xp, logits, o["weight"], num_classes, validate)
+    scalars, learnt = _scalars(xp, logits, definition, o, validate)
     indices_checked = False
     if validate and check.is_concrete(target):
         if soft:
             check.soft_rows(xp, target, axis)
         else:
             indices_checked = check.class_indices(xp, target, num_classes, ignore_index)
-    spec = _math.Spec(
-        axis=axis,
-        soft=soft,
-        reduction=reduction,
-        gamma=gamma,
-        regularizer=regularizer,
-        eps=eps,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        indices_checked=indices_checked,
-        chunk_size=chunk_size,
-    )
-    return _Prepared(xp, spec, logits, target, weight, tuple(slots), array_params)
+    spec = _math.Spec(axis=axis, soft=soft, reduction=reduction, gamma=gamma,
+                      regularizer=definition.regularizer, eps=eps,
+                      label_smoothing=label_smoothing, ignore_index=ignore_index,
+                      indices_checked=indices_checked, chunk_size=chunk_size)
+    return _Prepared(xp, spec, logits, target, weight, scalars, learnt)
 
 
-def _evaluate(prepared: _Prepared) -> Any:
-    p = prepared
-    return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.params)
+def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, validate: bool) -> tuple:
+    """The four scalars from the loss's public names (checked in slot order), and which
+    public names were given as arrays."""
+    public = {slot: name for name, slot in definition.scalars.items()}
+    values, learnt = [], {}
+    for slot in SLOTS:
+        name = public.get(slot)
+        if name is None:
+            values.append(SLOT_DEFAULTS[slot])
+            continue
+        value = check.scalar_param(xp, logits, name, o[name], base=slot.endswith("base"),
+                                   data_checks=validate)
+        if not isinstance(value, float):
+            learnt[name] = slot
+        values.append(value)
+    return _math.Scalars(*values), learnt
 
 
+@_define(_losses.CROSS_ENTROPY)
 def cross_entropy(
     logits: Any,
     target: Any,
@@ -161,16 +214,12 @@ def cross_entropy(
       >>> print(float(el.cross_entropy(logits, np.array([0, 2, 3]), base=2)))
       2.0
 
-    References: the cross entropy as the negative log likelihood (paper 002 of
-    ``shared/papers``); ``torch.nn.functional.cross_entropy``.
+    References: ``torch.nn.functional.cross_entropy``; A. Garg, "Cross entropy" (2020),
+    on cross entropy as entropy plus KL divergence and as the negative log likelihood.
     """
-    return _evaluate(_prepare_cross_entropy(**locals()))
 
 
-def _prepare_cross_entropy(logits, target, base, **common):
-    return _prepare(logits, target, params={"base": (1, base, True)}, **common)
-
-
+@_define(_losses.MIN_ENT)
 def min_ent(
     logits: Any,
     target: Any,
@@ -206,21 +255,12 @@ def min_ent(
       >>> print(round(float(el.min_ent(np.zeros((2, 4)), np.array([1, 3]))), 4))
       2.7726
 
-    References: paper 000 of ``shared/papers`` (MIN-ENT, arXiv 2501.13709).
+    References: "Regularizing cross entropy loss via minimum entropy and K-L divergence"
+    (MIN-ENT, arXiv 2501.13709).
     """
-    return _evaluate(_prepare_min_ent(**locals()))
 
 
-def _prepare_min_ent(logits, target, ce_weight, entropy_weight, ce_base, entropy_base, **common):
-    params = {
-        "ce_weight": (0, ce_weight, False),
-        "ce_base": (1, ce_base, True),
-        "entropy_weight": (2, entropy_weight, False),
-        "entropy_base": (3, entropy_base, True),
-    }
-    return _prepare(logits, target, params=params, regularizer="entropy", **common)
-
-
+@_define(_losses.MIX_ENT)
 def mix_ent(
     logits: Any,
     target: Any,
@@ -258,23 +298,12 @@ def mix_ent(
       >>> print(round(float(el.mix_ent(np.zeros((1, 4)), np.array([0]))), 4))
       11.7479
 
-    References: paper 000 of ``shared/papers`` (MIX-ENT, arXiv 2501.13709).
+    References: "Regularizing cross entropy loss via minimum entropy and K-L divergence"
+    (MIX-ENT, arXiv 2501.13709).
     """
-    return _evaluate(_prepare_mix_ent(**locals()))
 
 
-def _prepare_mix_ent(logits, target, ce_weight, reverse_weight, ce_base, reverse_base, eps,
-                     **common):
-    eps = check.real_option("eps", eps, low=0.0, low_open=True, what="> 0")
-    params = {
-        "ce_weight": (0, ce_weight, False),
-        "ce_base": (1, ce_base, True),
-        "reverse_weight": (2, reverse_weight, False),
-        "reverse_base": (3, reverse_base, True),
-    }
-    return _prepare(logits, target, params=params, regularizer="reverse", eps=eps, **common)
-
-
+@_define(_losses.FOCAL)
 def focal(
     logits: Any,
     target: Any,
@@ -306,16 +335,11 @@ def focal(
       0.7798
 
     References: Lin et al., "Focal Loss for Dense Object Detection" (2017); generalises
-    paper 001 of ``shared/papers``.
+    the linearly adaptive loss (`adaptive_ce`).
     """
-    return _evaluate(_prepare_focal(**locals()))
 
 
-def _prepare_focal(logits, target, gamma, base, **common):
-    gamma = check.real_option("gamma", gamma, low=0.0, what=">= 0")
-    return _prepare(logits, target, params={"base": (1, base, True)}, gamma=gamma, **common)
-
-
+@_define(_losses.ADAPTIVE_CE)
 def adaptive_ce(
     logits: Any,
     target: Any,
@@ -345,22 +369,12 @@ def adaptive_ce(
       >>> print(round(float(el.adaptive_ce(np.zeros((1, 4)), np.array([2]))), 4))
       1.0397
 
-    References: paper 001 of ``shared/papers`` (J. W. Shim, "Enhancing Cross Entropy with
-    a Linearly Adaptive Loss Function for Optimized Classification Performance").
+    References: J. W. Shim, "Enhancing Cross Entropy with a Linearly Adaptive Loss Function
+    for Optimized Classification Performance" (arXiv 2507.10574).
     """
-    return _evaluate(_prepare_focal(**locals(), gamma=1.0))
 
 
 # --- value_and_grad: the explicit-gradient path on every backend --------------------------
-
-# Each loss and the function that validates its arguments (taking them by keyword).
-_LOSSES = {
-    cross_entropy: _prepare_cross_entropy,
-    min_ent: _prepare_min_ent,
-    mix_ent: _prepare_mix_ent,
-    adaptive_ce: lambda **arguments: _prepare_focal(**arguments, gamma=1.0),
-    focal: _prepare_focal,
-}
 
 
 def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: Any) -> tuple:
@@ -382,20 +396,18 @@ def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: An
       >>> print(grads["logits"])  # p - onehot(y)
       [[ 0.25 -0.75  0.25  0.25]]
     """
-    prepare = _LOSSES.get(loss_fn) if callable(loss_fn) else None
-    if prepare is None:
-        names = ", ".join(f.__name__ for f in _LOSSES)
+    public = _PUBLIC.get(loss_fn) if callable(loss_fn) else None
+    if public is None:
+        names = ", ".join(d.name for d in _losses.LOSSES)
         raise TypeError(f"loss_fn must be one of entroloss's losses ({names}), got {loss_fn!r}")
-    arguments = inspect.signature(loss_fn).bind(logits, target, **options)
-    arguments.apply_defaults()
-    p = prepare(**arguments.arguments)
+    p = _prepare(public.definition, logits, target, public.options(options))
     from entroloss.backends import explicit
 
     run = getattr(_adapter(p.logits), "value_and_grad", explicit.value_and_grad)
-    value, d_logits, d_params = run(p.xp, p.spec, p.logits, p.target, p.weight, p.params)
+    value, d_logits, d_scalars = run(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars)
     grads = {"logits": d_logits}
-    for name, slot in p.array_params.items():
-        grads[name] = p.xp.astype(d_params[slot], p.params[slot].dtype)
+    for name, slot in p.learnt.items():
+        grads[name] = p.xp.astype(getattr(d_scalars, slot), getattr(p.scalars, slot).dtype)
     return value, grads
 
 
@@ -405,7 +417,7 @@ def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: An
 def _logits_in_compute_dtype(x: Any, axis: Any) -> tuple:
     xp = check.namespace_of_logits(x)
     axis = check.normalize_axis(axis, x.ndim)
-    return xp, xp.astype(x, _math._compute_dtype(xp, x.dtype)), axis
+    return xp, xp.astype(x, _math.compute_dtype(xp, x.dtype)), axis
 
 
 def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
@@ -425,7 +437,7 @@ def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
     h = _math.entropy(xp, z, axis)
     if not isinstance(base, float):
         base = xp.astype(base, h.dtype)
-    return xp.astype(h / _math._ln(xp, base), logits.dtype)
+    return xp.astype(h / _math.ln(xp, base), logits.dtype)
 
 
 def log_softmax(x: Any, /, *, axis: int = -1) -> Any:

@@ -1,0 +1,75 @@
+"""NumPy kernels for the primitives of ``entroloss._math.primitives``.
+
+The same results as the array-API definitions, written in place on fresh buffers: NumPy
+pays for every temporary the size of the logits. (CuPy and array-api-strict run the
+definitions themselves.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from entroloss._math import Kernels
+
+
+def sum_exp_shifted(xp: Any, z: Any, top: Any) -> Any:
+    e = np.subtract(z, top)
+    return np.exp(e, out=e).sum(axis=-1, keepdims=True)
+
+
+def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
+    out = np.subtract(z, top, order="C")  # C order: _target_entries views it as rows
+    out -= norm
+    return out
+
+
+def finite_log_p(xp: Any, lp: Any) -> Any:
+    # the definition's where(lp < floor, floor, lp), in place (maximum keeps NaN)
+    return np.maximum(lp, -math.sqrt(float(np.finfo(lp.dtype).max)), out=lp)
+
+
+def sum_p_log_p(xp: Any, finite_lp: Any) -> Any:
+    p = np.exp(finite_lp)
+    p *= finite_lp
+    return p.sum(axis=-1)
+
+
+def _target_entries(out: Any, index: Any) -> tuple:
+    """``out`` as rows of classes (a view of a C-ordered buffer) and the (row, class)
+    coordinates of each row's target."""
+    rows = out.reshape(-1, out.shape[-1])
+    assert out.size == 0 or np.shares_memory(rows, out)
+    return rows, (np.arange(rows.shape[0]), index.reshape(-1))
+
+
+def mass_off_target(xp: Any, finite_lp: Any, index: Any) -> Any:
+    p = np.exp(finite_lp, order="C")
+    rows, at = _target_entries(p, index)
+    rows[at] = 0.0
+    return p.sum(axis=-1)
+
+
+def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any,
+                   onehot_coef: Any, log_p_coef: Any = None) -> Any:
+    # p = exp(z - top) / exp(norm), built in the buffer that becomes the gradient
+    out = np.subtract(z, top, order="C")  # C order: _target_entries views it as rows
+    np.exp(out, out=out)
+    if log_p_coef is None:
+        out *= p_coef / np.exp(norm)
+    else:
+        factor = finite_log_p(xp, log_p(xp, z, top, norm))
+        factor *= log_p_coef[..., None]
+        factor += p_coef
+        factor /= np.exp(norm)
+        out *= factor
+    rows, at = _target_entries(out, index)
+    rows[at] += np.reshape(onehot_coef, -1)  # one target per row: no repeated coordinates
+    return out
+
+
+KERNELS = Kernels(sum_exp_shifted=sum_exp_shifted, log_p=log_p, finite_log_p=finite_log_p,
+                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+                  softmax_affine=softmax_affine)

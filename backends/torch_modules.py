@@ -1,0 +1,114 @@
+"""The losses as ``torch.nn.Module``s, one class per entry of ``entroloss._losses``.
+
+With ``learnable=True`` every weight and base of the loss becomes an ``nn.Parameter``
+under a parametrisation that keeps it valid: ``weight = softplus(raw)`` (> 0) and
+``base = 1 + softplus(raw)`` (> 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from entroloss import _losses
+
+__all__ = ["CrossEntropyLoss", "MinEntLoss", "MixEntLoss", "AdaptiveCELoss", "FocalLoss"]
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
+
+
+class _LossModule(torch.nn.Module):
+    """A loss as an ``nn.Module``. Options are the function's keyword arguments.
+
+    With ``learnable=True`` every weight and base of the loss becomes an ``nn.Parameter``
+    under a parametrisation that keeps it valid: ``weight = softplus(raw)`` (> 0) and
+    ``base = 1 + softplus(raw)`` (> 1). The current values are :meth:`scalars`.
+    """
+
+    definition: _losses.LossDef  # which loss
+
+    def __init__(self, *, learnable: bool = False, weight: torch.Tensor | None = None, **options):
+        super().__init__()
+        import entroloss
+
+        d = self.definition
+        self._fn = getattr(entroloss, d.name)
+        values = {name: options.pop(name, d.scalar_default(name)) for name in d.scalars}
+        self.options = options
+        self.learnable = learnable
+        self.register_buffer("weight", weight)
+        if learnable:
+            for name, value in values.items():
+                self._learn(name, value)
+        else:
+            self.fixed = values
+
+    def _learn(self, name: str, value: object) -> None:
+        floor = 1.0 if name in self.definition.bases else 0.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= floor:
+            raise ValueError(
+                f"{name} must be a number > {floor:g} to be learnt (base = 1 + softplus(raw), "
+                f"weight = softplus(raw)), got {value!r}"
+            )
+        raw = torch.tensor(_inverse_softplus(float(value) - floor))
+        self.register_parameter(f"raw_{name}", torch.nn.Parameter(raw))
+
+    def scalars(self) -> dict:
+        """The weights and bases as they enter the loss now."""
+        if not self.learnable:
+            return dict(self.fixed)
+        out = {}
+        for name in self.definition.scalars:
+            value = torch.nn.functional.softplus(getattr(self, f"raw_{name}"))
+            out[name] = 1.0 + value if name in self.definition.bases else value
+        return out
+
+    def values(self) -> dict:
+        """The weights and bases now, as Python floats (for logs and plots)."""
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                for k, v in self.scalars().items()}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        scalars = self.scalars()
+        if self.learnable:
+            scalars = {k: v.to(logits.device) for k, v in scalars.items()}
+        return self._fn(logits, target, weight=self.weight, **scalars, **self.options)
+
+    def extra_repr(self) -> str:
+        shown = {k: round(v, 4) for k, v in self.values().items()}
+        return ", ".join(f"{k}={v}" for k, v in {**shown, **self.options}.items())
+
+
+class CrossEntropyLoss(_LossModule):
+    """`entroloss.cross_entropy` as a module; `learnable=True` learns `base`."""
+
+    definition = _losses.CROSS_ENTROPY
+
+
+class MinEntLoss(_LossModule):
+    """`entroloss.min_ent` as a module; `learnable=True` learns `ce_weight`,
+    `entropy_weight`, `ce_base` and `entropy_base`."""
+
+    definition = _losses.MIN_ENT
+
+
+class MixEntLoss(_LossModule):
+    """`entroloss.mix_ent` as a module; `learnable=True` learns `ce_weight`,
+    `reverse_weight`, `ce_base` and `reverse_base`."""
+
+    definition = _losses.MIX_ENT
+
+
+class AdaptiveCELoss(_LossModule):
+    """`entroloss.adaptive_ce` as a module; `learnable=True` learns `base`."""
+
+    definition = _losses.ADAPTIVE_CE
+
+
+class FocalLoss(_LossModule):
+    """`entroloss.focal` as a module (pass `gamma=`); `learnable=True` learns `base`."""
+
+    definition = _losses.FOCAL

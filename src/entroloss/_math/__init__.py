@@ -1,0 +1,30 @@
+"""The loss math, written once against the Python array API standard.
+
+Everything here takes the array namespace ``xp`` first and uses only standard functions
+on it: no NumPy, torch or JAX calls and no Python loops over samples (the tests run it on
+``array_api_strict``). Arrays are not written in place, except buffers this code
+allocated itself where the namespace allows it (the chunked backward's gradient), and
+what a library's native kernels do inside their own buffers.
+
+One concern per file:
+
+- ``primitives.py``: row maximum, log-normaliser, log p, ``softmax_affine``, ... and the
+  typed :class:`Kernels` table through which a library supplies native versions;
+- ``target.py``: the target as class weights times a distribution;
+- ``terms.py``: each term (cross entropy / focal, entropy, reverse cross entropy), its
+  value and its gradient side by side;
+- ``positions.py``: the loss and its gradients at every position;
+- ``passes.py``: :func:`forward` and :func:`backward` (reductions, cotangents);
+- ``chunks.py``: the same, a chunk of rows at a time (bounded memory);
+- ``spec.py``: :class:`Spec`, :class:`Scalars` and :class:`Residuals`.
+
+The adapters in ``entroloss.backends`` attach ``forward``/``backward`` to each framework's
+autograd; none of them re-derives anything. ``docs/math.md`` derives every gradient.
+"""
+
+from .passes import backward, forward
+from .primitives import GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, softmax
+from .spec import Residuals, Scalars, Spec
+
+__all__ = ["Spec", "Scalars", "Residuals", "Kernels", "GENERIC", "forward", "backward",
+           "log_softmax", "softmax", "entropy", "compute_dtype", "ln"]

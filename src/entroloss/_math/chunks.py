@@ -1,0 +1,87 @@
+"""Rows a chunk at a time: the same math, with temporaries the size of a chunk.
+
+With ``Spec.chunk_size`` set and more positions than that, the logits are seen as rows
+``(N, C)`` and :mod:`.positions` runs on ``chunk_size`` rows at a time. The forward keeps
+only what it keeps anyway (numbers per position); the backward recomputes each chunk's
+log p and writes its rows of the gradient into one buffer where the namespace allows
+writes (a concatenation would hold the gradient twice), else concatenates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from .positions import PerPosition, gradients, loss_terms
+from .primitives import Kernels, device
+from .spec import Residuals, Scalars, Spec
+
+__all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]
+
+
+def applies(spec: Spec, positions: int) -> bool:
+    return spec.chunk_size is not None and positions > spec.chunk_size
+
+
+def _as_rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
+    """Logits as ``(N, C)``, the target as ``(N,)`` or ``(N, C)``, the spec of one chunk
+    and the chunks' row slices."""
+    z = logits if spec.axis == logits.ndim - 1 else xp.moveaxis(logits, spec.axis, -1)
+    rows, classes = math.prod(z.shape[:-1]), z.shape[-1]
+    z = xp.reshape(z, (rows, classes))
+    if spec.soft:
+        t = target if spec.axis == target.ndim - 1 else xp.moveaxis(target, spec.axis, -1)
+        target = xp.reshape(t, (rows, classes))
+    else:
+        target = xp.reshape(target, (rows,))
+    row_spec = replace(spec, axis=1, chunk_size=None)
+    starts = range(0, rows, spec.chunk_size)
+    return z, target, row_spec, [slice(a, min(a + spec.chunk_size, rows)) for a in starts]
+
+
+def loss_terms_chunked(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any,
+                       weight: Any, scalars: Scalars) -> PerPosition:
+    """:func:`.positions.loss_terms` over all rows, one chunk at a time. The loss has the
+    positions' shape; the other per-position arrays are flat, ``(N,)`` or ``(N, 1)``."""
+    z, target, row_spec, chunks = _as_rows(xp, spec, logits, target)
+    parts = [loss_terms(xp, kernels, row_spec, z[rows, :], target[rows, ...], weight, scalars)
+             for rows in chunks]
+    loss, main, top, norm = (xp.concat([getattr(p, name) for p in parts])
+                             for name in ("loss", "main", "row_max", "log_norm"))
+    reg = None if parts[0].reg is None else xp.concat([p.reg for p in parts])
+    denominator = None
+    if spec.reduction == "mean":
+        denominator = 0.0
+        for part in parts:
+            denominator = denominator + part.denominator
+    positions = tuple(logits.shape[:spec.axis]) + tuple(logits.shape[spec.axis + 1:])
+    return PerPosition(xp.reshape(loss, positions), main, reg, top, norm, denominator)
+
+
+def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residuals, target: Any,
+                      weight: Any, scalars: Scalars, g_pos: Any, logits_dtype: Any) -> tuple:
+    """``dl/dz`` in the logits' layout and dtype, and the scalars' gradients summed over
+    the chunks; ``g_pos`` holds one cotangent per row."""
+    from array_api_compat import is_writeable_array
+
+    r = residuals
+    z, target, row_spec, chunks = _as_rows(xp, spec, r.logits, target)
+    dz = xp.empty(z.shape, dtype=logits_dtype, device=device(z)) if is_writeable_array(z) else []
+    total = Scalars(None, None, None, None)
+    for rows in chunks:
+        z_rows = xp.astype(z[rows, :], r.main.dtype, copy=False)
+        d_rows, d_scalars = gradients(
+            xp, kernels, row_spec, tuple(z_rows.shape), z_rows, r.row_max[rows, :],
+            r.log_norm[rows, :], r.main[rows], None if r.reg is None else r.reg[rows],
+            target[rows, ...], weight, scalars, g_pos[rows])
+        d_rows = xp.astype(d_rows, logits_dtype, copy=False)
+        if isinstance(dz, list):
+            dz.append(d_rows)
+        else:
+            dz[rows, :] = d_rows
+        total = Scalars(*(d if t is None else t + d for t, d in zip(total, d_scalars)))
+    dz = xp.concat(dz) if isinstance(dz, list) else dz
+    positions = tuple(r.logits.shape[:spec.axis]) + tuple(r.logits.shape[spec.axis + 1:])
+    dz = xp.reshape(dz, positions + (z.shape[-1],))
+    return (dz if spec.axis == dz.ndim - 1 else xp.moveaxis(dz, -1, spec.axis)), total

@@ -1,0 +1,66 @@
+"""The forward and the backward of every loss: reductions and cotangents around
+:mod:`.positions` (or :mod:`.chunks`, rows a chunk at a time)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import chunks
+from .positions import classes_last, gradients, loss_terms
+from .primitives import GENERIC, Kernels, device
+from .spec import Residuals, Scalars, Spec
+
+__all__ = ["forward", "backward"]
+
+
+def _positions(spec: Spec, shape: tuple) -> int:
+    return math.prod(shape) // shape[spec.axis]
+
+
+def forward(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, scalars: Scalars,
+            kernels: Kernels = GENERIC) -> tuple[Any, Residuals]:
+    """The reduced loss, in the logits' dtype, and the residuals for :func:`backward`.
+
+    ``weight`` is the class-weight vector or ``None``. Inputs are assumed validated.
+    ``kernels`` is the logits' library's table of native primitives.
+    """
+    if chunks.applies(spec, _positions(spec, tuple(logits.shape))):
+        per = chunks.loss_terms_chunked(xp, kernels, spec, logits, target, weight, scalars)
+    else:
+        per = loss_terms(xp, kernels, spec, logits, target, weight, scalars)
+    if spec.reduction == "none":
+        value = per.loss
+    else:
+        value = xp.sum(per.loss)
+        if spec.reduction == "mean":
+            value = safe_divide(xp, value, per.denominator)
+    residuals = Residuals(logits, per.row_max, per.log_norm, per.main, per.reg, per.denominator)
+    return xp.astype(value, logits.dtype, copy=False), residuals
+
+
+def safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
+    """0/0 (an empty or all-ignored batch) is NaN on every backend, without a warning."""
+    positive = denominator > 0
+    safe = xp.where(positive, denominator, 1.0)
+    return xp.where(positive, total / safe, math.nan)
+
+
+def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any,
+             scalars: Scalars, cotangent: Any, logits_dtype: Any,
+             kernels: Kernels = GENERIC) -> tuple[Any, Scalars]:
+    """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``) and for
+    the four scalars (in the compute dtype; ``None`` where a scalar is a Python float)."""
+    r = Residuals(*residuals)
+    g = xp.asarray(cotangent, dtype=r.main.dtype, device=device(r.main))
+    if r.denominator is not None:
+        g = safe_divide(xp, g, r.denominator)
+    g_pos = xp.reshape(g, r.main.shape) if spec.reduction == "none" else xp.broadcast_to(g, r.main.shape)
+    if chunks.applies(spec, math.prod(r.main.shape)):
+        return chunks.gradients_chunked(xp, kernels, spec, r, target, weight, scalars, g_pos,
+                                        logits_dtype)
+    z = classes_last(xp, spec, r.logits, r.main.dtype)
+    dz, d_scalars = gradients(xp, kernels, spec, tuple(r.logits.shape), z, r.row_max, r.log_norm,
+                              r.main, r.reg, target, weight, scalars, g_pos)
+    dz = xp.astype(dz, logits_dtype, copy=False)
+    return (dz if spec.axis == dz.ndim - 1 else xp.moveaxis(dz, -1, spec.axis)), d_scalars

@@ -1,0 +1,147 @@
+"""Per position (classes last): the loss, its terms, and their gradients.
+
+Every loss is ``l = ce_weight * F / ln(ce_base) + s * reg_weight * G / ln(reg_base)``
+(``terms.py`` has F and G). ``loss_terms`` evaluates it at every position of a batch or a
+chunk of rows; ``gradients`` turns per-position cotangents into ``dl/dz`` and the four
+scalars' gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from . import terms
+from .primitives import Kernels, compute_dtype, finite_log_p, ln, log_norm, row_max
+from .spec import Scalars, Spec
+from .target import Target
+
+__all__ = ["PerPosition", "loss_terms", "gradients", "classes_last"]
+
+
+class PerPosition(NamedTuple):
+    loss: Any  # 0 at ignored positions, NaN at unusable indices
+    main: Any  # F
+    reg: Any  # G, or None
+    row_max: Any
+    log_norm: Any
+    denominator: Any  # the mean's divisor over these positions (reduction="mean" only)
+
+
+def classes_last(xp: Any, spec: Spec, logits: Any, dtype: Any) -> Any:
+    """The logits in ``dtype`` with the class axis last."""
+    z = xp.astype(logits, dtype, copy=False)
+    return z if spec.axis == z.ndim - 1 else xp.moveaxis(z, spec.axis, -1)
+
+
+def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
+    return value if isinstance(value, (int, float)) else xp.astype(value, dtype, copy=False)
+
+
+def read_target(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, scalars: Scalars,
+                dtype: Any) -> tuple[Target, Scalars]:
+    """The target as ``w * q`` (classes last) and the four scalars, in ``dtype``;
+    ``shape`` is the logits' own."""
+    if spec.soft and spec.axis != len(shape) - 1:
+        target = xp.moveaxis(target, spec.axis, -1)
+    w = None if weight is None else xp.astype(weight, dtype, copy=False)
+    moved = shape[: spec.axis] + shape[spec.axis + 1:] + (shape[spec.axis],)
+    return Target(xp, spec, target, w, moved, dtype), Scalars(*(_scalar(xp, v, dtype) for v in scalars))
+
+
+def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, weight: Any,
+               scalars: Scalars) -> PerPosition:
+    z = classes_last(xp, spec, logits, compute_dtype(xp, logits.dtype))
+    tgt, s = read_target(xp, spec, tuple(logits.shape), target, weight, scalars, z.dtype)
+    top = row_max(xp, z)
+    norm = log_norm(xp, kernels.sum_exp_shifted(xp, z, top))
+    # log p in full only where a term reads every class; else only at the target
+    lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
+    log_p_y = tgt.log_p_at_target(z, top, norm) if tgt.sparse else None
+    main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
+    loss = main * (s.ce_weight / ln(xp, s.ce_base))
+    reg = None
+    if spec.regularizer is not None:
+        # past the main term log p is only exponentiated or multiplied by p: a masked
+        # class's -inf becomes a finite floor, so that p log p is 0 there (not 0 * -inf)
+        finite = kernels.finite_log_p(xp, lp)
+        reg = terms.REGULARIZERS[spec.regularizer].value(xp, kernels, spec, tgt, finite, log_p_y)
+        scaled = reg if tgt.scale is None else tgt.scale * reg
+        loss = loss + scaled * (s.reg_weight / ln(xp, s.reg_base))
+    if tgt.valid is not None:
+        loss = xp.where(tgt.valid, loss, 0.0)
+        main = xp.where(tgt.valid, main, 0.0)
+        reg = None if reg is None else xp.where(tgt.valid, reg, 0.0)
+    if tgt.invalid is not None:
+        loss = xp.where(tgt.invalid, math.nan, loss)
+    denominator = tgt.mean_denominator(loss) if spec.reduction == "mean" else None
+    return PerPosition(loss, main, reg, top, norm, denominator)
+
+
+def gradients(xp: Any, kernels: Kernels, spec: Spec, shape: tuple, z: Any, top: Any, norm: Any,
+              main: Any, reg: Any, target: Any, weight: Any, scalars: Scalars,
+              g_pos: Any) -> tuple[Any, Scalars]:
+    """``dl/dz`` (classes last, in ``z``'s dtype) and the scalars' gradients (None where a
+    scalar is a Python float) for per-position cotangents ``g_pos``; ``z`` is the logits
+    with classes last, ``shape`` the logits' own layout."""
+    tgt, s = read_target(xp, spec, shape, target, weight, scalars, z.dtype)
+    if tgt.valid is not None:
+        g_pos = xp.where(tgt.valid, g_pos, 0.0)
+    if tgt.invalid is not None:  # an unchecked out-of-range index: a NaN row, not a number
+        g_pos = xp.where(tgt.invalid, math.nan, g_pos)
+    c_main, c_reg, d_scalars = _coefficients(xp, tgt, s, main, reg, g_pos)
+    if tgt.sparse:
+        dz = _onehot_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg)
+    else:
+        dz = _dense_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg)
+    if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
+        dz = xp.where(tgt.valid[..., None], dz, 0.0)
+    return dz, d_scalars
+
+
+def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: Any) -> tuple:
+    """Per position, the factors the main term and the regularizer enter ``l`` with; and
+    the scalars' gradients: for ``T * weight / ln(b)``, ``d/dweight = T / ln b`` and
+    ``d/db = -T weight / (b ln(b)^2)``."""
+    learnt = s.learnt()
+    ln_cb = ln(xp, s.ce_base)
+    c_main = g_pos * (s.ce_weight / ln_cb)
+    c_reg = d_cw = d_cb = d_rw = d_rb = None
+    if reg is not None:
+        ln_rb = ln(xp, s.reg_base)
+        g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
+        c_reg = g_reg * (s.reg_weight / ln_rb)
+        if learnt[2] or learnt[3]:
+            r_sum = xp.sum(g_reg * reg)
+            d_rw = r_sum / ln_rb
+            d_rb = -r_sum * s.reg_weight / (s.reg_base * ln_rb**2)
+    if learnt[0] or learnt[1]:
+        m_sum = xp.sum(g_pos * main)
+        d_cw = m_sum / ln_cb
+        d_cb = -m_sum * s.ce_weight / (s.ce_base * ln_cb**2)
+    d_scalars = Scalars(*(d if wanted else None for wanted, d in zip(learnt, (d_cw, d_cb, d_rw, d_rb))))
+    return c_main, c_reg, d_scalars
+
+
+def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
+                     norm: Any, reg: Any, c_main: Any, c_reg: Any) -> Any:
+    regularizer = terms.REGULARIZERS.get(spec.regularizer)
+    log_p_y = None  # cross entropy's gradient does not read p_y
+    if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
+        log_p_y = finite_log_p(xp, tgt.log_p_at_target(z, top, norm))
+    grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c_main)
+    if regularizer is not None:
+        grad = terms.combine(grad, regularizer.gradient_onehot(xp, spec, reg, log_p_y, c_reg))
+    return kernels.softmax_affine(xp, z, top, norm, grad.p_coef[..., None], tgt.index,
+                                  grad.onehot_coef, grad.log_p_coef)
+
+
+def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
+                    norm: Any, reg: Any, c_main: Any, c_reg: Any) -> Any:
+    lp = finite_log_p(xp, kernels.log_p(xp, z, top, norm))
+    p = xp.exp(lp)
+    dz = c_main[..., None] * terms.main_gradient_dense(xp, spec, tgt, lp, p)
+    if spec.regularizer is not None:
+        regularizer = terms.REGULARIZERS[spec.regularizer]
+        dz = dz + c_reg[..., None] * regularizer.gradient_dense(xp, spec, tgt, lp, p, reg)
+    return dz

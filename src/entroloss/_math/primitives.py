@@ -1,0 +1,149 @@
+"""The softmax primitives, and the typed table through which a library supplies its own.
+
+Every primitive has one definition here, against the array API. Like ``scipy.special``,
+a library may supply a native kernel that computes the same thing with fewer temporaries
+(``backends/torch_kernels.py``, ``backends/numpy_kernels.py``): a :class:`Kernels` table
+with one field per primitive, whose fields default to these definitions. The loss
+definitions never change with the backend; ``tests/test_kernels.py`` holds every table
+to these definitions on the hard rows (masked, all -inf, +inf, NaN, finfo.min).
+
+Shapes: classes are the last axis; ``row_max`` and ``log_norm`` keep it with size 1, so
+that ``log p = (z - row_max) - log_norm``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
+           "finite_log_p", "compute_dtype", "ln", "device"]
+
+
+def device(x: Any) -> Any:
+    from array_api_compat import device as device_of
+
+    return device_of(x)
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """float32 for the half precisions (their exp, log and sums lose too much), else
+    ``dtype`` itself. (No ``dtype == None`` test: NumPy reads dtype(None) as float64.)"""
+    halves = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
+    return xp.float32 if any(dtype == half for half in halves) else dtype
+
+
+def ln(xp: Any, base: Any) -> Any:
+    """The natural log of a base given as a Python number or a 0-d array."""
+    return math.log(base) if isinstance(base, (int, float)) else xp.log(base)
+
+
+def row_max(xp: Any, z: Any) -> Any:
+    """The maximum of each row, 0 for a row of only -inf (its log p is then -inf)."""
+    top = xp.max(z, axis=-1, keepdims=True)
+    return xp.where(top == -math.inf, 0.0, top)
+
+
+def log_norm(xp: Any, sum_exp: Any) -> Any:
+    """``log(sum(exp(z - row_max)))`` from that sum; 0 for a row with no probability."""
+    return xp.log(xp.where(sum_exp == 0, 1.0, sum_exp))
+
+
+def sum_exp_shifted(xp: Any, z: Any, top: Any) -> Any:
+    """``sum(exp(z - row_max))`` per row."""
+    return xp.sum(xp.exp(z - top), axis=-1, keepdims=True)
+
+
+def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
+    """``(z - row_max) - log_norm``: the maximum subtracted first keeps log p exact for
+    logits with a large common offset (``z - logsumexp(z)`` would lose it to rounding)."""
+    return (z - top) - norm
+
+
+def finite_log_p(xp: Any, lp: Any) -> Any:
+    """log p with everything below a floor raised to it, so that ``p * log p`` is 0 at a
+    masked class instead of ``0 * -inf = NaN``, and a coefficient times it cannot
+    overflow (a class masked with finfo.min too); NaN stays NaN (``NaN < floor`` is
+    False). The floor, ``-sqrt(max)``, is far below any log p whose p is not 0."""
+    floor = -math.sqrt(float(xp.finfo(lp.dtype).max))
+    return xp.where(lp < floor, floor, lp)  # elementwise, not clip: dask keeps its chunks
+
+
+def sum_p_log_p(xp: Any, finite_lp: Any) -> Any:
+    """``sum_c p_c log p_c`` per row (log p finite): minus the entropy."""
+    return xp.sum(xp.exp(finite_lp) * finite_lp, axis=-1)
+
+
+def one_hot(xp: Any, index: Any, num_classes: int) -> Any:
+    """``index == arange(C)``; ``index`` has shape ``(..., 1)``."""
+    return index == xp.arange(num_classes, dtype=index.dtype, device=device(index))
+
+
+def mass_off_target(xp: Any, finite_lp: Any, index: Any) -> Any:
+    """``sum_{c != y} p_c`` per row, summed from its small terms (``1 - p_y`` would round
+    them away)."""
+    hot = one_hot(xp, index, finite_lp.shape[-1])
+    return xp.sum(xp.where(hot, 0.0, xp.exp(finite_lp)), axis=-1)
+
+
+def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any,
+                   onehot_coef: Any, log_p_coef: Any = None) -> Any:
+    """``p * (p_coef + log_p_coef * log p) + onehot(index) * onehot_coef``: the gradient of
+    every loss with a class-index target is of this form (see ``terms.py``).
+
+    ``p_coef`` has shape ``(..., 1)``; ``onehot_coef`` and ``log_p_coef`` one number per
+    row. ``p = exp(z - row_max) / exp(log_norm)``: ``exp(z - row_max)`` is the forward's
+    own (the row sums), which a compiler then computes once for both passes, as it does
+    for its own cross entropy.
+    """
+    factor = p_coef
+    if log_p_coef is not None:  # only a product with log p needs it finite (exp(-inf) = 0)
+        factor = p_coef + log_p_coef[..., None] * finite_log_p(xp, log_p(xp, z, top, norm))
+    scaled = xp.exp(z - top) * (factor / xp.exp(norm))
+    return xp.where(one_hot(xp, index, z.shape[-1]), scaled + onehot_coef[..., None], scaled)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """One library's implementation of each primitive (fields default to the array-API
+    definitions above). A kernel takes the namespace first, as the definitions do, and
+    returns the same values; it may write into buffers it allocated itself, and
+    ``finite_log_p`` may overwrite its argument (the forward passes it a fresh log p).
+    An unknown field is a ``TypeError``, so a misspelt kernel cannot silently go unused.
+    """
+
+    sum_exp_shifted: Callable = sum_exp_shifted
+    log_p: Callable = log_p
+    finite_log_p: Callable = finite_log_p
+    sum_p_log_p: Callable = sum_p_log_p
+    mass_off_target: Callable = mass_off_target
+    softmax_affine: Callable = softmax_affine
+
+
+GENERIC = Kernels()  # the definitions themselves: what every other namespace runs
+
+
+# --- the public primitives (along any axis; the framework's own autograd differentiates them)
+
+
+def log_softmax(xp: Any, z: Any, axis: int = -1) -> Any:
+    """``(z - m) - log(sum(exp(z - m)))`` along ``axis``, ``m`` the row maximum, as the
+    losses compute it. A row of only -inf has no probability anywhere: its log p is -inf
+    throughout (a loss on it is +inf, not NaN). NaN and +inf give NaN."""
+    m = xp.max(z, axis=axis, keepdims=True)
+    m = xp.where(m == -math.inf, 0.0, m)
+    shifted = z - m
+    total = xp.sum(xp.exp(shifted), axis=axis, keepdims=True)
+    return shifted - xp.log(xp.where(total == 0, 1.0, total))
+
+
+def softmax(xp: Any, z: Any, axis: int = -1) -> Any:
+    return xp.exp(log_softmax(xp, z, axis))
+
+
+def entropy(xp: Any, z: Any, axis: int = -1) -> Any:
+    """Entropy of ``softmax(z)`` along ``axis`` in nats: a plain composition that any
+    autograd differentiates (no kernels; those serve the losses' own passes)."""
+    lp = log_softmax(xp, z, axis)
+    return 0.0 - xp.sum(xp.exp(lp) * finite_log_p(xp, lp), axis=axis)  # +0, not -0

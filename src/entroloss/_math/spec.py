@@ -1,0 +1,61 @@
+"""What one evaluation is: its static part, its four scalars, and what the forward keeps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = ["Spec", "Scalars", "Residuals"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The static part of one loss evaluation (hashable, so JAX can treat it as static).
+
+    ``axis`` is normalised to a non-negative int. ``regularizer`` is ``None``,
+    ``"entropy"`` or ``"reverse"``. ``soft`` says the target holds a probability vector
+    per position rather than a class index.
+    """
+
+    axis: int
+    soft: bool
+    reduction: str = "mean"
+    gamma: float = 0.0
+    regularizer: str | None = None
+    eps: float = 1e-6
+    label_smoothing: float = 0.0
+    ignore_index: int | None = None
+    indices_checked: bool = False  # validation read the class indices: all in range
+    chunk_size: int | None = None  # rows per chunk: bounded memory (see chunks.py)
+
+
+class Scalars(NamedTuple):
+    """The four scalars of ``l = ce_weight F / ln ce_base + s reg_weight G / ln reg_base``.
+
+    Each is a Python float or a 0-d array (then it can be learnt). A NamedTuple, so that
+    JAX sees a pytree and torch can take it apart by name.
+    """
+
+    ce_weight: Any = 1.0
+    ce_base: Any = math.e
+    reg_weight: Any = 0.0
+    reg_base: Any = math.e
+
+    def learnt(self) -> tuple[bool, ...]:
+        """Which of the four are arrays (and so get a gradient)."""
+        return tuple(not isinstance(v, (int, float)) for v in self)
+
+
+class Residuals(NamedTuple):
+    """What the forward keeps for the backward: the logits themselves and numbers per
+    position, never anything else of the logits' size (the backward rebuilds log p as it
+    writes the gradient). ``reg`` is ``None`` without a regularizer, ``denominator``
+    outside ``reduction="mean"``."""
+
+    logits: Any
+    row_max: Any  # (..., 1), classes last
+    log_norm: Any  # (..., 1)
+    main: Any  # the main term F per position
+    reg: Any  # the regularizer G per position
+    denominator: Any  # the mean's divisor

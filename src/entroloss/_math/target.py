@@ -1,0 +1,130 @@
+"""The target, seen as class weights ``w`` times a distribution ``q`` per position.
+
+``q = (1 - eps) onehot(y) + eps / C`` for a class index ``y`` and label smoothing ``eps``,
+``(1 - eps) t + eps / C`` for a soft target ``t``. A class index without smoothing stays
+sparse: what the losses need of it is gathered at the target, so nothing of the logits'
+size is built for it. Soft targets and smoothed indices get the dense ``w * q``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .primitives import device, log_p, one_hot
+from .spec import Spec
+
+__all__ = ["Target"]
+
+
+class Target:
+    """The target of one evaluation, classes last.
+
+    Attributes (``None`` where they do not apply):
+      index: the class index per position, shape ``(..., 1)`` (sparse and smoothed
+        indices); 0 where the position is ignored or its index unusable.
+      valid: positions not equal to ``ignore_index``.
+      invalid: out-of-range indices that validation did not read (jit, ``validate=False``):
+        their positions become NaN.
+      usable: positions whose index may be used (neither ignored nor invalid).
+      scale: ``s_i``, the class weight of the target class (class indices with weights).
+      q, wq: the dense distribution and ``w * q`` (soft targets and smoothed indices);
+        ``wq`` is 0 at unusable positions.
+    """
+
+    def __init__(self, xp: Any, spec: Spec, target: Any, weight: Any, shape: tuple, dtype: Any):
+        self.xp, self.spec = xp, spec
+        self.num_classes = shape[-1]
+        self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
+        self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
+        self.valid = self.invalid = self.usable = self.index = self.scale = self.q = None
+        if spec.soft:
+            self.q = self.keep * xp.astype(target, dtype) + self.smooth
+        else:
+            self._read_indices(target, weight, shape, dtype)
+        self.wq = None
+        if self.q is not None:
+            self.wq = self.q if weight is None else weight * self.q
+            if self.usable is not None:
+                self.wq = xp.where(self.usable[..., None], self.wq, 0.0)
+
+    def _read_indices(self, target: Any, weight: Any, shape: tuple, dtype: Any) -> None:
+        xp, spec = self.xp, self.spec
+        if spec.ignore_index is not None:
+            self.valid = target != spec.ignore_index
+        # Out-of-range indices are refused by validation when the data can be read;
+        # where it cannot (jax.jit, validate=False) their positions become NaN.
+        if not spec.indices_checked:
+            self.invalid = (target < 0) | (target >= self.num_classes)
+            if self.valid is not None:
+                self.invalid = self.invalid & self.valid
+        usable = self.valid
+        if self.invalid is not None:
+            usable = ~self.invalid if usable is None else usable & ~self.invalid
+        if usable is not None:
+            # the stand-in index 0 of an unusable position must carry no mass: class 0's
+            # term could be +inf there and meet a zero weight
+            target = xp.where(usable, target, 0)
+        self.usable = usable
+        index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
+        self.index = xp.astype(target, index_dtype)[..., None]
+        if weight is not None:
+            self.scale = xp.reshape(xp.take(weight, xp.reshape(self.index, (-1,))), target.shape)
+        if self.smooth > 0:
+            cold = xp.full(shape, self.smooth, dtype=dtype, device=device(target))
+            self.q = xp.where(self.one_hot(), self.keep + self.smooth, cold)
+
+    @property
+    def sparse(self) -> bool:
+        """A one-hot ``q`` kept as its index."""
+        return self.wq is None
+
+    def one_hot(self) -> Any:
+        return one_hot(self.xp, self.index, self.num_classes)
+
+    def log_p_at_target(self, z: Any, top: Any, norm: Any) -> Any:
+        """``log p[..., y]`` per position (sparse targets), from the logits and their row
+        statistics: nothing of the logits' size is built. 0 where the position is ignored
+        or its index unusable (its stand-in class carries no mass)."""
+        xp = self.xp
+        if hasattr(xp, "take_along_axis"):
+            z_y = xp.take_along_axis(z, self.index, axis=-1)
+        else:  # dask has none: select with the one-hot mask (where: -inf elsewhere is harmless)
+            z_y = xp.sum(xp.where(self.one_hot(), z, 0.0), axis=-1, keepdims=True)
+        picked = log_p(xp, z_y, top, norm)[..., 0]
+        return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
+
+    def weighted_sum(self, values: Any) -> Any:
+        """``sum_c w_c q_c values_c`` per position, where ``values`` is the full array
+        (dense targets) or ``values[..., y]`` (sparse ones).
+
+        Entries with ``w_c q_c = 0`` contribute exactly 0, even where the value is +inf
+        (a masked class), so no ``0 * inf`` NaN appears. Negative ``w_c q_c`` (reachable
+        only unchecked, under jit or ``validate=False``) is kept, as the backward keeps it.
+        """
+        xp = self.xp
+        if self.wq is None:
+            if self.scale is None:
+                return values
+            return self.scale * xp.where(self.scale != 0, values, 0.0)
+        safe = xp.where(self.wq != 0, values, 0.0)
+        return xp.sum(self.wq * safe, axis=-1)
+
+    def reverse_log(self) -> Any:
+        """``a_c = -log(q_c + eps)`` (dense targets; MIX-ENT). Where ``q_c = 0`` it is
+        ``-log(eps)`` taken in Python: an eps below the dtype's range would round to 0."""
+        xp = self.xp
+        zero = self.q == 0
+        inside = xp.where(zero, 1.0, self.q + self.spec.eps)  # no log(0), even transiently
+        return xp.where(zero, -math.log(self.spec.eps), -xp.log(inside))
+
+    def mean_denominator(self, loss: Any) -> Any:
+        """torch's rule for ``reduction="mean"``: the summed class weight of the counted
+        positions for class indices, the number of positions for soft targets."""
+        xp = self.xp
+        if self.scale is None and self.valid is None:
+            return xp.asarray(math.prod(loss.shape), dtype=loss.dtype, device=device(loss))
+        ones = xp.ones_like(loss) if self.scale is None else self.scale
+        if self.valid is not None:
+            ones = xp.where(self.valid, ones, 0.0)
+        return xp.sum(ones)

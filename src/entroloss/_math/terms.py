@@ -1,0 +1,172 @@
+"""Each term of the losses, its value and its gradient side by side (``docs/math.md``
+derives them).
+
+Per position, natural log, with ``p = softmax(z)`` and the target's ``w * q``:
+
+- main term ``F = -sum_c w_c q_c (1 - p_c)^gamma log p_c`` (cross entropy at gamma = 0,
+  the linearly adaptive loss at gamma = 1): ``dF/dz = v - p sum_c v_c`` with
+  ``v_c = w_c q_c p_c f'(p_c)``, ``f(p) = -(1 - p)^gamma log p``;
+- entropy ``H = -sum_c p_c log p_c`` (MIN-ENT): ``dH/dz = -p (log p + H)``;
+- reverse cross entropy ``R = -sum_c p_c a_c``, ``a_c = log(q_c + eps)`` negated
+  (MIX-ENT): ``dR/dz = p (a - R)``.
+
+For a class-index target without smoothing (``Target.sparse``) every one of these
+gradients is ``p * (p_coef + log_p_coef * log p) + onehot(y) * onehot_coef`` with one
+number per position for each coefficient (:class:`OneHotGradient`); a kernel then writes
+the whole gradient in one pass (``primitives.softmax_affine``). Dense targets get the
+gradients as arrays of the logits' shape.
+
+A gradient function takes ``coef``, the per-position factor the term enters the loss
+with (cotangent x weight / ln base), and returns that term's share of ``dl/dz``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .primitives import Kernels
+from .spec import Spec
+from .target import Target
+
+__all__ = ["OneHotGradient", "main_value", "main_gradient_onehot", "main_gradient_dense",
+           "REGULARIZERS"]
+
+
+class OneHotGradient(NamedTuple):
+    """``p * (p_coef + log_p_coef * log p) + onehot(y) * onehot_coef``; None is 0."""
+
+    p_coef: Any
+    onehot_coef: Any = None
+    log_p_coef: Any = None
+
+
+def combine(a: OneHotGradient, b: OneHotGradient) -> OneHotGradient:
+    """The sum of two gradients of that form (at most one of them reads log p)."""
+    onehot = a.onehot_coef if b.onehot_coef is None else (
+        b.onehot_coef if a.onehot_coef is None else a.onehot_coef + b.onehot_coef)
+    return OneHotGradient(a.p_coef + b.p_coef, onehot,
+                          a.log_p_coef if b.log_p_coef is None else b.log_p_coef)
+
+
+# --- the main term F_gamma ------------------------------------------------------------------
+
+
+def focal_factor(xp: Any, lp: Any, gamma: float) -> Any:
+    """``(1 - p)^gamma`` from log p, so that ``1 - p`` keeps its precision near p = 1;
+    None for gamma = 0."""
+    if gamma == 0:
+        return None
+    one_minus_p = -xp.expm1(lp)
+    return one_minus_p if gamma == 1 else one_minus_p**gamma
+
+
+def focal_values(xp: Any, lp: Any, gamma: float) -> Any:
+    """``f(p) = -(1 - p)^gamma log p`` elementwise."""
+    factor = focal_factor(xp, lp, gamma)
+    return -lp if factor is None else -factor * lp
+
+
+def focal_slopes(xp: Any, finite_lp: Any, gamma: float) -> Any:
+    """``p f'(p) = gamma p (1-p)^(gamma-1) log p - (1-p)^gamma`` elementwise.
+
+    Written as ``gamma (p log p) (1-p)^(gamma-1)`` so that it stays finite for gamma < 1
+    as p -> 1 (its limit there is 0) and at masked classes (p = 0).
+    """
+    if gamma == 0:
+        return -xp.ones_like(finite_lp)
+    one_minus_p = -xp.expm1(finite_lp)
+    p_log_p = xp.exp(finite_lp) * finite_lp
+    if gamma == 1:
+        tail = p_log_p
+    else:
+        positive = one_minus_p > 0
+        safe = xp.where(positive, one_minus_p, 1.0)
+        tail = xp.where(positive, p_log_p * safe ** (gamma - 1), 0.0)
+    return gamma * tail - focal_factor(xp, finite_lp, gamma)
+
+
+def main_value(xp: Any, spec: Spec, target: Target, lp: Any) -> Any:
+    """F per position; ``lp`` is log p in full (dense targets) or at the target (sparse).
+    +inf where the target has mass on a masked class."""
+    return target.weighted_sum(focal_values(xp, lp, spec.gamma))
+
+
+def main_gradient_onehot(xp: Any, spec: Spec, target: Target, log_p_y: Any,
+                         coef: Any) -> OneHotGradient:
+    """A one-hot q puts ``v`` on the target alone, ``v_y = s p_y f'(p_y)``, so that
+    ``dF/dz = -v_y p + v_y onehot``. For cross entropy ``p_y f'(p_y) = -1`` whatever p_y
+    (``log_p_y`` may then be None)."""
+    k = -coef if spec.gamma == 0 else coef * focal_slopes(xp, log_p_y, spec.gamma)
+    if target.scale is not None:
+        k = k * target.scale
+    return OneHotGradient(p_coef=-k, onehot_coef=k)
+
+
+def main_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: Any) -> Any:
+    """``dF/dz = v - p sum_c v_c`` (per unit coefficient)."""
+    v = target.wq * focal_slopes(xp, finite_lp, spec.gamma)
+    return v - p * xp.sum(v, axis=-1, keepdims=True)
+
+
+# --- the entropy H (MIN-ENT) ----------------------------------------------------------------
+
+
+def entropy_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp: Any,
+                  log_p_y: Any) -> Any:
+    return 0.0 - kernels.sum_p_log_p(xp, finite_lp)
+
+
+def entropy_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
+                            coef: Any) -> OneHotGradient:
+    """``c dH/dz = p (-c H) + p log p (-c)``: no one-hot part."""
+    return OneHotGradient(p_coef=-(coef * reg), log_p_coef=-coef)
+
+
+def entropy_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: Any,
+                           reg: Any) -> Any:
+    return -(p * (finite_lp + reg[..., None]))
+
+
+# --- the reverse cross entropy R (MIX-ENT) ---------------------------------------------------
+
+
+def reverse_levels(spec: Spec) -> tuple[float, float]:
+    """``a = -log(q + eps)`` off and on the target class, for a one-hot target."""
+    return -math.log(spec.eps), -math.log(1.0 + spec.eps)
+
+
+def reverse_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp: Any,
+                  log_p_y: Any) -> Any:
+    if target.sparse:  # R = a_on p_y + a_off sum_{c != y} p_c, without cancellation
+        a_off, a_on = reverse_levels(spec)
+        off_target = kernels.mass_off_target(xp, finite_lp, target.index)
+        return a_on * xp.exp(log_p_y) + a_off * off_target
+    return xp.sum(xp.exp(finite_lp) * target.reverse_log(), axis=-1)
+
+
+def reverse_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
+                            coef: Any) -> OneHotGradient:
+    """``a`` is ``a_off`` everywhere but ``a_on`` at the target, so that
+    ``p (a - R) = p (a_off - R) + onehot p_y (a_on - a_off)``."""
+    a_off, a_on = reverse_levels(spec)
+    return OneHotGradient(p_coef=coef * (a_off - reg),
+                          onehot_coef=coef * (a_on - a_off) * xp.exp(log_p_y))
+
+
+def reverse_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: Any,
+                           reg: Any) -> Any:
+    return p * (target.reverse_log() - reg[..., None])
+
+
+class Regularizer(NamedTuple):
+    value: Any  # (xp, kernels, spec, target, finite log p, log p at the target) -> G
+    gradient_onehot: Any  # (xp, spec, G, finite log p at the target, coef) -> OneHotGradient
+    gradient_dense: Any  # (xp, spec, target, finite log p, p, G) -> dG/dz
+    reads_log_p_y: bool  # its one-hot gradient needs log p at the target
+
+
+REGULARIZERS = {
+    "entropy": Regularizer(entropy_value, entropy_gradient_onehot, entropy_gradient_dense, False),
+    "reverse": Regularizer(reverse_value, reverse_gradient_onehot, reverse_gradient_dense, True),
+}
