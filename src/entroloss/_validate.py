@@ -1,4 +1,4 @@
-"""The bad-input rules (DESIGN §5), checked before any loss work.
+"""The bad-input rules, checked before any loss work (docs/reliability.md lists them).
 
 Shape, dtype and option checks always run. Checks that read the data (class-index range,
 soft-target rows, class-weight and array-parameter values) run when ``validate=True`` and

@@ -1,0 +1,106 @@
+"""Every registered native kernel table computes what the array-API definitions compute.
+
+``entroloss.backends.KERNEL_TABLES`` lists the libraries' tables; each field of
+``entroloss._math.Kernels`` is one primitive. Each table's kernels are run next to the
+definitions (``entroloss._math.GENERIC``) on the hard rows: masked classes down to a single
+one left, a row of only -inf, +inf, NaN, and a class masked with float32's most negative
+number, with positions in one and in two dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import numpy as np
+import pytest
+
+from entroloss import _math
+from entroloss.backends import KERNEL_TABLES, kernels_for
+from entroloss._math import primitives
+
+FIELDS = [f.name for f in dataclasses.fields(_math.Kernels)]
+DTYPES = ("float64", "float32")
+# the same formula, but a vectorised sum may round differently in the last bits
+TOLERANCE = {"float64": dict(rtol=1e-12, atol=1e-300), "float32": dict(rtol=2e-6, atol=1e-30)}
+
+
+def _namespace(name: str):
+    """(array-api-compat namespace, NumPy -> namespace, namespace -> NumPy)."""
+    library = name.rsplit(".", 1)[-1]
+    pytest.importorskip(library)
+    xp = importlib.import_module(name)
+    if library == "torch":
+        import torch
+
+        return xp, torch.from_numpy, lambda x: x.numpy()
+    return xp, np.asarray, np.asarray
+
+
+def _hard_rows(shape: tuple, dtype: str) -> dict:
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=shape)
+    rows = z.reshape(-1, shape[-1])
+    rows[1, 2] = -np.inf
+    rows[2, :4] = -np.inf  # one class left
+    rows[3] = -np.inf  # nothing left
+    rows[4, 0], rows[5, 3] = np.inf, np.nan
+    rows[6, 1] = -3.4e38  # masked with float32's most negative number
+    positions = shape[:-1]
+    return {
+        "z": z.astype(dtype),
+        "index": rng.integers(0, shape[-1], size=positions + (1,)),
+        "p_coef": rng.normal(size=positions + (1,)).astype(dtype),
+        "onehot_coef": rng.normal(size=positions).astype(dtype),
+        "log_p_coef": rng.normal(size=positions).astype(dtype),
+    }
+
+
+def _arguments(xp, data: dict) -> dict:
+    """The inputs of each primitive, computed with the definitions."""
+    z = data["z"]
+    top = primitives.row_max(xp, z)
+    norm = primitives.log_norm(xp, primitives.sum_exp_shifted(xp, z, top))
+    finite = primitives.finite_log_p(xp, primitives.log_p(xp, z, top, norm))
+    affine = (z, top, norm, data["p_coef"], data["index"], data["onehot_coef"])
+    return {
+        "sum_exp_shifted": [(z, top)],
+        "log_p": [(z, top, norm)],
+        "finite_log_p": [(primitives.log_p(xp, z, top, norm),)],
+        "sum_p_log_p": [(finite,)],
+        "mass_off_target": [(finite, data["index"])],
+        "softmax_affine": [affine, affine + (data["log_p_coef"],)],
+    }
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (2, 8, 5)], ids=["rows", "2d-positions"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("namespace", sorted(KERNEL_TABLES))
+def test_every_kernel_equals_its_definition_on_hard_rows(namespace, dtype, shape):
+    xp, to_xp, to_numpy = _namespace(namespace)
+    table = kernels_for(xp)
+    assert isinstance(table, _math.Kernels) and table is not _math.GENERIC
+    data = {k: to_xp(v) for k, v in _hard_rows(shape, dtype).items()}
+    with np.errstate(invalid="ignore", over="ignore"):  # the inf and NaN rows
+        cases = _arguments(xp, data)
+        assert sorted(cases) == sorted(FIELDS), "a primitive of Kernels has no case here"
+        for name in FIELDS:
+            native = getattr(table, name)
+            assert native is not getattr(_math.GENERIC, name), f"{namespace} lacks {name}"
+            for args in cases[name]:
+                # kernels may write into an argument (finite_log_p does): give them copies
+                copies = tuple(to_xp(np.array(to_numpy(a))) for a in args)
+                expected = to_numpy(getattr(_math.GENERIC, name)(xp, *args))
+                np.testing.assert_allclose(to_numpy(native(xp, *copies)), expected,
+                                           equal_nan=True, err_msg=f"{namespace} {name}",
+                                           **TOLERANCE[dtype])
+
+
+def test_a_table_names_only_known_primitives():
+    with pytest.raises(TypeError, match="logsumexp"):
+        _math.Kernels(logsumexp=lambda xp, z: z)
+
+
+def test_namespaces_without_a_table_run_the_definitions():
+    strict = pytest.importorskip("array_api_strict")
+    assert kernels_for(strict) is _math.GENERIC
