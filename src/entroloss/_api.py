@@ -241,11 +241,10 @@ def min_ent(
 
     Per position::
 
-        l = alpha * CE / ln(b1) + beta * s * H(p) / ln(b2),   H(p) = -sum_c p_c log(p_c)
+        l = ce_weight * CE / ln(ce_base) + entropy_weight * s * H(p) / ln(entropy_base)
+        H(p) = -sum_c p_c log(p_c)
 
-    ``alpha = ce_weight``, ``beta = entropy_weight``, ``b1 = ce_base``,
-    ``b2 = entropy_base``; ``s_i`` is the class weight of the target (1 for soft
-    targets). Any of the four may be a 0-d array, and then receives a gradient. With
+    ``s`` is the class weight of the target (1 for soft targets). Any of the four may be a 0-d array, and then receives a gradient. With
     ``entropy_weight=0`` this is `cross_entropy` exactly. Other arguments as in
     `cross_entropy`.
 
@@ -283,7 +282,7 @@ def mix_ent(
 
     Per position::
 
-        l = alpha * CE / ln(b1) + beta * s * R / ln(b2)
+        l = ce_weight * CE / ln(ce_base) + reverse_weight * s * R / ln(reverse_base)
         R = -sum_c p_c log(q_c + eps) = H(p) + KL(p || q + eps)
 
     The regularizer is the paper's "minimum-entropy term plus a K-L term with target and

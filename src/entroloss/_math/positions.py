@@ -111,11 +111,11 @@ def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: 
         ln_rb = ln(xp, s.reg_base)
         g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
         c_reg = g_reg * (s.reg_weight / ln_rb)
-        if learnt[2] or learnt[3]:
+        if learnt.reg_weight or learnt.reg_base:
             r_sum = xp.sum(g_reg * reg)
             d_rw = r_sum / ln_rb
             d_rb = -r_sum * s.reg_weight / (s.reg_base * ln_rb**2)
-    if learnt[0] or learnt[1]:
+    if learnt.ce_weight or learnt.ce_base:
         m_sum = xp.sum(g_pos * main)
         d_cw = m_sum / ln_cb
         d_cb = -m_sum * s.ce_weight / (s.ce_base * ln_cb**2)

@@ -42,9 +42,9 @@ class Scalars(NamedTuple):
     reg_weight: Any = 0.0
     reg_base: Any = math.e
 
-    def learnt(self) -> tuple[bool, ...]:
-        """Which of the four are arrays (and so get a gradient)."""
-        return tuple(not isinstance(v, (int, float)) for v in self)
+    def learnt(self) -> "Scalars":
+        """Which of the four are arrays (and so get a gradient), as booleans."""
+        return Scalars(*(not isinstance(v, (int, float)) for v in self))
 
 
 class Residuals(NamedTuple):
