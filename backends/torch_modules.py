@@ -1,9 +1,5 @@
-"""The losses as ``torch.nn.Module``s, one class per entry of ``entroloss._losses``.
-
-With ``learnable=True`` every weight and base of the loss becomes an ``nn.Parameter``
-under a parametrisation that keeps it valid: ``weight = softplus(raw)`` (> 0) and
-``base = 1 + softplus(raw)`` (> 1).
-"""
+"""The losses as ``torch.nn.Module``s, one class per entry of ``entroloss._losses``,
+with the defaults of ``torch.nn.CrossEntropyLoss`` (a drop-in replacement for it)."""
 
 from __future__ import annotations
 
@@ -21,22 +17,27 @@ def _inverse_softplus(y: float) -> float:
 
 
 class _LossModule(torch.nn.Module):
-    """A loss as an ``nn.Module``. Options are the function's keyword arguments.
+    """A loss as an ``nn.Module``, with ``torch.nn.CrossEntropyLoss``'s conventions: the
+    class weights may come first, ``ignore_index=-100`` (for class-index targets; soft
+    targets ignore it, as torch's do), and the classes along dimension 1 (0 for a 1-d
+    input). Other options are the function's keyword arguments (``axis=`` too).
 
     With ``learnable=True`` every weight and base of the loss becomes an ``nn.Parameter``
-    under a parametrisation that keeps it valid: ``weight = softplus(raw)`` (> 0) and
-    ``base = 1 + softplus(raw)`` (> 1). The current values are :meth:`scalars`.
+    ``raw_<name>`` under a parametrisation that keeps it valid: ``weight = softplus(raw)``
+    (> 0) and ``base = 1 + softplus(raw)`` (> 1). The current values are :meth:`scalars`.
     """
 
     definition: _losses.LossDef  # which loss
 
-    def __init__(self, *, learnable: bool = False, weight: torch.Tensor | None = None, **options):
+    def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int | None = -100,
+                 learnable: bool = False, **options):
         super().__init__()
         import entroloss
 
         d = self.definition
         self._fn = getattr(entroloss, d.name)
         values = {name: options.pop(name, d.scalar_default(name)) for name in d.scalars}
+        self.ignore_index = ignore_index
         self.options = options
         self.learnable = learnable
         self.register_buffer("weight", weight)
@@ -71,15 +72,20 @@ class _LossModule(torch.nn.Module):
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v)
                 for k, v in self.scalars().items()}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         scalars = self.scalars()
         if self.learnable:
-            scalars = {k: v.to(logits.device) for k, v in scalars.items()}
-        return self._fn(logits, target, weight=self.weight, **scalars, **self.options)
+            scalars = {k: v.to(input.device) for k, v in scalars.items()}
+        options = dict(self.options)
+        options.setdefault("axis", 1 if input.ndim > 1 else 0)  # torch's class dimension
+        if self.ignore_index is not None and not torch.is_floating_point(target):
+            options["ignore_index"] = self.ignore_index  # as torch: class indices only
+        return self._fn(input, target, weight=self.weight, **scalars, **options)
 
     def extra_repr(self) -> str:
         shown = {k: round(v, 4) for k, v in self.values().items()}
-        return ", ".join(f"{k}={v}" for k, v in {**shown, **self.options}.items())
+        options = {**shown, "ignore_index": self.ignore_index, **self.options}
+        return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 class CrossEntropyLoss(_LossModule):
