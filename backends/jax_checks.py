@@ -50,7 +50,7 @@ def check_inputs(logits: Any, target: Any, /, *, axis: int = -1, weight: Any = N
                  ignore_index: int | None = None, **options: Any) -> None:
     """Emit ``checkify.check``s for the data rules of the bad-input checks: class indices in
     ``[0, C)`` or ``ignore_index``; soft-target entries non-negative with rows summing to 1;
-    class weights non-negative; bases given as arrays finite, > 0 and != 1.
+    class weights non-negative; bases given as arrays finite and > 1.
 
     Outside any transformation a failing check raises at once; under ``jax.jit`` the
     enclosing function must be functionalised with ``checkify.checkify`` (see
@@ -80,8 +80,8 @@ def check_inputs(logits: Any, target: Any, /, *, axis: int = -1, weight: Any = N
     for name in _BASES:
         value = options.get(name)
         if isinstance(value, jax.Array):
-            ok = (value > 0) & (value != 1) & jnp.isfinite(value)
-            checkify.check(ok, f"{name} must be a finite number > 0 and != 1, got {{value}}",
+            ok = (value > 1) & jnp.isfinite(value)
+            checkify.check(ok, f"{name} must be a finite number > 1, got {{value}}",
                            value=value)
 
 
@@ -103,7 +103,7 @@ def checked(loss_fn: Callable, **bound: Any) -> Callable:
     and ``jax.vmap``. ``error.throw()`` raises ``checkify.JaxRuntimeError`` (a
     ``ValueError``) with the eager check's message if a class index is out of range, a
     soft-target row is negative or does not sum to 1, a class weight is negative, or a
-    base given as an array is not a finite number > 0 and != 1; ``error.get()`` is the
+    base given as an array is not a finite number > 1; ``error.get()`` is the
     message or ``None``.
 
     Options that are not arrays (``reduction``, ``axis``, ``label_smoothing``, ...) must

@@ -124,6 +124,7 @@ def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepare
     label_smoothing = check.real_option(
         "label_smoothing", o["label_smoothing"], low=0.0, high=1.0, what="in [0, 1]"
     )
+    target = check.same_library(xp, logits, "target", target)
     soft = check.target_kind(xp, logits, target, axis)
     if soft and ignore_index is not None:
         raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
@@ -432,7 +433,8 @@ def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
       [1. 0.]
     """
     xp, z, axis = _logits_in_compute_dtype(logits, axis)
-    base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True)
+    base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True,
+                              any_base=True)
     h = _math.entropy(xp, z, axis)
     if not isinstance(base, float):
         base = xp.astype(base, h.dtype)

@@ -38,8 +38,14 @@ def namespace_of_logits(logits: Any) -> Any:
     return xp
 
 
-def same_library(xp: Any, logits: Any, name: str, value: Any) -> None:
-    """``value`` must be an array of the logits' library, on the logits' device."""
+def same_library(xp: Any, logits: Any, name: str, value: Any) -> Any:
+    """``value`` as an array of the logits' library, on the logits' device.
+
+    JAX takes NumPy arrays for JAX logits, as ``jax.jit`` and ``jnp`` do (they become JAX
+    arrays on the logits' device); every other library must be given its own arrays, as
+    torch itself insists."""
+    if compat.is_jax_array(logits) and compat.is_numpy_array(value):
+        value = _to_jax(logits, value)
     try:
         other = compat.array_namespace(value)
     except TypeError:
@@ -56,6 +62,14 @@ def same_library(xp: Any, logits: Any, name: str, value: Any) -> None:
             f"{name} is on device {compat.device(value)} but logits are on "
             f"{compat.device(logits)}; move them to one device"
         )
+    return value
+
+
+def _to_jax(logits: Any, value: Any) -> Any:
+    jax = sys.modules["jax"]
+    array = jax.numpy.asarray(value)
+    device = compat.device(logits) if is_concrete(logits) else None
+    return array if device is None else jax.device_put(array, device)
 
 
 def normalize_axis(axis: Any, ndim: int) -> int:
@@ -98,7 +112,12 @@ def check_ignore_index(ignore_index: Any) -> int | None:
     if ignore_index is None:
         return None
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+        hint = ""
+        if hasattr(ignore_index, "shape"):  # an array, e.g. a traced argument under jax.jit
+            hint = (" (it is static: under jax.jit pass it in static_argnames or bind it with "
+                    "functools.partial)")
+        raise TypeError(f"ignore_index must be a Python int or None, got "
+                        f"{type(ignore_index).__name__}{hint}")
     return int(ignore_index)
 
 
@@ -129,33 +148,41 @@ def _fails(condition: Any) -> bool:
     return is_concrete(condition) and not bool(condition)
 
 
-def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, data_checks: bool) -> Any:
+def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, data_checks: bool,
+                 any_base: bool = False) -> Any:
     """A weight or base: a real Python number, or a 0-d floating array of the logits'
-    library (then it is differentiable)."""
+    library (then it is differentiable). A loss's base must be > 1: in (0, 1) ``ln b < 0``
+    turns its term into its own negative. ``any_base`` allows every valid logarithm base
+    (> 0, != 1), for the entropy as a measurement."""
+    rule = "> 0 and != 1" if any_base else "> 1"
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a real number or a 0-d array, got bool")
     if isinstance(value, numbers.Real):
         value = float(value)
-        if base and not (value > 0 and value != 1 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number > 0 and != 1, got {value}")
+        if base and not (_valid_base(value, any_base) and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number {rule}, got {value}")
         if not base and not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
         return value
-    same_library(xp, logits, name, value)
+    value = same_library(xp, logits, name, value)
     if value.ndim != 0:
         raise ValueError(f"{name} must be a 0-d array, got shape {tuple(value.shape)}")
     if not xp.isdtype(value.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating-point dtype, got {value.dtype}")
     if base and data_checks and is_concrete(value):
-        if _fails((value > 0) & (value != 1) & xp.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number > 0 and != 1, got {value!r}")
+        if _fails(_valid_base(value, any_base) & xp.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
     return value
+
+
+def _valid_base(value: Any, any_base: bool) -> Any:
+    return (value > 0) & (value != 1) if any_base else value > 1
 
 
 def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_checks: bool) -> Any:
     if weight is None:
         return None
-    same_library(xp, logits, "weight", weight)
+    weight = same_library(xp, logits, "weight", weight)
     if not xp.isdtype(weight.dtype, "real floating"):
         raise TypeError(f"weight must have a real floating-point dtype, got {weight.dtype}")
     if tuple(weight.shape) != (num_classes,):
@@ -168,14 +195,15 @@ def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_check
 
 
 def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
-    """Check the target's dtype and shape; return True for a soft (probability) target."""
-    same_library(xp, logits, "target", target)
+    """Check the target's dtype and shape (the target of the logits' library); return True
+    for a soft (probability) target."""
+    indices_shape = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
     if xp.isdtype(target.dtype, "integral"):
-        expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
-        if tuple(target.shape) != expected:
+        if tuple(target.shape) != indices_shape:
             raise ValueError(
-                f"target of class indices must have shape {expected} (the logits' shape "
-                f"{tuple(logits.shape)} without the class axis {axis}), got {tuple(target.shape)}"
+                f"target of class indices must have shape {indices_shape} (the logits' shape "
+                f"{tuple(logits.shape)} without the class axis {axis}), got "
+                f"{tuple(target.shape)}{_shape_hint(logits, target, axis, integral=True)}"
             )
         return False
     if xp.isdtype(target.dtype, "real floating"):
@@ -183,11 +211,30 @@ def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
             raise ValueError(
                 f"soft target (probabilities) must have the logits' shape "
                 f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+                f"{_shape_hint(logits, target, axis, integral=False)}"
             )
         return True
     raise TypeError(
         f"target must hold integer class indices or floating-point probabilities, got {target.dtype}"
     )
+
+
+def _shape_hint(logits: Any, target: Any, axis: int, *, integral: bool) -> str:
+    """What the user most likely meant, where a wrong target shape says it clearly."""
+    logits_shape, target_shape = tuple(logits.shape), tuple(target.shape)
+    if logits.ndim == 1 and target.ndim >= 1:
+        return (f"; logits of shape {logits_shape} are one position with {logits_shape[0]} "
+                f"classes: for a batch pass logits of shape (N, C)")
+    if integral and target_shape == logits_shape:
+        return ("; an integer target with the logits' shape looks one-hot: pass it as "
+                "floating-point probabilities, or pass class indices")
+    if not integral and target_shape == logits_shape[:axis] + logits_shape[axis + 1:]:
+        return ("; a floating-point target without the class axis looks like class indices: "
+                "class indices must have an integer dtype")
+    torch_layout = logits_shape[:1] + logits_shape[2:]
+    if logits.ndim > 2 and axis != 1 and integral and target_shape == torch_layout:
+        return "; for torch's layout (N, C, d1, ...) pass axis=1"
+    return ""
 
 
 def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | None) -> bool:
@@ -205,7 +252,10 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
         # the largest offending index (every offending value is >= the target's minimum)
         bad = int(xp.max(xp.where(outside, target, xp.min(target))))
         allowed = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
-        raise ValueError(f"target holds class index {bad}, outside [0, {num_classes}){allowed}")
+        hint = ""
+        if ignore_index is None and bool(xp.any(target == -100)):
+            hint = "; torch marks ignored positions with -100: pass ignore_index=-100"
+        raise ValueError(f"target holds class index {bad}, outside [0, {num_classes}){allowed}{hint}")
     return True
 
 
