@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from entroloss.tools import demo as _demo
+from entroloss.tools import training
 from entroloss.tools.platforms import available
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -40,20 +40,6 @@ def interval(values) -> tuple:
         return float(values.mean()), math.nan
     t = T_975.get(n) or T_975[min(T_975, key=lambda k: abs(k - n))]
     return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(n))
-
-
-def load_mnist1d(samples: int, seed: int = 0):
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError:
-        raise SystemExit("the MNIST-1D part needs the mnist1d package: pip install mnist1d")
-    args = get_dataset_args()
-    args.num_samples = samples
-    args.seed = seed
-    data = make_dataset(args)
-    x, y, xt, yt = data["x"], data["y"], data["x_test"], data["y_test"]
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    return ((x - mean) / std).astype(np.float32), y, ((xt - mean) / std).astype(np.float32), yt
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10):
@@ -78,8 +64,9 @@ def learnable_min_ent(data, *, epochs, seed, device="cpu", lr=0.05):
     x_train, y_train, x_test, y_test = data
     rng = np.random.default_rng(seed)
     params = {k: torch.tensor(v, device=device, requires_grad=True)
-              for k, v in _demo.init_params(rng, x_train.shape[1], 64, 10).items()}
-    criterion = MinEntLoss(learnable=True, entropy_weight=0.1).to(device)
+              for k, v in training.init_mlp(rng, x_train.shape[1], 64, 10).items()}
+    criterion = MinEntLoss(learnable=True,
+                           entropy_weight=training.TRAINING_OPTIONS["entropy_weight"]).to(device)
     optimiser = torch.optim.SGD([*params.values(), *criterion.parameters()], lr=lr, momentum=0.9,
                                 weight_decay=1e-4)
     X = torch.tensor(x_train, device=device)
@@ -105,13 +92,14 @@ def learnable_min_ent(data, *, epochs, seed, device="cpu", lr=0.05):
 def run_study(name, data, platform, seeds, epochs, device):
     results = {}
     pooled = {}
-    for label, loss, options in _demo.LOSSES:
+    for setting in training.SETTINGS:
+        label = setting.label
         per_seed = []
         probs_all = []
         for seed in range(seeds):
-            probabilities, seconds = _demo.train(platform, loss, options, data, epochs=epochs,
-                                                 seed=seed)
-            per_seed.append(_demo.calibration(probabilities, data[3]))
+            probabilities, seconds = training.train(platform, setting, data, epochs=epochs,
+                                                    seed=seed)
+            per_seed.append(training.calibration(probabilities, data[3]))
             probs_all.append(probabilities)
         results[label] = {m: interval([r[m] for r in per_seed]) for m in METRICS}
         pooled[label] = reliability(np.concatenate(probs_all), np.tile(data[3], seeds))
@@ -122,7 +110,7 @@ def run_study(name, data, platform, seeds, epochs, device):
         for seed in range(seeds):
             probabilities, history = learnable_min_ent(data, epochs=epochs, seed=seed,
                                                        device=device)
-            per_seed.append(_demo.calibration(probabilities, data[3]))
+            per_seed.append(training.calibration(probabilities, data[3]))
             probs_all.append(probabilities)
             histories.append(history)
         label = "MIN-ENT learnable"
@@ -237,8 +225,8 @@ def main() -> None:
         return
     platform = available(args.backend, args.device)[0][0]
     torch_device = "cuda" if args.device in ("cuda", "gpu") else "cpu"
-    datasets = {"digits": _demo.load_digits_split(0),
-                "mnist1d": load_mnist1d(args.mnist1d_samples)}
+    datasets = {"digits": training.load_digits_split(0),
+                "mnist1d": training.load_mnist1d(args.mnist1d_samples)}
     report = {"backend": platform.id, "seeds": args.seeds, "epochs": args.epochs,
               "mnist1d_samples": args.mnist1d_samples, "datasets": {}}
     started = time.time()

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import _api
 from .platforms import available
+from .progress import ProgressBar
 
 LOSSES = ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce")
 CPU_SHAPES = ((256, 10), (1024, 1000), (4096, 32000))
@@ -299,14 +300,18 @@ def table(rows, missing) -> str:
     return "\n".join(lines)
 
 
-def _bar(i, total, label):
-    if not sys.stderr.isatty():
-        print(f"[{i}/{total}] {label}", file=sys.stderr, flush=True)
-        return
-    width = 30
-    done = int(width * i / max(total, 1))
-    print(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{total} {label:<40}", end="" if i < total else "\n",
-          file=sys.stderr, flush=True)
+def _progress_bar(enabled: bool):
+    """``progress(i, total, label)`` for `run`: a bar on a terminal, ``[i/total] label``
+    lines elsewhere, nothing when ``enabled`` is false (``--json``)."""
+    bar = ProgressBar(enabled=enabled)
+
+    def progress(i, total, label):
+        bar.draw(i, max(total, 1), f"{i}/{total} {label:<40}")
+        bar.log(f"[{i}/{total}] {label}")
+        if i == total:
+            bar.finish()
+
+    return progress
 
 
 def main(args) -> int:
@@ -316,7 +321,7 @@ def main(args) -> int:
     dtypes = tuple(args.dtype or ("float32",))
     rows, missing = run(args.backend, args.device, shapes=shapes, dtypes=dtypes,
                         repeats=args.repeats, compiled=args.compiled, chunk_size=args.chunk_size,
-                        progress=None if args.json else _bar)
+                        progress=_progress_bar(not args.json))
     memory = {}
     if args.memory and any(r.backend == "torch-cpu" for r in rows):
         n, c = max({r.shape for r in rows if r.backend == "torch-cpu"}, key=lambda s: s[0] * s[1])
