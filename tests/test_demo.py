@@ -3,6 +3,7 @@ and every backend trains to the same numbers from the same start."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from entroloss.tools import training
+from entroloss.tools.progress import ProgressBar
 
 
 def test_calibration_metrics_on_hand_made_predictions():
@@ -88,3 +90,27 @@ def test_unavailable_backend_is_a_clear_error():
     if out.returncode == 0:
         pytest.skip("cupy with a GPU is available here")
     assert "cupy" in out.stderr and "not available" in out.stderr
+
+
+class _Stream(io.StringIO):
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+@pytest.mark.parametrize("terminal, enabled, shown", [
+    (True, True, "\r[##........] a\r[##########] b\n"),  # redrawn in place
+    (False, True, "line\n"),  # a log or a pipe: the plain lines only
+    (True, False, ""), (False, False, ""),  # --json: silent
+])
+def test_progress_bar_redraws_on_a_terminal_and_logs_lines_elsewhere(terminal, enabled, shown):
+    stream = _Stream(terminal)
+    bar = ProgressBar(stream=stream, width=10, enabled=enabled)
+    bar.draw(1, 4, "a")
+    bar.log("line")
+    bar.draw(4, 4, "b")
+    bar.finish()
+    assert stream.getvalue() == shown

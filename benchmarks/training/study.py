@@ -126,11 +126,26 @@ def _has(module: str) -> bool:
 
 
 def plots(dataset, results, pooled, histories):
+    """docs/results-<dataset>-{metrics,reliability,learnt}.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _plot_metrics(plt, dataset, results)
+    _plot_reliability(plt, dataset, list(results), pooled)
+    if histories:
+        _plot_learnt(plt, dataset, histories)
+
+
+def _save(plt, fig, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(DOCS / name, dpi=110)
+    plt.close(fig)
+
+
+def _plot_metrics(plt, dataset, results):
+    """Test accuracy and ECE per loss, with their 95% intervals."""
     labels = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("accuracy", "ece")):
@@ -139,10 +154,11 @@ def plots(dataset, results, pooled, histories):
         ax.errorbar(range(len(labels)), means, yerr=errors, fmt="o", capsize=4)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{dataset}: test {metric} (mean, 95% interval)")
-    fig.tight_layout()
-    fig.savefig(DOCS / f"results-{dataset}-metrics.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, f"results-{dataset}-metrics.png")
 
+
+def _plot_reliability(plt, dataset, labels, pooled):
+    """Accuracy against confidence per loss, all seeds pooled."""
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
     for k in labels:
@@ -152,22 +168,20 @@ def plots(dataset, results, pooled, histories):
     ax.set_ylabel("accuracy")
     ax.set_title(f"{dataset}: reliability, all seeds pooled")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(DOCS / f"results-{dataset}-reliability.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, f"results-{dataset}-reliability.png")
 
-    if histories:
-        names = list(histories[0][0])
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
-        for ax, n in zip(axes, names):
-            for h in histories:
-                ax.plot([step[n] for step in h], lw=1)
-            ax.set_title(n)
-            ax.set_xlabel("epoch")
-        fig.suptitle(f"{dataset}: learnt MIN-ENT weights and bases (one line per seed)")
-        fig.tight_layout()
-        fig.savefig(DOCS / f"results-{dataset}-learnt.png", dpi=110)
-        plt.close(fig)
+
+def _plot_learnt(plt, dataset, histories):
+    """The learnable MIN-ENT's weights and bases per epoch, one line per seed."""
+    names = list(histories[0][0])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
+    for ax, n in zip(axes, names):
+        for h in histories:
+            ax.plot([step[n] for step in h], lw=1)
+        ax.set_title(n)
+        ax.set_xlabel("epoch")
+    fig.suptitle(f"{dataset}: learnt MIN-ENT weights and bases (one line per seed)")
+    _save(plt, fig, f"results-{dataset}-learnt.png")
 
 
 def write_page(report: dict) -> None:

@@ -49,6 +49,8 @@ def _bound(loss: LossDef, **extra):
 
 @dataclass
 class Timing:
+    """One candidate at one shape and dtype: median times, and ratios to the baseline."""
+
     backend: str
     shape: tuple
     dtype: str
@@ -100,6 +102,7 @@ def _torch_candidates(platform, logits, target, *, compiled: bool, chunk_size=No
 
 
 def _compiled(torch, loss_fn, logits, target):
+    """(forward, forward+backward) of ``torch.compile(loss_fn)``."""
     compiled = torch.compile(loss_fn, fullgraph=True)
 
     def step():
@@ -165,6 +168,7 @@ def _explicit_candidates(platform, logits, target, **_):
 
 
 def _candidates(platform, logits, target, compiled, chunk_size=None):
+    """({candidate: (forward, forward+backward)}, the baseline's name or None)."""
     if platform.library == "torch":
         return _torch_candidates(platform, logits, target, compiled=compiled, chunk_size=chunk_size)
     if platform.library == "jax":
@@ -173,6 +177,7 @@ def _candidates(platform, logits, target, compiled, chunk_size=None):
 
 
 def _block(platform, value):
+    """Wait until ``value`` is computed: JAX dispatches asynchronously, GPUs too."""
     if platform.library == "jax":
         import jax
 
@@ -279,6 +284,7 @@ def peak_extra_memory(n: int, c: int, candidates=memory_candidates(), runs: int 
 
 
 def machine() -> dict:
+    """Python, the CPU and the versions of the libraries that ran, for the JSON output."""
     info = {"python": sys.version.split()[0], "machine": _host.machine(),
             "processor": _host.processor() or "unknown", "cpus": os.cpu_count(),
             "numpy": np.__version__}
@@ -289,6 +295,7 @@ def machine() -> dict:
 
 
 def table(rows, missing) -> str:
+    """One line per `Timing`, then what the ratios mean and what was skipped."""
     lines = [f"{'backend':<11}{'shape':>13}{'dtype':>10}  {'candidate':<36}{'fwd ms':>10}"
              f"{'fwd+bwd ms':>12}{'fwd ratio':>11}{'fwd+bwd ratio':>15}"]
     lines.append("-" * len(lines[0]))

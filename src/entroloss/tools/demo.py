@@ -19,6 +19,8 @@ from .training import SETTINGS, calibration, load_digits_split, train
 
 @dataclass
 class Result:
+    """One row of the table: a setting's test metrics and its training time."""
+
     loss: str
     accuracy: float
     nll: float
@@ -28,6 +30,8 @@ class Result:
 
 
 def run(library="numpy", device=None, *, epochs=30, seed=0, losses=None, progress=True):
+    """(the platform trained on, a `Result` per setting). ``losses``: loss names or row
+    labels to keep (all when None); ``progress``: the bar on stderr."""
     platforms, missing = available(library, device)
     if not platforms:
         reason = "; ".join(f"{p}: {r}" for p, r in missing) or "no such backend"
@@ -60,6 +64,7 @@ def _epoch_progress(bar: ProgressBar, run_number: int, runs: int, label: str):
 
 
 def table(platform, results, epochs, sizes=(1258, 539)) -> str:
+    """The set-up in one line, then one row per `Result` and what the columns mean."""
     lines = [
         f"digits (scikit-learn, {sizes[0]} train / {sizes[1]} test), MLP 64-64-10, {epochs} epochs of SGD "
         f"(momentum 0.9, lr 0.05, batch 64), backend {platform.id}, float32",
