@@ -3,7 +3,7 @@
     python benchmarks/run.py                 # the CPU grid of this machine
     python benchmarks/run.py --device cuda   # the GPU grid, where there is one
 
-It calls the same harness as ``entroloss bench`` (src/entroloss/_bench.py), with the
+It calls the same harness as ``entroloss bench`` (src/entroloss/tools/bench.py), with the
 torch.compile'd candidates and the torch CPU peak-memory probe switched on, saves the raw
 JSON next to the page, and plots time ratio against problem size per backend.
 """

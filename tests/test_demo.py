@@ -3,6 +3,7 @@ and every backend trains to the same numbers from the same start."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -11,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from entroloss.tools import demo as _demo
+from entroloss.tools import training
+from entroloss.tools.progress import ProgressBar
 
 
 def test_calibration_metrics_on_hand_made_predictions():
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
     y = np.array([0, 1, 1, 0])
-    m = _demo.calibration(p, y, bins=10)
+    m = training.calibration(p, y, bins=10)
     assert m["accuracy"] == 0.75  # argmax ties go to class 0
     assert math.isclose(m["nll"], -np.mean(np.log([0.9, 0.4, 0.8, 0.5])))
     # bins: 0.9 -> correct, 0.6 -> wrong, 0.8 -> correct, 0.5 -> correct
@@ -32,15 +34,15 @@ def test_manual_backprop_matches_finite_differences():
     import entroloss as el
 
     rng = np.random.default_rng(0)
-    params = {k: v.astype(np.float64) for k, v in _demo.init_params(rng, 5, 4, 3).items()}
+    params = {k: v.astype(np.float64) for k, v in training.init_mlp(rng, 5, 4, 3).items()}
     x, y = rng.normal(size=(6, 5)), rng.integers(0, 3, 6)
 
     def total(params):
-        return float(el.min_ent(_demo.forward(xp, params, x)[0], y))
+        return float(el.min_ent(training.mlp_forward(xp, params, x)[0], y))
 
-    logits, cache = _demo.forward(xp, params, x)
+    logits, cache = training.mlp_forward(xp, params, x)
     _, g = el.value_and_grad(el.min_ent, logits, y)
-    grads = _demo.manual_gradients(xp, params, x, cache, g["logits"])
+    grads = training.mlp_gradients(xp, params, x, cache, g["logits"])
     for name, value in params.items():
         fd = np.zeros_like(value)
         for i in np.ndindex(value.shape):
@@ -61,7 +63,7 @@ def _demo_json(*args):
 
 def test_demo_trains_and_is_reproducible():
     first = _demo_json("--epochs", "4")
-    assert [r["loss"] for r in first["results"]] == [label for label, _, _ in _demo.LOSSES]
+    assert [r["loss"] for r in first["results"]] == [s.label for s in training.SETTINGS]
     for r in first["results"]:
         assert r["accuracy"] > 0.85, r  # 10 classes: chance is 0.1
         assert 0 <= r["ece"] <= 1 and r["nll"] > 0 and 0 <= r["entropy"] <= math.log(10)
@@ -88,3 +90,27 @@ def test_unavailable_backend_is_a_clear_error():
     if out.returncode == 0:
         pytest.skip("cupy with a GPU is available here")
     assert "cupy" in out.stderr and "not available" in out.stderr
+
+
+class _Stream(io.StringIO):
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+@pytest.mark.parametrize("terminal, enabled, shown", [
+    (True, True, "\r[##........] a\r[##########] b\n"),  # redrawn in place
+    (False, True, "line\n"),  # a log or a pipe: the plain lines only
+    (True, False, ""), (False, False, ""),  # --json: silent
+])
+def test_progress_bar_redraws_on_a_terminal_and_logs_lines_elsewhere(terminal, enabled, shown):
+    stream = _Stream(terminal)
+    bar = ProgressBar(stream=stream, width=10, enabled=enabled)
+    bar.draw(1, 4, "a")
+    bar.log("line")
+    bar.draw(4, 4, "b")
+    bar.finish()
+    assert stream.getvalue() == shown

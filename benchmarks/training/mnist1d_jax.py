@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import pathlib
 import sys
 
 import jax
@@ -19,31 +18,26 @@ import jax.numpy as jnp
 import numpy as np
 
 import entroloss as el
-from entroloss.tools import demo as _demo
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from study import load_mnist1d  # noqa: E402
-
-OPTIONS = {"min_ent": {"entropy_weight": 0.1}, "mix_ent": {"reverse_weight": 0.02},
-           "focal": {"gamma": 2.0}}
+from entroloss.tools import training
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--loss", default="min_ent",
-                        choices=["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"])
+                        choices=training.LOSS_NAMES)
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    x, y, xt, yt = load_mnist1d(args.samples)
-    fn, options = getattr(el, args.loss), OPTIONS.get(args.loss, {})
+    x, y, xt, yt = training.load_mnist1d(args.samples)
+    setting = training.setting_of(args.loss)
+    fn, options = setting.loss_fn(), setting.options
     rng = np.random.default_rng(args.seed)
-    params = {k: jnp.asarray(v) for k, v in _demo.init_params(rng, x.shape[1], 64, 10).items()}
+    params = {k: jnp.asarray(v) for k, v in training.init_mlp(rng, x.shape[1], 64, 10).items()}
     velocity = jax.tree_util.tree_map(jnp.zeros_like, params)
 
     def objective(params, xb, yb):
-        return fn(_demo.forward(jnp, params, xb)[0], yb, **options)
+        return fn(training.mlp_forward(jnp, params, xb)[0], yb, **options)
 
     @jax.jit
     def step(params, velocity, xb, yb):
@@ -58,9 +52,9 @@ def main():
             index = order[s * 64:(s + 1) * 64]
             params, velocity, loss = step(params, velocity, X[index], Y[index])
         print(f"epoch {epoch + 1}: loss {float(loss):.4f}", file=sys.stderr)
-    probabilities = np.asarray(el.softmax(_demo.forward(jnp, params, jnp.asarray(xt))[0]))
+    probabilities = np.asarray(el.softmax(training.mlp_forward(jnp, params, jnp.asarray(xt))[0]))
     print(json.dumps({"backend": str(jax.devices()[0]), "loss": args.loss,
-                      **_demo.calibration(probabilities, yt)}))
+                      **training.calibration(probabilities, yt)}))
 
 
 if __name__ == "__main__":

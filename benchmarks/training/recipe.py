@@ -1,6 +1,7 @@
-"""What the two paper recipes share: the loss by name, batches with flip+crop done on
-tensors (no torchvision needed), AMP on CUDA, checkpoints, a progress bar, top-1/top-5,
-and the --smoke mode that the test suite runs on CPU with generated data."""
+"""What the two paper recipes (``cifar100_resnet18.py``, ``emnist_vgg5.py``) share: the
+loss by name, batches with flip+crop done on tensors (no torchvision needed), AMP on
+CUDA, checkpoints, a progress bar, top-1/top-5, and the --smoke mode that the test suite
+runs on CPU with generated data."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import argparse
 import json
 import math
 import pathlib
-import sys
 import time
 
 import torch
 
 from entroloss.backends import torch as el_torch
+from entroloss.tools.progress import ProgressBar
 
 LOSSES = {
     "ce": lambda: el_torch.CrossEntropyLoss(),
@@ -67,15 +68,12 @@ def accuracy_top(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
     return float((logits.topk(k, dim=-1).indices == y[:, None]).any(-1).float().sum())
 
 
-def _bar(epoch, epochs, step, steps, loss, started):
-    done = int(30 * step / steps)
-    rate = step / max(time.time() - started, 1e-9)
-    print(f"\repoch {epoch + 1}/{epochs} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} "
-          f"loss {loss:.4f} {rate:.1f} it/s", end="", file=sys.stderr, flush=True)
-
-
 def train(args, model: torch.nn.Module, data, *, pad: int, flip: bool) -> dict:
-    """``data`` = (x_train, y_train, x_test, y_test) as tensors, inputs already normalised."""
+    """``data`` = (x_train, y_train, x_test, y_test) as tensors, inputs already normalised.
+
+    Prints one JSON line of test errors (and the criterion's learnable values) per epoch
+    and checkpoints after each, so ``--resume`` continues where a run stopped.
+    """
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     model = model.to(device)
@@ -83,48 +81,63 @@ def train(args, model: torch.nn.Module, data, *, pad: int, flip: bool) -> dict:
     optimiser = torch.optim.SGD([*model.parameters(), *criterion.parameters()], lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=args.step_every, gamma=0.1)
+    state = {"model": model, "criterion": criterion, "optimiser": optimiser, "schedule": schedule}
     x_train, y_train, x_test, y_test = (t.to(device) for t in data)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out / f"{args.loss}-seed{args.seed}.pt"
-    start_epoch = 0
-    if args.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device)
-        model.load_state_dict(state["model"])
-        criterion.load_state_dict(state["criterion"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch = state["epoch"] + 1
+    start_epoch = resume(checkpoint, state, device) if args.resume else 0
     amp = device.type == "cuda"
-    steps = math.ceil(len(y_train) / args.batch)
+    bar = ProgressBar()
     history = []
     for epoch in range(start_epoch, args.epochs):
-        model.train()
-        order = torch.randperm(len(y_train), device=device)
-        started = time.time()
-        for step in range(steps):
-            index = order[step * args.batch:(step + 1) * args.batch]
-            x = augment(x_train[index], pad, flip)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = criterion(model(x), y_train[index])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            if step % 20 == 0 or step == steps - 1:
-                _bar(epoch, args.epochs, step + 1, steps, float(loss), started)
-        print(file=sys.stderr)
+        train_epoch(model, criterion, optimiser, (x_train, y_train), args, epoch,
+                    pad=pad, flip=flip, amp=amp, bar=bar)
         schedule.step()
         result = {"epoch": epoch + 1, **evaluate(model, x_test, y_test, args.batch, amp)}
         result.update(criterion.values())
         history.append(result)
         print(json.dumps(result), flush=True)
-        torch.save({"model": model.state_dict(), "criterion": criterion.state_dict(),
-                    "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
-                    "epoch": epoch}, checkpoint)
+        torch.save({**{k: v.state_dict() for k, v in state.items()}, "epoch": epoch}, checkpoint)
     if not history:  # resumed after the last epoch: report the checkpoint's model
         history.append({"epoch": start_epoch, **evaluate(model, x_test, y_test, args.batch, amp),
                         **criterion.values()})
         print(json.dumps(history[-1]), flush=True)
     return history[-1]
+
+
+def resume(checkpoint: pathlib.Path, state: dict, device) -> int:
+    """Load ``state``'s modules from ``checkpoint`` if there is one; the epoch to start at."""
+    if not checkpoint.exists():
+        return 0
+    saved = torch.load(checkpoint, map_location=device)
+    for key, part in state.items():
+        part.load_state_dict(saved[key])
+    return saved["epoch"] + 1
+
+
+def train_epoch(model, criterion, optimiser, train_data, args, epoch: int, *, pad: int,
+                flip: bool, amp: bool, bar: ProgressBar) -> None:
+    """One pass over the shuffled training set, with the progress bar every 20 steps."""
+    x_train, y_train = train_data
+    model.train()
+    device = x_train.device
+    order = torch.randperm(len(y_train), device=device)
+    steps = math.ceil(len(y_train) / args.batch)
+    started = time.time()
+    for step in range(steps):
+        index = order[step * args.batch:(step + 1) * args.batch]
+        x = augment(x_train[index], pad, flip)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = criterion(model(x), y_train[index])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % 20 == 0 or step == steps - 1:  # float(loss) waits for the device
+            rate = (step + 1) / max(time.time() - started, 1e-9)
+            status = f"{step + 1}/{steps} loss {float(loss):.4f} {rate:.1f} it/s"
+            bar.draw(step + 1, steps, status, prefix=f"epoch {epoch + 1}/{args.epochs} ")
+    bar.finish()
+    bar.log(f"epoch {epoch + 1}/{args.epochs} {status}")
 
 
 @torch.no_grad()

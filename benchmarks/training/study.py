@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from entroloss.tools import demo as _demo
+from entroloss.tools import training
 from entroloss.tools.platforms import available
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -40,20 +40,6 @@ def interval(values) -> tuple:
         return float(values.mean()), math.nan
     t = T_975.get(n) or T_975[min(T_975, key=lambda k: abs(k - n))]
     return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(n))
-
-
-def load_mnist1d(samples: int, seed: int = 0):
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError:
-        raise SystemExit("the MNIST-1D part needs the mnist1d package: pip install mnist1d")
-    args = get_dataset_args()
-    args.num_samples = samples
-    args.seed = seed
-    data = make_dataset(args)
-    x, y, xt, yt = data["x"], data["y"], data["x_test"], data["y_test"]
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    return ((x - mean) / std).astype(np.float32), y, ((xt - mean) / std).astype(np.float32), yt
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10):
@@ -78,8 +64,9 @@ def learnable_min_ent(data, *, epochs, seed, device="cpu", lr=0.05):
     x_train, y_train, x_test, y_test = data
     rng = np.random.default_rng(seed)
     params = {k: torch.tensor(v, device=device, requires_grad=True)
-              for k, v in _demo.init_params(rng, x_train.shape[1], 64, 10).items()}
-    criterion = MinEntLoss(learnable=True, entropy_weight=0.1).to(device)
+              for k, v in training.init_mlp(rng, x_train.shape[1], 64, 10).items()}
+    criterion = MinEntLoss(learnable=True,
+                           entropy_weight=training.TRAINING_OPTIONS["entropy_weight"]).to(device)
     optimiser = torch.optim.SGD([*params.values(), *criterion.parameters()], lr=lr, momentum=0.9,
                                 weight_decay=1e-4)
     X = torch.tensor(x_train, device=device)
@@ -105,13 +92,14 @@ def learnable_min_ent(data, *, epochs, seed, device="cpu", lr=0.05):
 def run_study(name, data, platform, seeds, epochs, device):
     results = {}
     pooled = {}
-    for label, loss, options in _demo.LOSSES:
+    for setting in training.SETTINGS:
+        label = setting.label
         per_seed = []
         probs_all = []
         for seed in range(seeds):
-            probabilities, seconds = _demo.train(platform, loss, options, data, epochs=epochs,
-                                                 seed=seed)
-            per_seed.append(_demo.calibration(probabilities, data[3]))
+            probabilities, seconds = training.train(platform, setting, data, epochs=epochs,
+                                                    seed=seed)
+            per_seed.append(training.calibration(probabilities, data[3]))
             probs_all.append(probabilities)
         results[label] = {m: interval([r[m] for r in per_seed]) for m in METRICS}
         pooled[label] = reliability(np.concatenate(probs_all), np.tile(data[3], seeds))
@@ -122,7 +110,7 @@ def run_study(name, data, platform, seeds, epochs, device):
         for seed in range(seeds):
             probabilities, history = learnable_min_ent(data, epochs=epochs, seed=seed,
                                                        device=device)
-            per_seed.append(_demo.calibration(probabilities, data[3]))
+            per_seed.append(training.calibration(probabilities, data[3]))
             probs_all.append(probabilities)
             histories.append(history)
         label = "MIN-ENT learnable"
@@ -138,11 +126,26 @@ def _has(module: str) -> bool:
 
 
 def plots(dataset, results, pooled, histories):
+    """docs/results-<dataset>-{metrics,reliability,learnt}.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _plot_metrics(plt, dataset, results)
+    _plot_reliability(plt, dataset, list(results), pooled)
+    if histories:
+        _plot_learnt(plt, dataset, histories)
+
+
+def _save(plt, fig, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(DOCS / name, dpi=110)
+    plt.close(fig)
+
+
+def _plot_metrics(plt, dataset, results):
+    """Test accuracy and ECE per loss, with their 95% intervals."""
     labels = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("accuracy", "ece")):
@@ -151,10 +154,11 @@ def plots(dataset, results, pooled, histories):
         ax.errorbar(range(len(labels)), means, yerr=errors, fmt="o", capsize=4)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{dataset}: test {metric} (mean, 95% interval)")
-    fig.tight_layout()
-    fig.savefig(DOCS / f"results-{dataset}-metrics.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, f"results-{dataset}-metrics.png")
 
+
+def _plot_reliability(plt, dataset, labels, pooled):
+    """Accuracy against confidence per loss, all seeds pooled."""
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
     for k in labels:
@@ -164,22 +168,20 @@ def plots(dataset, results, pooled, histories):
     ax.set_ylabel("accuracy")
     ax.set_title(f"{dataset}: reliability, all seeds pooled")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(DOCS / f"results-{dataset}-reliability.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, f"results-{dataset}-reliability.png")
 
-    if histories:
-        names = list(histories[0][0])
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
-        for ax, n in zip(axes, names):
-            for h in histories:
-                ax.plot([step[n] for step in h], lw=1)
-            ax.set_title(n)
-            ax.set_xlabel("epoch")
-        fig.suptitle(f"{dataset}: learnt MIN-ENT weights and bases (one line per seed)")
-        fig.tight_layout()
-        fig.savefig(DOCS / f"results-{dataset}-learnt.png", dpi=110)
-        plt.close(fig)
+
+def _plot_learnt(plt, dataset, histories):
+    """The learnable MIN-ENT's weights and bases per epoch, one line per seed."""
+    names = list(histories[0][0])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
+    for ax, n in zip(axes, names):
+        for h in histories:
+            ax.plot([step[n] for step in h], lw=1)
+        ax.set_title(n)
+        ax.set_xlabel("epoch")
+    fig.suptitle(f"{dataset}: learnt MIN-ENT weights and bases (one line per seed)")
+    _save(plt, fig, f"results-{dataset}-learnt.png")
 
 
 def write_page(report: dict) -> None:
@@ -237,8 +239,8 @@ def main() -> None:
         return
     platform = available(args.backend, args.device)[0][0]
     torch_device = "cuda" if args.device in ("cuda", "gpu") else "cpu"
-    datasets = {"digits": _demo.load_digits_split(0),
-                "mnist1d": load_mnist1d(args.mnist1d_samples)}
+    datasets = {"digits": training.load_digits_split(0),
+                "mnist1d": training.load_mnist1d(args.mnist1d_samples)}
     report = {"backend": platform.id, "seeds": args.seeds, "epochs": args.epochs,
               "mnist1d_samples": args.mnist1d_samples, "datasets": {}}
     started = time.time()

@@ -21,17 +21,36 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .. import _api
-from .platforms import available
+import entroloss as el
 
-LOSSES = ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce")
+from .._losses import CROSS_ENTROPY, LOSSES, MIN_ENT, LossDef
+from .platforms import available
+from .progress import ProgressBar
+
+# torch.compile'd candidates: the baseline loss and one regularised one (compiling every
+# loss at every shape and dtype would take most of the run on CPU)
+COMPILED = (CROSS_ENTROPY, MIN_ENT)
 CPU_SHAPES = ((256, 10), (1024, 1000), (4096, 32000))
 GPU_SHAPES = ((256, 10), (1024, 1000), (4096, 32000), (8192, 32768))
 QUICK_SHAPES = ((256, 10), (512, 1000))
 
 
+def timed_options(loss: LossDef) -> dict:
+    """The options every timing of ``loss`` passes: the defaults, except the options the
+    loss is defined by (focal's ``gamma``), which take the registry's example values."""
+    return {"gamma": loss.example["gamma"]} if loss.gamma is None else {}
+
+
+def _bound(loss: LossDef, **extra):
+    """``loss(z, y)`` with its `timed_options` and ``extra``."""
+    fn, options = getattr(el, loss.name), {**timed_options(loss), **extra}
+    return lambda z, y: fn(z, y, **options)
+
+
 @dataclass
 class Timing:
+    """One candidate at one shape and dtype: median times, and ratios to the baseline."""
+
     backend: str
     shape: tuple
     dtype: str
@@ -70,21 +89,20 @@ def _torch_candidates(platform, logits, target, *, compiled: bool, chunk_size=No
     if chunk_size and logits.shape[0] > chunk_size:
         variants[f" chunks of {chunk_size}"] = {"chunk_size": chunk_size}
     for suffix, options in variants.items():
-        for name in LOSSES:
-            fn = getattr(_api, name)
-            loss = lambda z, y, fn=fn, options=options: fn(z, y, **options)  # noqa: E731
-            out[f"el.{name}{suffix}"] = (forward_of(loss), step_of(loss))
+        for loss in LOSSES:
+            bound = _bound(loss, **options)
+            out[f"el.{loss.name}{suffix}"] = (forward_of(bound), step_of(bound))
     if compiled:
         torch._dynamo.reset()  # every shape and dtype compiles afresh, within dynamo's limits
         out["compiled F.cross_entropy"] = _compiled(torch, native, logits, target)
-        for name in ("cross_entropy", "min_ent"):
-            fn = getattr(_api, name)
-            out[f"compiled el.{name}"] = _compiled(
-                torch, lambda z, y, fn=fn: fn(z, y, validate=False), logits, target)
+        for loss in COMPILED:
+            out[f"compiled el.{loss.name}"] = _compiled(
+                torch, _bound(loss, validate=False), logits, target)
     return out, "F.cross_entropy"
 
 
 def _compiled(torch, loss_fn, logits, target):
+    """(forward, forward+backward) of ``torch.compile(loss_fn)``."""
     compiled = torch.compile(loss_fn, fullgraph=True)
 
     def step():
@@ -112,10 +130,9 @@ def _jax_candidates(platform, logits, target, **_):
         out["optax (jit)"] = (jax.jit(native), jax.jit(jax.grad(native)))
     except ImportError:
         pass
-    for name in LOSSES:
-        fn = getattr(_api, name)
-        loss = lambda z, y, fn=fn: fn(z, y)  # noqa: E731
-        out[f"el.{name} (jit)"] = (jax.jit(loss), jax.jit(jax.grad(loss)))
+    for loss in LOSSES:
+        bound = _bound(loss)
+        out[f"el.{loss.name} (jit)"] = (jax.jit(bound), jax.jit(jax.grad(bound)))
     bound = {k: (lambda f=f: f(logits, target), lambda g=g: g(logits, target))
              for k, (f, g) in out.items()}
     return bound, "optax (jit)" if "optax (jit)" in out else None
@@ -142,14 +159,16 @@ def _explicit_candidates(platform, logits, target, **_):
     if platform.library in ("numpy", "cupy"):
         out["hand-written"] = (lambda: minimal_cross_entropy(raw, logits, target)[0],
                                lambda: minimal_cross_entropy(raw, logits, target))
-    for name in LOSSES:
-        fn = getattr(_api, name)
-        out[f"el.{name}"] = (lambda fn=fn: fn(logits, target),
-                             lambda fn=fn: _api.value_and_grad(fn, logits, target))
+    for loss in LOSSES:
+        fn, options = getattr(el, loss.name), timed_options(loss)
+        out[f"el.{loss.name}"] = (
+            lambda fn=fn, options=options: fn(logits, target, **options),
+            lambda fn=fn, options=options: el.value_and_grad(fn, logits, target, **options))
     return out, "hand-written" if out.get("hand-written") else None
 
 
 def _candidates(platform, logits, target, compiled, chunk_size=None):
+    """({candidate: (forward, forward+backward)}, the baseline's name or None)."""
     if platform.library == "torch":
         return _torch_candidates(platform, logits, target, compiled=compiled, chunk_size=chunk_size)
     if platform.library == "jax":
@@ -158,6 +177,7 @@ def _candidates(platform, logits, target, compiled, chunk_size=None):
 
 
 def _block(platform, value):
+    """Wait until ``value`` is computed: JAX dispatches asynchronously, GPUs too."""
     if platform.library == "jax":
         import jax
 
@@ -185,8 +205,24 @@ def _interleaved(platform, fns: dict, repeats: int, budget_s: float) -> dict:
 
 def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=15,
         budget_s=20.0, compiled=False, chunk_size=None, progress=None):
+    """(a `Timing` per case x candidate, [(platform id, why it is skipped)]);
+    ``progress(i, total, label)`` before each case and once at the end."""
     platforms, missing = available(library, device)
+    work = _grid(platforms, shapes, dtypes)
     rows = []
+    for i, (p, (n, c), dtype) in enumerate(work):
+        if progress:
+            progress(i, len(work), f"{p.id} {n}x{c} {dtype}")
+        rows += _time_case(p, (n, c), dtype, repeats=repeats, budget_s=budget_s,
+                           compiled=compiled, chunk_size=chunk_size)
+    if progress:
+        progress(len(work), len(work), "done")
+    return rows, missing
+
+
+def _grid(platforms, shapes, dtypes) -> list:
+    """(platform, shape, dtype) of every case: ``shapes`` or the device's default grid.
+    array-api-strict is left out: it checks the standard and is not built for speed."""
     work = []
     for p in platforms:
         grid = shapes or (GPU_SHAPES if p.device_kind == "gpu" else CPU_SHAPES)
@@ -194,61 +230,35 @@ def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=
             for dtype in dtypes:
                 if dtype in p.dtypes and not (p.library == "array_api_strict"):
                     work.append((p, shape, dtype))
-    for i, (p, (n, c), dtype) in enumerate(work):
-        if progress:
-            progress(i, len(work), f"{p.id} {n}x{c} {dtype}")
-        rng = np.random.default_rng(0)
-        logits = p.asarray(rng.normal(size=(n, c)).astype(np.float32), dtype)
-        target = p.asarray(rng.integers(0, c, size=n), "int64")
-        fns, baseline = _candidates(p, logits, target, compiled, chunk_size)
-        fwd = _interleaved(p, {k: f for k, (f, _) in fns.items()}, repeats, budget_s / 2)
-        step = _interleaved(p, {k: s for k, (_, s) in fns.items()}, repeats, budget_s / 2)
-        for name in fns:
-            row = Timing(p.id, (n, c), dtype, name, baseline or "", fwd[name] * 1e3, step[name] * 1e3)
-            if baseline:
-                row.forward_ratio = fwd[name] / fwd[baseline]
-                row.step_ratio = step[name] / step[baseline]
-            rows.append(row)
-    if progress:
-        progress(len(work), len(work), "done")
-    return rows, missing
+    return work
+
+
+def _time_case(p, shape, dtype, *, repeats, budget_s, compiled, chunk_size) -> list:
+    """Every candidate on seeded logits of ``shape``: forward, then forward+backward."""
+    n, c = shape
+    rng = np.random.default_rng(0)
+    logits = p.asarray(rng.normal(size=(n, c)).astype(np.float32), dtype)
+    target = p.asarray(rng.integers(0, c, size=n), "int64")
+    fns, baseline = _candidates(p, logits, target, compiled, chunk_size)
+    fwd = _interleaved(p, {k: f for k, (f, _) in fns.items()}, repeats, budget_s / 2)
+    step = _interleaved(p, {k: s for k, (_, s) in fns.items()}, repeats, budget_s / 2)
+    rows = []
+    for name in fns:
+        row = Timing(p.id, (n, c), dtype, name, baseline or "", fwd[name] * 1e3, step[name] * 1e3)
+        if baseline:
+            row.forward_ratio = fwd[name] / fwd[baseline]
+            row.step_ratio = step[name] / step[baseline]
+        rows.append(row)
+    return rows
 
 
 # --- peak memory: each measurement in a fresh process -------------------------------------
 
-_MEMORY_PROBE = r"""
-import sys, gc, torch, entroloss as el
-n, c, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-which, _, chunk = which.partition(" chunks of ")  # "el.min_ent chunks of 512"
-options = {"chunk_size": int(chunk)} if chunk else {}
-
-def status(key):  # kB
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-
-torch.manual_seed(0)
-z = torch.empty(n, c).normal_()  # in place: no temporary
-y = torch.randint(0, c, (n,))
-fn = {"F.cross_entropy": torch.nn.functional.cross_entropy}.get(which) or getattr(el, which.split(".")[1])
-small = torch.randn(8, 16, requires_grad=True)  # load every code path before the baseline
-fn(small, torch.randint(0, 16, (8,))).backward()
-gc.collect()
-# Reset the peak-RSS mark (Linux >= 4.0): a child inherits its parent's mark otherwise.
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS:")
-zz = z.requires_grad_(True)
-fn(zz, y, **options).backward()
-print((status("VmHWM:") - before) * 1024)
-"""
-
-
 def memory_candidates(chunk_size=None) -> tuple:
     """``F.cross_entropy``, every loss, and every loss in chunks of ``chunk_size`` rows."""
-    out = ("F.cross_entropy",) + tuple(f"el.{x}" for x in LOSSES)
+    out = ("F.cross_entropy",) + tuple(f"el.{loss.name}" for loss in LOSSES)
     if chunk_size:
-        out += tuple(f"el.{x} chunks of {chunk_size}" for x in LOSSES)
+        out += tuple(f"el.{loss.name} chunks of {chunk_size}" for loss in LOSSES)
     return out
 
 
@@ -261,8 +271,9 @@ def peak_extra_memory(n: int, c: int, candidates=memory_candidates(), runs: int 
     for which in candidates:
         figures = []
         for _ in range(runs):
-            result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(n), str(c), which],
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "entroloss.tools.memory_probe", str(n), str(c), which],
+                capture_output=True, text=True)
             if result.returncode == 0:
                 figures.append(int(result.stdout.strip()) / (n * c * 4))
         out[which] = statistics.median(figures) if figures else math.nan
@@ -273,6 +284,7 @@ def peak_extra_memory(n: int, c: int, candidates=memory_candidates(), runs: int 
 
 
 def machine() -> dict:
+    """Python, the CPU and the versions of the libraries that ran, for the JSON output."""
     info = {"python": sys.version.split()[0], "machine": _host.machine(),
             "processor": _host.processor() or "unknown", "cpus": os.cpu_count(),
             "numpy": np.__version__}
@@ -283,6 +295,7 @@ def machine() -> dict:
 
 
 def table(rows, missing) -> str:
+    """One line per `Timing`, then what the ratios mean and what was skipped."""
     lines = [f"{'backend':<11}{'shape':>13}{'dtype':>10}  {'candidate':<36}{'fwd ms':>10}"
              f"{'fwd+bwd ms':>12}{'fwd ratio':>11}{'fwd+bwd ratio':>15}"]
     lines.append("-" * len(lines[0]))
@@ -299,14 +312,36 @@ def table(rows, missing) -> str:
     return "\n".join(lines)
 
 
-def _bar(i, total, label):
-    if not sys.stderr.isatty():
-        print(f"[{i}/{total}] {label}", file=sys.stderr, flush=True)
-        return
-    width = 30
-    done = int(width * i / max(total, 1))
-    print(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{total} {label:<40}", end="" if i < total else "\n",
-          file=sys.stderr, flush=True)
+def _progress_bar(enabled: bool):
+    """``progress(i, total, label)`` for `run`: a bar on a terminal, ``[i/total] label``
+    lines elsewhere, nothing when ``enabled`` is false (``--json``)."""
+    bar = ProgressBar(enabled=enabled)
+
+    def progress(i, total, label):
+        bar.draw(i, max(total, 1), f"{i}/{total} {label:<40}")
+        bar.log(f"[{i}/{total}] {label}")
+        if i == total:
+            bar.finish()
+
+    return progress
+
+
+def _memory(rows, chunk_size) -> dict:
+    """The peak-memory figures at the largest torch CPU shape timed, or {} if none was."""
+    shapes = {r.shape for r in rows if r.backend == "torch-cpu"}
+    if not shapes:
+        return {}
+    n, c = max(shapes, key=lambda s: s[0] * s[1])
+    return {"shape": [n, c],
+            "extra_over_logits_bytes": peak_extra_memory(n, c, memory_candidates(chunk_size))}
+
+
+def _print_memory(memory: dict) -> None:
+    n, c = memory["shape"]
+    print(f"\npeak extra resident memory of one torch CPU forward+backward at {n}x{c}, "
+          f"in logits' bytes ({n * c * 4 / 2**20:.0f} MiB):")
+    for k, v in memory["extra_over_logits_bytes"].items():
+        print(f"  {k:<36}{v:6.2f}x")
 
 
 def main(args) -> int:
@@ -316,12 +351,8 @@ def main(args) -> int:
     dtypes = tuple(args.dtype or ("float32",))
     rows, missing = run(args.backend, args.device, shapes=shapes, dtypes=dtypes,
                         repeats=args.repeats, compiled=args.compiled, chunk_size=args.chunk_size,
-                        progress=None if args.json else _bar)
-    memory = {}
-    if args.memory and any(r.backend == "torch-cpu" for r in rows):
-        n, c = max({r.shape for r in rows if r.backend == "torch-cpu"}, key=lambda s: s[0] * s[1])
-        memory = {"shape": [n, c], "extra_over_logits_bytes":
-                  peak_extra_memory(n, c, memory_candidates(args.chunk_size))}
+                        progress=_progress_bar(not args.json))
+    memory = _memory(rows, args.chunk_size) if args.memory else {}
     if args.json:
         print(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows],
                           "memory": memory, "skipped": [dict(backend=b, reason=r) for b, r in missing]},
@@ -329,9 +360,5 @@ def main(args) -> int:
     else:
         print(table(rows, missing))
         if memory:
-            n, c = memory["shape"]
-            print(f"\npeak extra resident memory of one torch CPU forward+backward at {n}x{c}, "
-                  f"in logits' bytes ({n * c * 4 / 2**20:.0f} MiB):")
-            for k, v in memory["extra_over_logits_bytes"].items():
-                print(f"  {k:<36}{v:6.2f}x")
+            _print_memory(memory)
     return 0
