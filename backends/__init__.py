@@ -1,8 +1,8 @@
 """Adapters that attach the shared forward/backward of ``entroloss._math`` to each
 framework's autograd, and the libraries' native kernel tables.
 
-The adapter is chosen by the type of the logits (array-api-compat's ``is_*_array``, which
-never imports a framework); an adapter module imports its framework only when it is first
+The adapter is chosen by the type of the logits (``entroloss._arrays``, which never
+imports a framework); an adapter module imports its framework only when it is first
 used, which is only ever with that framework's arrays in hand.
 
 Each adapter offers ``loss(xp, spec, logits, target, weight, scalars)``. NumPy, CuPy and
@@ -15,8 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import array_api_compat as compat
-
+from entroloss import _arrays
 from entroloss._math import GENERIC, Kernels
 
 # The native kernel tables, by the array-api-compat namespace they serve: module of this
@@ -47,9 +46,10 @@ def _load_table(module: str, attribute: str) -> Kernels:
 
 
 def adapter_for(logits: Any) -> Any:
-    if compat.is_torch_array(logits):
+    which = _arrays.library(logits)
+    if which == "torch":
         from . import torch as adapter
-    elif compat.is_jax_array(logits):
+    elif which == "jax":
         from . import jax as adapter
     else:
         from . import explicit as adapter

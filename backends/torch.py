@@ -22,13 +22,14 @@ from .torch_modules import (AdaptiveCELoss, CrossEntropyLoss, FocalLoss, MinEntL
                             MixEntLoss)
 
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
+_KERNELS = kernels_for(xp)  # loaded with the adapter: torch.compile cannot trace an import
 
 
 class _Loss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, logits, target, weight, *scalars):
         scalars = _math.Scalars(*scalars)
-        kernels = kernels_for(xp)
+        kernels = _KERNELS
         with torch.autocast(logits.device.type, enabled=False):  # computed as _math decides
             value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, kernels)
         ctx.spec, ctx.logits_dtype, ctx.kernels = spec, logits.dtype, kernels

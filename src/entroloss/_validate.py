@@ -13,7 +13,7 @@ import numbers
 import sys
 from typing import Any
 
-import array_api_compat as compat
+from . import _arrays
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -25,7 +25,7 @@ def _library(x: Any) -> str:
 
 def namespace_of_logits(logits: Any) -> Any:
     try:
-        xp = compat.array_namespace(logits)
+        xp = _arrays.namespace(logits)
     except TypeError:
         raise TypeError(
             f"logits must be an array of a library supporting the array API "
@@ -44,10 +44,10 @@ def same_library(xp: Any, logits: Any, name: str, value: Any) -> Any:
     JAX takes NumPy arrays for JAX logits, as ``jax.jit`` and ``jnp`` do (they become JAX
     arrays on the logits' device); every other library must be given its own arrays, as
     torch itself insists."""
-    if compat.is_jax_array(logits) and compat.is_numpy_array(value):
+    if _arrays.library(logits) == "jax" and _arrays.library(value) == "numpy":
         value = _to_jax(logits, value)
     try:
-        other = compat.array_namespace(value)
+        other = _arrays.namespace(value)
     except TypeError:
         other = None
     if other is not xp:
@@ -55,12 +55,12 @@ def same_library(xp: Any, logits: Any, name: str, value: Any) -> Any:
             f"{name} must be an array from the same library as logits ({_library(logits)}), "
             f"got {type(value).__module__}.{type(value).__name__}"
         )
-    devices = compat.device(value), compat.device(logits)
+    devices = _arrays.device(value), _arrays.device(logits)
     # a JAX tracer has no device (None): placement is then JAX's business
     if None not in devices and devices[0] != devices[1]:
         raise ValueError(
-            f"{name} is on device {compat.device(value)} but logits are on "
-            f"{compat.device(logits)}; move them to one device"
+            f"{name} is on device {_arrays.device(value)} but logits are on "
+            f"{_arrays.device(logits)}; move them to one device"
         )
     return value
 
@@ -68,7 +68,7 @@ def same_library(xp: Any, logits: Any, name: str, value: Any) -> Any:
 def _to_jax(logits: Any, value: Any) -> Any:
     jax = sys.modules["jax"]
     array = jax.numpy.asarray(value)
-    device = compat.device(logits) if is_concrete(logits) else None
+    device = _arrays.device(logits) if is_concrete(logits) else None
     return array if device is None else jax.device_put(array, device)
 
 
@@ -135,11 +135,12 @@ def ignore_index_fits(xp: Any, target: Any, ignore_index: int) -> None:
 def is_concrete(x: Any) -> bool:
     """False for arrays whose values cannot be read now: JAX tracers (inside ``jax.jit``,
     ``jax.grad``, ``jax.vmap``), tensors inside ``torch.compile``, dask arrays."""
-    if compat.is_jax_array(x):
+    which = _arrays.library(x)
+    if which == "jax":
         return not isinstance(x, sys.modules["jax"].core.Tracer)
-    if compat.is_torch_array(x):
+    if which == "torch":
         return not sys.modules["torch"].compiler.is_compiling()
-    return not compat.is_lazy_array(x)
+    return not _arrays.is_lazy(x)
 
 
 def _fails(condition: Any) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from .positions import PerPosition, gradients, loss_terms
-from .primitives import Kernels, device
+from .primitives import Kernels, device, is_writeable
 from .spec import Residuals, Scalars, Spec
 
 __all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]
@@ -63,11 +63,9 @@ def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residual
                       weight: Any, scalars: Scalars, g_pos: Any, logits_dtype: Any) -> tuple:
     """``dl/dz`` in the logits' layout and dtype, and the scalars' gradients summed over
     the chunks; ``g_pos`` holds one cotangent per row."""
-    from array_api_compat import is_writeable_array
-
     r = residuals
     z, target, row_spec, chunks = _as_rows(xp, spec, r.logits, target)
-    dz = xp.empty(z.shape, dtype=logits_dtype, device=device(z)) if is_writeable_array(z) else []
+    dz = xp.empty(z.shape, dtype=logits_dtype, device=device(z)) if is_writeable(z) else []
     total = Scalars(None, None, None, None)
     for rows in chunks:
         z_rows = xp.astype(z[rows, :], r.main.dtype, copy=False)

@@ -17,14 +17,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .._arrays import device, is_writeable  # noqa: F401  (type dispatch; imports no framework)
+
 __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
            "finite_log_p", "compute_dtype", "ln", "device"]
 
-
-def device(x: Any) -> Any:
-    from array_api_compat import device as device_of
-
-    return device_of(x)
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:

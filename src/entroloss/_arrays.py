@@ -1,0 +1,61 @@
+"""Which library an array belongs to, its namespace and its device: cheap answers first.
+
+array-api-compat answers every question for every library, through ``functools.lru_cache``
+helpers; ``torch.compile`` warns about each of those it traces, and each costs a little on
+every call. The libraries entroloss has adapters for are recognised here by ``isinstance``
+against the modules already imported (``sys.modules``: nothing is imported here), and
+everything else goes to array-api-compat.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import array_api_compat as compat
+
+__all__ = ["library", "namespace", "device", "is_writeable", "is_lazy"]
+
+
+def library(x: Any) -> str | None:
+    """"torch", "jax" or "numpy" for those libraries' arrays, else None."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array):
+        return "jax"
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(x, (numpy.ndarray, numpy.generic)):
+        return "numpy"
+    return None
+
+
+def namespace(x: Any) -> Any:
+    """The array-API namespace of ``x`` (array-api-compat's, where it wraps the library);
+    a ``TypeError`` for anything that is not an array."""
+    which = library(x)
+    if which == "torch":
+        import array_api_compat.torch as xp
+
+        return xp
+    if which == "jax":
+        return sys.modules["jax"].numpy
+    return compat.array_namespace(x)
+
+
+def device(x: Any) -> Any:
+    if library(x) == "torch":
+        return x.device
+    return compat.device(x)
+
+
+def is_writeable(x: Any) -> bool:
+    which = library(x)
+    if which in ("torch", "numpy"):
+        return which == "torch" or x.flags.writeable
+    return compat.is_writeable_array(x)
+
+
+def is_lazy(x: Any) -> bool:
+    return library(x) is None and compat.is_lazy_array(x)
