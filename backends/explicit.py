@@ -25,6 +25,6 @@ def value_and_grad(xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: 
     value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, kernels)
     # d(sum of the output)/d(inputs): a cotangent of ones (a scalar broadcasts for "none")
     cotangent = xp.ones_like(value) if spec.reduction == "none" else 1.0
-    d_logits, d_scalars = _math.backward(xp, spec, residuals, target, weight, scalars,
-                                         cotangent, logits.dtype, kernels)
-    return value, d_logits, d_scalars
+    grads = _math.backward(xp, spec, residuals, target, weight, scalars, cotangent,
+                           logits.dtype, kernels)
+    return value, grads.logits, grads.scalars

@@ -1,10 +1,14 @@
-"""JAX: the shared forward/backward as a ``jax.custom_vjp``.
+"""JAX: the shared forward/backward as a ``jax.custom_jvp``.
 
-Works under ``jax.jit``, ``jax.grad``, ``jax.value_and_grad`` and ``jax.vmap``. The static
-part of a call (the spec and the weights or bases given as Python floats) is a
-non-differentiable argument; weights and bases given as arrays receive gradients. No
-gradient flows to the target or the class weights. XLA fuses the generic definitions
-itself, so JAX has no kernel table.
+The tangent of the loss is the hand-derived gradient (``entroloss._math.backward``)
+applied to the tangents of its inputs. JAX transposes that linear map for reverse mode
+(``jax.grad``, ``jax.value_and_grad``), uses it as is for forward mode (``jax.jvp``,
+``jax.jacfwd``), and differentiates the backward's own ``jnp`` operations for second
+order (``jax.hessian``). Works under ``jax.jit`` and ``jax.vmap``. The static part of a
+call (the spec and the weights or bases given as Python floats) is a non-differentiable
+argument; the logits, a soft target, and weights and bases given as arrays are
+differentiated. The class weights are treated as constants. XLA fuses the generic
+definitions itself, so JAX has no kernel table.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from entroloss import _math
 
@@ -22,26 +27,41 @@ def _merge(floats: _math.Scalars, arrays: _math.Scalars) -> _math.Scalars:
     return _math.Scalars(*(f if a is None else a for f, a in zip(floats, arrays)))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _loss(spec, floats, logits, target, weight, arrays):
     return _math.forward(jnp, spec, logits, target, weight, _merge(floats, arrays))[0]
 
 
-def _loss_fwd(spec, floats, logits, target, weight, arrays):
-    value, residuals = _math.forward(jnp, spec, logits, target, weight, _merge(floats, arrays))
-    return value, (residuals, target, weight, arrays)
+def _is_zero(tangent: Any) -> bool:
+    return tangent is None or isinstance(tangent, SymbolicZero)
 
 
-def _loss_bwd(spec, floats, saved, grad):
-    residuals, target, weight, arrays = saved
-    d_logits, d_scalars = _math.backward(jnp, spec, residuals, target, weight,
-                                         _merge(floats, arrays), grad, grad.dtype)
-    d_arrays = _math.Scalars(*(None if a is None else d.astype(a.dtype)
-                               for a, d in zip(arrays, d_scalars)))
-    return d_logits, None, None, d_arrays
+@partial(_loss.defjvp, symbolic_zeros=True)
+def _loss_jvp(spec, floats, primals, tangents):
+    logits, target, weight, arrays = primals
+    d_logits, d_target, _, d_arrays = tangents
+    scalars = _merge(floats, arrays)
+    value, residuals = _math.forward(jnp, spec, logits, target, weight, scalars)
+    per_position = spec.reduction == "none"
+    cotangent = jnp.ones_like(value) if per_position else 1.0
+    want_target = spec.soft and not _is_zero(d_target)
+    grads = _math.backward(jnp, spec, residuals, target, weight, scalars, cotangent,
+                           value.dtype, want_target=want_target, per_position=per_position)
+    dtype = _math.compute_dtype(jnp, value.dtype)
 
+    def pair(gradient, tangent):  # <gradient, tangent> per position (or in all)
+        product = gradient.astype(dtype) * tangent.astype(dtype)
+        return jnp.sum(product, axis=spec.axis) if per_position else jnp.sum(product)
 
-_loss.defvjp(_loss_fwd, _loss_bwd)
+    out = jnp.zeros(value.shape, dtype)
+    if not _is_zero(d_logits):
+        out = out + pair(grads.logits, d_logits)
+    if want_target:
+        out = out + pair(grads.target, d_target)
+    for gradient, tangent in zip(grads.scalars, d_arrays):
+        if gradient is not None and not _is_zero(tangent):
+            out = out + gradient * tangent.astype(dtype)
+    return value, out.astype(value.dtype)
 
 
 def loss(xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,

@@ -2,9 +2,10 @@
 
 The forward and backward are ``entroloss._math``'s, run on torch tensors through
 array-api-compat's torch namespace with the torch kernel table (``torch_kernels.py``).
-Gradients reach the logits and every weight or base passed as a tensor. Second
-derivatives are not supported: a backward asked to build a graph (``create_graph=True``)
-raises, rather than silently dropping a term. The ``nn.Module`` losses are in
+Gradients reach the logits, a soft target and every weight or base passed as a tensor.
+With ``create_graph=True`` torch differentiates the shared backward itself, so second
+derivatives (``torch.autograd.grad(..., create_graph=True)``, gradient penalties,
+``gradgradcheck``) are those of the same formula. The ``nn.Module`` losses are in
 ``torch_modules.py`` and importable from here.
 """
 
@@ -29,10 +30,9 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, logits, target, weight, *scalars):
         scalars = _math.Scalars(*scalars)
-        kernels = _KERNELS
         with torch.autocast(logits.device.type, enabled=False):  # computed as _math decides
-            value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, kernels)
-        ctx.spec, ctx.logits_dtype, ctx.kernels = spec, logits.dtype, kernels
+            value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS)
+        ctx.spec, ctx.logits_dtype = spec, logits.dtype
         ctx.floats = _math.Scalars(*(None if torch.is_tensor(v) else v for v in scalars))
         ctx.residual_count = len(residuals)
         ctx.save_for_backward(target, weight, *residuals,
@@ -41,33 +41,36 @@ class _Loss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.is_grad_enabled():  # create_graph=True: a second derivative was asked for
-            raise RuntimeError(
-                "entroloss losses are differentiable once on torch: the backward is the "
-                "shared hand-derived one, which is not itself differentiated "
-                "(create_graph=True / double backward is not supported)"
-            )
         target, weight, *saved = ctx.saved_tensors
         residuals = _math.Residuals(*saved[:ctx.residual_count])
         tensors = saved[ctx.residual_count:]
         scalars = _math.Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
+        want_target = ctx.needs_input_grad[2]
+        kernels = _KERNELS
         with torch.autocast(grad.device.type, enabled=False):
-            d_logits, d_scalars = _math.backward(xp, ctx.spec, residuals, target, weight, scalars,
-                                                 grad, ctx.logits_dtype, ctx.kernels)
+            if torch.is_grad_enabled():
+                # create_graph=True: torch differentiates the shared backward itself, so the
+                # forward is run again where autograd sees how its residuals depend on the
+                # logits and scalars, with the out-of-place definitions as kernels
+                kernels = _math.GENERIC
+                _, residuals = _math.forward(xp, ctx.spec, residuals.logits, target, weight,
+                                             scalars, kernels)
+            grads = _math.backward(xp, ctx.spec, residuals, target, weight, scalars, grad,
+                                   ctx.logits_dtype, kernels, want_target=want_target)
         wanted = ctx.needs_input_grad[-_SCALARS:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype)
-                          for d, want, v in zip(d_scalars, wanted, scalars))
-        return None, d_logits, None, None, *d_scalars
+                          for d, want, v in zip(grads.scalars, wanted, scalars))
+        d_target = grads.target.to(target.dtype) if want_target else None
+        return None, grads.logits, d_target, None, *d_scalars
 
 
 def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
          scalars: _math.Scalars) -> Any:
-    for name, tensor in (("target", target), ("weight", weight)):
-        if tensor is not None and tensor.requires_grad:
-            raise ValueError(
-                f"{name} requires grad, but entroloss differentiates only the logits and the "
-                f"weights and bases; pass {name}.detach()"
-            )
+    if weight is not None and weight.requires_grad:
+        raise ValueError(
+            "weight requires grad, but entroloss differentiates the logits, a soft target and "
+            "the weights and bases, not the class weights; pass weight.detach()"
+        )
     return _Loss.apply(spec, logits, target, weight, *scalars)
 
 

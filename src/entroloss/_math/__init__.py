@@ -24,7 +24,7 @@ autograd; none of them re-derives anything. ``docs/math.md`` derives every gradi
 
 from .passes import backward, forward
 from .primitives import GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, softmax
-from .spec import Residuals, Scalars, Spec
+from .spec import Gradients, Residuals, Scalars, Spec
 
-__all__ = ["Spec", "Scalars", "Residuals", "Kernels", "GENERIC", "forward", "backward",
+__all__ = ["Spec", "Scalars", "Residuals", "Gradients", "Kernels", "GENERIC", "forward", "backward",
            "log_softmax", "softmax", "entropy", "compute_dtype", "ln"]

@@ -13,9 +13,9 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from .positions import PerPosition, gradients, loss_terms
+from .positions import PerPosition, class_axis_back, gradients, loss_terms
 from .primitives import Kernels, device, is_writeable
-from .spec import Residuals, Scalars, Spec
+from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]
 
@@ -60,26 +60,46 @@ def loss_terms_chunked(xp: Any, kernels: Kernels, spec: Spec, logits: Any, targe
 
 
 def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residuals, target: Any,
-                      weight: Any, scalars: Scalars, g_pos: Any, logits_dtype: Any) -> tuple:
-    """``dl/dz`` in the logits' layout and dtype, and the scalars' gradients summed over
-    the chunks; ``g_pos`` holds one cotangent per row."""
+                      weight: Any, scalars: Scalars, g_pos: Any, logits_dtype: Any, *,
+                      want_target: bool = False, per_position: bool = False) -> Gradients:
+    """The backward's :class:`Gradients`, one chunk of rows at a time; ``g_pos`` holds one
+    cotangent per row. The scalars' gradients are summed over the chunks (or, with
+    ``per_position``, concatenated into the positions' shape)."""
     r = residuals
     z, target, row_spec, chunks = _as_rows(xp, spec, r.logits, target)
     dz = xp.empty(z.shape, dtype=logits_dtype, device=device(z)) if is_writeable(z) else []
-    total = Scalars(None, None, None, None)
+    parts_scalars, parts_target = [], []
     for rows in chunks:
         z_rows = xp.astype(z[rows, :], r.main.dtype, copy=False)
-        d_rows, d_scalars = gradients(
+        d_rows, d_scalars, d_target = gradients(
             xp, kernels, row_spec, tuple(z_rows.shape), z_rows, r.row_max[rows, :],
             r.log_norm[rows, :], r.main[rows], None if r.reg is None else r.reg[rows],
-            target[rows, ...], weight, scalars, g_pos[rows])
+            target[rows, ...], weight, scalars, g_pos[rows], want_target=want_target,
+            per_position=per_position)
         d_rows = xp.astype(d_rows, logits_dtype, copy=False)
         if isinstance(dz, list):
             dz.append(d_rows)
         else:
             dz[rows, :] = d_rows
-        total = Scalars(*(d if t is None else t + d for t, d in zip(total, d_scalars)))
-    dz = xp.concat(dz) if isinstance(dz, list) else dz
+        parts_scalars.append(d_scalars)
+        parts_target.append(d_target)
     positions = tuple(r.logits.shape[:spec.axis]) + tuple(r.logits.shape[spec.axis + 1:])
-    dz = xp.reshape(dz, positions + (z.shape[-1],))
-    return (dz if spec.axis == dz.ndim - 1 else xp.moveaxis(dz, -1, spec.axis)), total
+    rows_back = lambda x: class_axis_back(xp, spec, xp.reshape(x, positions + (z.shape[-1],)))
+    dz = rows_back(xp.concat(dz) if isinstance(dz, list) else dz)
+    d_target = None if parts_target[0] is None else rows_back(xp.concat(parts_target))
+    return Gradients(dz, _combine_scalars(xp, parts_scalars, per_position, positions), d_target)
+
+
+def _combine_scalars(xp: Any, parts: list, per_position: bool, positions: tuple) -> Scalars:
+    combined = []
+    for slot in zip(*parts):
+        if slot[0] is None:
+            combined.append(None)
+        elif per_position:
+            combined.append(xp.reshape(xp.concat(list(slot)), positions))
+        else:
+            total = slot[0]
+            for d in slot[1:]:
+                total = total + d
+            combined.append(total)
+    return Scalars(*combined)

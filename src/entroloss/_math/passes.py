@@ -7,9 +7,9 @@ import math
 from typing import Any
 
 from . import chunks
-from .positions import classes_last, gradients, loss_terms
+from .positions import class_axis_back, classes_last, gradients, loss_terms
 from .primitives import GENERIC, Kernels, device
-from .spec import Residuals, Scalars, Spec
+from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["forward", "backward"]
 
@@ -47,20 +47,27 @@ def safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
 
 
 def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any,
-             scalars: Scalars, cotangent: Any, logits_dtype: Any,
-             kernels: Kernels = GENERIC) -> tuple[Any, Scalars]:
-    """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``) and for
-    the four scalars (in the compute dtype; ``None`` where a scalar is a Python float)."""
+             scalars: Scalars, cotangent: Any, logits_dtype: Any, kernels: Kernels = GENERIC, *,
+             want_target: bool = False, per_position: bool = False) -> Gradients:
+    """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``), the
+    four scalars (in the compute dtype; ``None`` where a scalar is a Python float; per
+    position, unreduced, with ``per_position``) and, with ``want_target``, a soft target
+    (in the compute dtype)."""
     r = Residuals(*residuals)
-    g = xp.asarray(cotangent, dtype=r.main.dtype, device=device(r.main))
+    if isinstance(cotangent, (int, float)):
+        g = xp.asarray(cotangent, dtype=r.main.dtype, device=device(r.main))
+    else:  # an array (torch keeps its autograd history when differentiating the backward)
+        g = xp.astype(cotangent, r.main.dtype, copy=False)
     if r.denominator is not None:
         g = safe_divide(xp, g, r.denominator)
     g_pos = xp.reshape(g, r.main.shape) if spec.reduction == "none" else xp.broadcast_to(g, r.main.shape)
+    options = dict(want_target=want_target, per_position=per_position)
     if chunks.applies(spec, math.prod(r.main.shape)):
         return chunks.gradients_chunked(xp, kernels, spec, r, target, weight, scalars, g_pos,
-                                        logits_dtype)
+                                        logits_dtype, **options)
     z = classes_last(xp, spec, r.logits, r.main.dtype)
-    dz, d_scalars = gradients(xp, kernels, spec, tuple(r.logits.shape), z, r.row_max, r.log_norm,
-                              r.main, r.reg, target, weight, scalars, g_pos)
+    dz, d_scalars, d_target = gradients(xp, kernels, spec, tuple(r.logits.shape), z, r.row_max,
+                                        r.log_norm, r.main, r.reg, target, weight, scalars,
+                                        g_pos, **options)
     dz = xp.astype(dz, logits_dtype, copy=False)
-    return (dz if spec.axis == dz.ndim - 1 else xp.moveaxis(dz, -1, spec.axis)), d_scalars
+    return Gradients(class_axis_back(xp, spec, dz), d_scalars, class_axis_back(xp, spec, d_target))

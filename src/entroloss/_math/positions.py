@@ -16,7 +16,7 @@ from .primitives import Kernels, compute_dtype, finite_log_p, ln, log_norm, row_
 from .spec import Scalars, Spec
 from .target import Target
 
-__all__ = ["PerPosition", "loss_terms", "gradients", "classes_last"]
+__all__ = ["PerPosition", "loss_terms", "gradients", "classes_last", "class_axis_back"]
 
 
 class PerPosition(NamedTuple):
@@ -32,6 +32,13 @@ def classes_last(xp: Any, spec: Spec, logits: Any, dtype: Any) -> Any:
     """The logits in ``dtype`` with the class axis last."""
     z = xp.astype(logits, dtype, copy=False)
     return z if spec.axis == z.ndim - 1 else xp.moveaxis(z, spec.axis, -1)
+
+
+def class_axis_back(xp: Any, spec: Spec, x: Any) -> Any:
+    """An array with classes last back in the logits' layout (None stays None)."""
+    if x is None or spec.axis == x.ndim - 1:
+        return x
+    return xp.moveaxis(x, -1, spec.axis)
 
 
 def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
@@ -79,31 +86,38 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, 
 
 
 def gradients(xp: Any, kernels: Kernels, spec: Spec, shape: tuple, z: Any, top: Any, norm: Any,
-              main: Any, reg: Any, target: Any, weight: Any, scalars: Scalars,
-              g_pos: Any) -> tuple[Any, Scalars]:
-    """``dl/dz`` (classes last, in ``z``'s dtype) and the scalars' gradients (None where a
-    scalar is a Python float) for per-position cotangents ``g_pos``; ``z`` is the logits
-    with classes last, ``shape`` the logits' own layout."""
+              main: Any, reg: Any, target: Any, weight: Any, scalars: Scalars, g_pos: Any, *,
+              want_target: bool = False, per_position: bool = False) -> tuple:
+    """``(dl/dz, the scalars' gradients, dl/dt)`` for per-position cotangents ``g_pos``:
+    ``dl/dz`` classes last in ``z``'s dtype; a scalar's gradient None where it is a
+    Python float, summed over the positions unless ``per_position``; ``dl/dt`` (classes
+    last) for a soft target when ``want_target``, else None. ``z`` is the logits with
+    classes last, ``shape`` the logits' own layout."""
     tgt, s = read_target(xp, spec, shape, target, weight, scalars, z.dtype)
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
     if tgt.invalid is not None:  # an unchecked out-of-range index: a NaN row, not a number
         g_pos = xp.where(tgt.invalid, math.nan, g_pos)
-    c_main, c_reg, d_scalars = _coefficients(xp, tgt, s, main, reg, g_pos)
+    c_main, c_reg, d_scalars = _coefficients(xp, tgt, s, main, reg, g_pos, per_position)
     if tgt.sparse:
         dz = _onehot_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg)
     else:
         dz = _dense_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg)
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, 0.0)
-    return dz, d_scalars
+    d_target = None
+    if want_target and spec.soft:
+        d_target = _target_gradient(xp, kernels, spec, tgt, z, top, norm, c_main, c_reg)
+    return dz, d_scalars, d_target
 
 
-def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: Any) -> tuple:
+def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: Any,
+                  per_position: bool) -> tuple:
     """Per position, the factors the main term and the regularizer enter ``l`` with; and
     the scalars' gradients: for ``T * weight / ln(b)``, ``d/dweight = T / ln b`` and
     ``d/db = -T weight / (b ln(b)^2)``."""
     learnt = s.learnt()
+    total = (lambda x: x) if per_position else xp.sum
     ln_cb = ln(xp, s.ce_base)
     c_main = g_pos * (s.ce_weight / ln_cb)
     c_reg = d_cw = d_cb = d_rw = d_rb = None
@@ -112,11 +126,11 @@ def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: 
         g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
         c_reg = g_reg * (s.reg_weight / ln_rb)
         if learnt.reg_weight or learnt.reg_base:
-            r_sum = xp.sum(g_reg * reg)
+            r_sum = total(g_reg * reg)
             d_rw = r_sum / ln_rb
             d_rb = -r_sum * s.reg_weight / (s.reg_base * ln_rb**2)
     if learnt.ce_weight or learnt.ce_base:
-        m_sum = xp.sum(g_pos * main)
+        m_sum = total(g_pos * main)
         d_cw = m_sum / ln_cb
         d_cb = -m_sum * s.ce_weight / (s.ce_base * ln_cb**2)
     d_scalars = Scalars(*(d if wanted else None for wanted, d in zip(learnt, (d_cw, d_cb, d_rw, d_rb))))
@@ -145,3 +159,16 @@ def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, 
         regularizer = terms.REGULARIZERS[spec.regularizer]
         dz = dz + c_reg[..., None] * regularizer.gradient_dense(xp, spec, tgt, lp, p, reg)
     return dz
+
+
+def _target_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
+                     norm: Any, c_main: Any, c_reg: Any) -> Any:
+    """``dl/dt = (1 - label_smoothing) dl/dq`` for a soft target."""
+    lp = kernels.log_p(xp, z, top, norm)
+    d_q = c_main[..., None] * terms.main_gradient_q(xp, spec, tgt, lp)
+    regularizer = terms.REGULARIZERS.get(spec.regularizer)
+    if regularizer is not None:
+        share = regularizer.gradient_q(xp, spec, tgt, xp.exp(lp))
+        if share is not None:
+            d_q = d_q + c_reg[..., None] * share
+    return tgt.keep * d_q

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Spec", "Scalars", "Residuals"]
+__all__ = ["Spec", "Scalars", "Residuals", "Gradients"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,13 @@ class Residuals(NamedTuple):
     main: Any  # the main term F per position
     reg: Any  # the regularizer G per position
     denominator: Any  # the mean's divisor
+
+
+class Gradients(NamedTuple):
+    """What the backward returns: ``logits`` in the logits' layout and dtype; ``scalars``
+    (a :class:`Scalars`, None where a scalar is a Python float); ``target`` for soft
+    targets when asked for (else None)."""
+
+    logits: Any
+    scalars: Scalars
+    target: Any = None

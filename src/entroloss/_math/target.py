@@ -37,6 +37,7 @@ class Target:
         self.num_classes = shape[-1]
         self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
         self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
+        self.weight = weight  # the class weights w (classes last), or None
         self.valid = self.invalid = self.usable = self.index = self.scale = self.q = None
         if spec.soft:
             self.q = self.keep * xp.astype(target, dtype) + self.smooth

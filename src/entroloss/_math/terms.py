@@ -7,8 +7,11 @@ Per position, natural log, with ``p = softmax(z)`` and the target's ``w * q``:
   the linearly adaptive loss at gamma = 1): ``dF/dz = v - p sum_c v_c`` with
   ``v_c = w_c q_c p_c f'(p_c)``, ``f(p) = -(1 - p)^gamma log p``;
 - entropy ``H = -sum_c p_c log p_c`` (MIN-ENT): ``dH/dz = -p (log p + H)``;
-- reverse cross entropy ``R = -sum_c p_c a_c``, ``a_c = log(q_c + eps)`` negated
-  (MIX-ENT): ``dR/dz = p (a - R)``.
+- reverse cross entropy ``R = sum_c p_c a_c``, ``a_c = -log(q_c + eps)`` (MIX-ENT):
+  ``dR/dz = p (a - R)``.
+
+Soft targets also get gradients with respect to ``q`` (``*_gradient_q``):
+``dF/dq_c = w_c f(p_c)``, ``dR/dq_c = -p_c / (q_c + eps)``; H does not read q.
 
 For a class-index target without smoothing (``Target.sparse``) every one of these
 gradients is ``p * (p_coef + log_p_coef * log p) + onehot(y) * onehot_coef`` with one
@@ -54,11 +57,22 @@ def combine(a: OneHotGradient, b: OneHotGradient) -> OneHotGradient:
 
 def focal_factor(xp: Any, lp: Any, gamma: float) -> Any:
     """``(1 - p)^gamma`` from log p, so that ``1 - p`` keeps its precision near p = 1;
-    None for gamma = 0."""
+    None for gamma = 0.
+
+    For gamma < 1 the power's slope is infinite at ``1 - p = 0``, which a saturated
+    prediction reaches in floating point: there the factor is 0 through a ``where`` whose
+    other branch never sees 0, so that a framework differentiating this (second order)
+    gets 0, not ``inf * 0``. NaN stays NaN.
+    """
     if gamma == 0:
         return None
     one_minus_p = -xp.expm1(lp)
-    return one_minus_p if gamma == 1 else one_minus_p**gamma
+    if gamma == 1:
+        return one_minus_p
+    if gamma > 1:
+        return one_minus_p**gamma
+    zero = one_minus_p == 0
+    return xp.where(zero, 0.0, xp.where(zero, 1.0, one_minus_p) ** gamma)
 
 
 def focal_values(xp: Any, lp: Any, gamma: float) -> Any:
@@ -109,6 +123,15 @@ def main_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: 
     return v - p * xp.sum(v, axis=-1, keepdims=True)
 
 
+def main_gradient_q(xp: Any, spec: Spec, target: Target, lp: Any) -> Any:
+    """``dF/dq_c = w_c f(p_c)`` (soft targets): +inf at a masked class, as the loss is
+    +inf once the target puts mass there; 0 where the class weight is 0."""
+    values = focal_values(xp, lp, spec.gamma)
+    if target.weight is None:
+        return values
+    return xp.where(target.weight == 0, 0.0, target.weight * values)
+
+
 # --- the entropy H (MIN-ENT) ----------------------------------------------------------------
 
 
@@ -126,6 +149,10 @@ def entropy_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
 def entropy_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: Any,
                            reg: Any) -> Any:
     return -(p * (finite_lp + reg[..., None]))
+
+
+def entropy_gradient_q(xp: Any, spec: Spec, target: Target, p: Any) -> Any:
+    return None  # H does not read the target
 
 
 # --- the reverse cross entropy R (MIX-ENT) ---------------------------------------------------
@@ -159,14 +186,23 @@ def reverse_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, 
     return p * (target.reverse_log() - reg[..., None])
 
 
+def reverse_gradient_q(xp: Any, spec: Spec, target: Target, p: Any) -> Any:
+    """``dR/dq_c = -p_c / (q_c + eps)``; 0 where p_c = 0."""
+    inside = xp.where(target.q == 0, spec.eps, target.q + spec.eps)  # eps kept in Python
+    return xp.where(p == 0, 0.0, -(p / inside))
+
+
 class Regularizer(NamedTuple):
     value: Any  # (xp, kernels, spec, target, finite log p, log p at the target) -> G
     gradient_onehot: Any  # (xp, spec, G, finite log p at the target, coef) -> OneHotGradient
     gradient_dense: Any  # (xp, spec, target, finite log p, p, G) -> dG/dz
+    gradient_q: Any  # (xp, spec, target, p) -> dG/dq, or None where G does not read q
     reads_log_p_y: bool  # its one-hot gradient needs log p at the target
 
 
 REGULARIZERS = {
-    "entropy": Regularizer(entropy_value, entropy_gradient_onehot, entropy_gradient_dense, False),
-    "reverse": Regularizer(reverse_value, reverse_gradient_onehot, reverse_gradient_dense, True),
+    "entropy": Regularizer(entropy_value, entropy_gradient_onehot, entropy_gradient_dense,
+                           entropy_gradient_q, False),
+    "reverse": Regularizer(reverse_value, reverse_gradient_onehot, reverse_gradient_dense,
+                           reverse_gradient_q, True),
 }
