@@ -86,14 +86,14 @@ def run(library=None, device=None):
                     soft = t.dtype.kind == "f"
                     target = platform.asarray(t, dtype if soft else "int64")
                     options = dict(common, **own, reduction="sum")
-                    ref_options = dict(common, **ref_own, reduction="sum")
+                    ref_options = dict(common, **own, reduction="sum")
                     if "weight" in common:
                         options["weight"] = platform.asarray(common["weight"], dtype)
                         ref_options["weight"] = platform.to_numpy(options["weight"])
                     seen_z = platform.to_numpy(logits)
                     seen_t = platform.to_numpy(target) if soft else t
-                    expected = _reference.loss(seen_z, seen_t, name, **ref_options)
-                    expected_grad = _reference.gradient(seen_z, seen_t, name, **ref_options)
+                    expected = _reference.loss(name, seen_z, seen_t, **ref_options)
+                    expected_grad = _reference.gradient(name, seen_z, seen_t, **ref_options)
                     scale = max(1.0, abs(float(expected)))
                     value_error = abs(float(platform.to_numpy(fn(logits, target, **options)))
                                       - expected) / scale
