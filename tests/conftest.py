@@ -28,3 +28,12 @@ def torch_backend(request):
 def jax_backend(request):
     """JAX on each device (for JAX-only tests)."""
     return request.param
+
+
+def pytest_report_header(config):
+    import entroloss
+
+    from tests.helpers.platforms import unavailable
+
+    skipped = ", ".join(f"{name} ({reason})" for name, reason in unavailable().items())
+    return [f"entroloss from {entroloss.__file__}", f"platforms skipped here: {skipped or 'none'}"]

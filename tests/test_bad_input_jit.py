@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import entroloss as el
+from entroloss import _losses
 from entroloss.tools import reference
 from entroloss.tools.reference import central_differences
 from tests.helpers.cases import LOSSES
@@ -91,13 +92,15 @@ def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jax_backend
     bad_rows = np.array([[0.5, 0.5, 0.5, 0.0], [1.5, 0.0, 0.25, 0.0], [0.1] * 4])
     for loss in LOSSES:
         fn = getattr(el, loss)
-        got = jax.jit(lambda z, t: fn(z, t, reduction="none"))(jax_backend.asarray(z), jax_backend.asarray(bad_rows))
+        got = jax.jit(lambda z, t: fn(z, t, reduction="none"))(jax_backend.asarray(z),
+                                                                jax_backend.asarray(bad_rows))
         expected = reference.loss(loss, z, bad_rows, reduction="none")
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     w = np.array([1.0, -1.0, 2.0, 0.5])
     y = np.array([0, 1, 3])
     for reduction in ("none", "mean"):
-        got = jax.jit(lambda z, w: el.cross_entropy(z, jax_backend.asarray(y), weight=w, reduction=reduction))(
+        got = jax.jit(lambda z, w: el.cross_entropy(z, jax_backend.asarray(y), weight=w,
+                                                    reduction=reduction))(
             jax_backend.asarray(z), jax_backend.asarray(w))
         expected = reference.loss("cross_entropy", z, y, weight=w, reduction=reduction)
         np.testing.assert_allclose(got, expected, rtol=1e-12)
@@ -117,7 +120,8 @@ def test_gradient_is_the_gradient_of_the_value_for_unchecked_negative_mass(jax_b
         options = {}
     else:
         t = jax_backend.asarray(np.array([1]))
-        options = {"weight": jax_backend.asarray(np.array([1.0, -1.0, 1.0, 1.0])), "label_smoothing": 0.1}
+        options = {"weight": jax_backend.asarray(np.array([1.0, -1.0, 1.0, 1.0])),
+                   "label_smoothing": 0.1}
     f = jax.jit(lambda z: el.cross_entropy(z, t, reduction="sum", **options))
     g = jax.grad(f)(jax_backend.asarray(z))
     np.testing.assert_allclose(g, central_differences(lambda v: f(jax_backend.asarray(v)), z),
@@ -174,7 +178,8 @@ def test_checked_passes_good_input_unchanged(jax_backend, loss, kind):
     if kind == "soft":
         target = jax_backend.asarray(rng.dirichlet(np.ones(4), size=5))
     else:
-        target = jax_backend.asarray(np.array([0, 3, -100, 1, 2]) if kind == "ignore" else np.array([0, 3, 2, 1, 2]))
+        labels = [0, 3, -100, 1, 2] if kind == "ignore" else [0, 3, 2, 1, 2]
+        target = jax_backend.asarray(np.array(labels))
     if kind == "ignore":
         options["ignore_index"] = -100
     if kind == "weighted-smoothed":
@@ -233,15 +238,15 @@ def test_checked_refuses_negative_weights_and_bad_array_bases(jax_backend, data)
     expected = _eager_message(lambda: el.cross_entropy(z, y, weight=w))
     error, _ = jax.jit(checked(el.cross_entropy))(z, y, weight=w)  # an array option per call
     assert _checked_message(error) .startswith(expected)
-    for loss, name in (("cross_entropy", "base"), ("min_ent", "entropy_base"),
-                       ("mix_ent", "reverse_base"), ("focal", "base")):
-        safe = jax.jit(checked(getattr(el, loss)))  # one compilation; the base is data
-        for value in (0.0, 1.0, -2.0, math.inf, math.nan):
-            error, _ = safe(z, y, **{name: jax_backend.asarray(value)})
-            message = _checked_message(error)
-            assert message.startswith(f"{name} must be a finite number > 0 and != 1"), message
-        error, _ = safe(z, y, **{name: jax_backend.asarray(2.0)})
-        assert error.get() is None
+    for definition in _losses.LOSSES:
+        safe = jax.jit(checked(getattr(el, definition.name)))  # one compilation; the base is data
+        for name in definition.bases:
+            for value in (0.0, 1.0, -2.0, math.inf, math.nan):
+                error, _ = safe(z, y, **{name: jax_backend.asarray(value)})
+                message = _checked_message(error)
+                assert message.startswith(f"{name} must be a finite number > 0 and != 1"), message
+            error, _ = safe(z, y, **{name: jax_backend.asarray(2.0)})
+            assert error.get() is None
 
 
 def test_checked_under_vmap_reports_the_bad_problem(jax_backend):
@@ -250,7 +255,8 @@ def test_checked_under_vmap_reports_the_bad_problem(jax_backend):
     y = np.array(rng.integers(0, 4, size=(3, 5)))
     error, values = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jax_backend.asarray(y))
     assert error.get() is None
-    np.testing.assert_allclose(values, jax.vmap(lambda z, y: el.focal(z, y, gamma=0.5))(z, jax_backend.asarray(y)),
+    np.testing.assert_allclose(values, jax.vmap(lambda z, y: el.focal(z, y, gamma=0.5))(
+                                   z, jax_backend.asarray(y)),
                                rtol=1e-12)
     y[1, 2] = 7
     error, _ = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jax_backend.asarray(y))

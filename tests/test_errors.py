@@ -1,5 +1,5 @@
-"""Every bad-input rule (docs/reliability.md, "Errors"): the exception type, a message naming the argument,
-and no loss work started before it is raised."""
+"""Every bad-input rule (docs/reliability.md, "Errors"): the exception type, a message
+naming the argument, and no loss work started before it is raised."""
 
 from __future__ import annotations
 

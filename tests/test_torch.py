@@ -24,7 +24,8 @@ def test_autograd_equals_value_and_grad(torch_backend, args, dtype):
     fn = getattr(el, case.loss)
     logits, target, options = on_backend(case, torch_backend, dtype)
     tensors = {name: torch.tensor(options.pop(name, 1.7 if name.endswith("base") else 0.6),
-                                  dtype=getattr(torch, dtype), device=torch_backend.device, requires_grad=True)
+                                  dtype=getattr(torch, dtype), device=torch_backend.device,
+                                  requires_grad=True)
                for name in scalar_names(case.loss)}
     value, grads = el.value_and_grad(fn, logits, target, **options, **tensors)
     z = logits.clone().requires_grad_(True)
@@ -95,7 +96,8 @@ def test_equals_torch_cross_entropy(torch_backend, kind, reduction, dtype):
     y = torch.tensor(rng.integers(0, 5, size=target_shape), device=torch_backend.device)
     ours, theirs = {"reduction": reduction}, {"reduction": reduction}
     if kind.startswith("soft"):
-        y = torch.softmax(torch.tensor(rng.normal(size=shape), dtype=dt, device=torch_backend.device), dim=1)
+        y = torch.softmax(torch.tensor(rng.normal(size=shape), dtype=dt,
+                                       device=torch_backend.device), dim=1)
     if "weighted" in kind:
         w = torch.tensor(rng.uniform(0.2, 2, 5), dtype=dt, device=torch_backend.device)
         ours["weight"] = theirs["weight"] = w

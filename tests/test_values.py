@@ -43,8 +43,10 @@ def test_reference_is_what_it_claims():
                       -0.5 * np.log(0.625) / np.log(2) + 2 * rev / np.log(10))
     assert np.isclose(reference.loss("cross_entropy", z, y, base=2.0), -np.log2(0.625))
     w = [1.0, 1.0, 3.0]
-    assert np.isclose(reference.loss("cross_entropy", z, y, weight=w, reduction="sum"), -3 * np.log(0.625))
-    assert np.isclose(reference.loss("cross_entropy", z, y, weight=w), -np.log(0.625))  # mean divides by w_y
+    assert np.isclose(reference.loss("cross_entropy", z, y, weight=w, reduction="sum"),
+                      -3 * np.log(0.625))
+    # "mean" divides by w_y
+    assert np.isclose(reference.loss("cross_entropy", z, y, weight=w), -np.log(0.625))
 
 
 @pytest.mark.parametrize("loss", LOSSES)

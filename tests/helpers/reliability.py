@@ -30,7 +30,7 @@ def reference_grad(kind: str, logits: np.ndarray, target: np.ndarray, options: d
     """d sum(loss) / d logits of the reference, by central differences, in float64.
 
     Only finite logits are moved; a -inf (masked) logit gets 0 (a masked class has no
-    gradient, docs/math.md). For finite losses only."""
+    gradient: docs/reliability.md, "Edge cases"). For finite losses only."""
 
     def total(v):
         return float(np.sum(reference_loss(kind, v, target, options)))
