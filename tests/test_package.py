@@ -82,3 +82,20 @@ def test_verify_exits_non_zero_on_a_mismatch(tmp_path):
 
 def test_unknown_command_is_refused():
     assert _cli("frobnicate").returncode == 2
+
+
+def test_the_reference_shares_no_code_with_the_math():
+    """``entroloss.tools.reference`` is the yardstick of verify and the tests: it may read
+    the registry of losses (names, defaults), nothing of the math it checks."""
+    import ast
+
+    from entroloss.tools import reference
+
+    tree = ast.parse(pathlib.Path(reference.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+    assert imported <= {"__future__", "math", "typing", "numpy", ".._losses"}, imported
