@@ -27,8 +27,10 @@ install: $(VENV)/.deps-demo
 demo: install
 	$(BIN)/entroloss demo
 
+# From the repository root: the tests are a package (tests/), the package under test is the
+# installed one (site-packages), never src/ (tests/test_package.py checks).
 test: $(VENV)/.deps-test install docs
-	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The site, offline, warnings as errors (the doctests run in the test suite). Open
 # site/index.html in a browser, or serve it with `.venv/bin/mkdocs serve`.
@@ -38,7 +40,7 @@ docs: $(VENV)/.deps-test install
 
 # The long fuzz profile (>= 10,000 examples; about 15 minutes here), not part of make test.
 fuzz-long: $(VENV)/.deps-test install
-	cd tests && ENTROLOSS_FUZZ=long ../$(BIN)/python -m pytest -q -p no:cacheprovider test_fuzz.py
+	ENTROLOSS_FUZZ=long $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 verify: install
 	$(BIN)/entroloss verify

@@ -2,7 +2,8 @@
 cannot read traced values, and the opt-in ``checkify`` checks of
 ``entroloss.backends.jax_checks`` that restore them.
 
-(Every rule of DESIGN §5 is run on every backend, eagerly, by test_errors.py.)
+(Every rule of docs/reliability.md, "Errors", is run on every backend, eagerly, by
+test_errors.py.)
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ import numpy as np
 import pytest
 
 import entroloss as el
-import reference
+from entroloss import _losses
+from entroloss.tools import reference
+from entroloss.tools.reference import central_differences
+from tests.helpers.cases import LOSSES
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 checkify = pytest.importorskip("jax.experimental.checkify")
 from entroloss.backends.jax_checks import checked, with_checks  # noqa: E402
 
-LOSSES = ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"]
-
 
 @pytest.fixture
-def data(jb):
+def data(jax_backend):
     rng = np.random.default_rng(0)
-    return (jb.asarray(rng.normal(size=(4, 3))), jb.asarray(np.array([0, 1, 2, 1])),
-            jb.asarray(rng.dirichlet(np.ones(3), size=4)))
+    return (jax_backend.asarray(rng.normal(size=(4, 3))), jax_backend.asarray(np.array([0, 1, 2, 1])),
+            jax_backend.asarray(rng.dirichlet(np.ones(3), size=4)))
 
 
 # --- static rules: refused at trace time, exactly as eagerly -------------------------------
@@ -66,15 +68,15 @@ def test_static_rules_are_refused_under_jit_as_eagerly(data, rule):
 # --- data rules: what happens when they cannot run ----------------------------------------
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_out_of_range_index_under_jit_is_nan_for_every_loss(jb, loss):
+def test_out_of_range_index_under_jit_is_nan_for_every_loss(jax_backend, loss):
     """The documented result: that position's loss and gradient are NaN (so is a reduced
     loss); an ignored position is still 0; the other positions are untouched."""
     fn = getattr(el, loss)
-    z = jb.asarray(np.random.default_rng(1).normal(size=(4, 3)))
-    y = jb.asarray(np.array([0, 3, -100, -1]))
+    z = jax_backend.asarray(np.random.default_rng(1).normal(size=(4, 3)))
+    y = jax_backend.asarray(np.array([0, 3, -100, -1]))
     per = jax.jit(lambda z, y: fn(z, y, ignore_index=-100, reduction="none"))(z, y)
     assert np.isfinite(per[0]) and np.isnan(per[1]) and per[2] == 0 and np.isnan(per[3])
-    expected0 = reference.loss(np.asarray(z[:1]), np.asarray(y[:1]), kind=loss, reduction="none")
+    expected0 = reference.loss(loss, np.asarray(z[:1]), np.asarray(y[:1]), reduction="none")
     np.testing.assert_allclose(per[0], expected0[0], rtol=1e-12)
     for reduction in ("mean", "sum"):
         assert np.isnan(jax.jit(lambda z, y: fn(z, y, ignore_index=-100, reduction=reduction))(z, y))
@@ -82,7 +84,7 @@ def test_out_of_range_index_under_jit_is_nan_for_every_loss(jb, loss):
     assert np.all(np.isfinite(g[0])) and np.all(np.isnan(g[1])) and np.all(g[2] == 0)
 
 
-def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jb):
+def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jax_backend):
     """Under jit a soft target whose rows do not sum to 1 and a negative class weight (on a
     class-index target) are not refused: the loss is the definition evaluated on them
     (what the float64 reference gives), value and gradient, never an error."""
@@ -90,61 +92,53 @@ def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jb):
     bad_rows = np.array([[0.5, 0.5, 0.5, 0.0], [1.5, 0.0, 0.25, 0.0], [0.1] * 4])
     for loss in LOSSES:
         fn = getattr(el, loss)
-        got = jax.jit(lambda z, t: fn(z, t, reduction="none"))(jb.asarray(z), jb.asarray(bad_rows))
-        expected = reference.loss(z, bad_rows, kind=loss, reduction="none")
+        got = jax.jit(lambda z, t: fn(z, t, reduction="none"))(jax_backend.asarray(z),
+                                                                jax_backend.asarray(bad_rows))
+        expected = reference.loss(loss, z, bad_rows, reduction="none")
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     w = np.array([1.0, -1.0, 2.0, 0.5])
     y = np.array([0, 1, 3])
     for reduction in ("none", "mean"):
-        got = jax.jit(lambda z, w: el.cross_entropy(z, jb.asarray(y), weight=w, reduction=reduction))(
-            jb.asarray(z), jb.asarray(w))
-        expected = reference.loss(z, y, weight=list(w), reduction=reduction)
+        got = jax.jit(lambda z, w: el.cross_entropy(z, jax_backend.asarray(y), weight=w,
+                                                    reduction=reduction))(
+            jax_backend.asarray(z), jax_backend.asarray(w))
+        expected = reference.loss("cross_entropy", z, y, weight=w, reduction=reduction)
         np.testing.assert_allclose(got, expected, rtol=1e-12)
-    g = jax.jit(jax.grad(lambda z: el.min_ent(z, jb.asarray(y), weight=jb.asarray(w),
-                                              reduction="sum")))(jb.asarray(z))
-    expected = _central_differences(
-        lambda v: reference.loss(v, y, kind="min_ent", weight=list(w), reduction="sum"), z)
+    g = jax.jit(jax.grad(lambda z: el.min_ent(z, jax_backend.asarray(y), weight=jax_backend.asarray(w),
+                                              reduction="sum")))(jax_backend.asarray(z))
+    expected = reference.gradient("min_ent", z, y, weight=w, reduction="sum")
     np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="weight"):  # eagerly it is refused
-        el.cross_entropy(jb.asarray(z), jb.asarray(y), weight=jb.asarray(w))
-
-
-def _central_differences(f, z, step=1e-6):
-    g = np.zeros_like(z)
-    for index in np.ndindex(z.shape):
-        up, down = z.copy(), z.copy()
-        up[index] += step
-        down[index] -= step
-        g[index] = (float(f(up)) - float(f(down))) / (2 * step)
-    return g
+        el.cross_entropy(jax_backend.asarray(z), jax_backend.asarray(y), weight=jax_backend.asarray(w))
 
 
 @pytest.mark.parametrize("case", ["negative-soft-entry", "negative-weight-smoothed"])
-def test_gradient_is_the_gradient_of_the_value_for_unchecked_negative_mass(jb, case):
+def test_gradient_is_the_gradient_of_the_value_for_unchecked_negative_mass(jax_backend, case):
     z = np.random.default_rng(2).normal(size=(1, 4))
     if case == "negative-soft-entry":
-        t = jb.asarray(np.array([[1.5, -0.5, 0.0, 0.0]]))
+        t = jax_backend.asarray(np.array([[1.5, -0.5, 0.0, 0.0]]))
         options = {}
     else:
-        t = jb.asarray(np.array([1]))
-        options = {"weight": jb.asarray(np.array([1.0, -1.0, 1.0, 1.0])), "label_smoothing": 0.1}
+        t = jax_backend.asarray(np.array([1]))
+        options = {"weight": jax_backend.asarray(np.array([1.0, -1.0, 1.0, 1.0])),
+                   "label_smoothing": 0.1}
     f = jax.jit(lambda z: el.cross_entropy(z, t, reduction="sum", **options))
-    g = jax.grad(f)(jb.asarray(z))
-    np.testing.assert_allclose(g, _central_differences(lambda v: f(jb.asarray(v)), z),
+    g = jax.grad(f)(jax_backend.asarray(z))
+    np.testing.assert_allclose(g, central_differences(lambda v: f(jax_backend.asarray(v)), z),
                                rtol=1e-6, atol=1e-8)
 
 
-def test_bad_array_bases_under_jit(jb):
+def test_bad_array_bases_under_jit(jax_backend):
     """A base passed as a traced array is not checked: base 1 divides by ln 1 = 0 (+inf),
     a negative base gives NaN. A base of exactly 0 gives a loss of 0 (1/ln 0 = -0) with a NaN
     gradient: a plausible number, the one case of silence; ``checked`` (below) refuses all
     three."""
-    z = jb.asarray(np.random.default_rng(3).normal(size=(3, 4)))
-    y = jb.asarray(np.array([0, 1, 2]))
+    z = jax_backend.asarray(np.random.default_rng(3).normal(size=(3, 4)))
+    y = jax_backend.asarray(np.array([0, 1, 2]))
 
     def value_and_grad(b):
         return jax.jit(jax.value_and_grad(lambda z, b: el.cross_entropy(z, y, base=b), argnums=(0, 1)))(
-            z, jb.asarray(b))
+            z, jax_backend.asarray(b))
 
     value, _ = value_and_grad(1.0)
     assert value == np.inf
@@ -153,7 +147,7 @@ def test_bad_array_bases_under_jit(jb):
     value, (g_z, g_b) = value_and_grad(0.0)
     assert value == 0 and np.isnan(g_b)
     with pytest.raises(ValueError, match="base"):  # eagerly all three are refused
-        el.cross_entropy(z, y, base=jb.asarray(0.0))
+        el.cross_entropy(z, y, base=jax_backend.asarray(0.0))
 
 
 # --- the opt-in check: entroloss.backends.jax_checks ---------------------------------------
@@ -176,19 +170,20 @@ def _checked_message(error) -> str:
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("kind", ["index", "ignore", "soft", "weighted-smoothed"])
-def test_checked_passes_good_input_unchanged(jb, loss, kind):
+def test_checked_passes_good_input_unchanged(jax_backend, loss, kind):
     fn = getattr(el, loss)
     rng = np.random.default_rng(4)
-    z = jb.asarray(rng.normal(size=(5, 4)))
+    z = jax_backend.asarray(rng.normal(size=(5, 4)))
     options: dict = {"reduction": "none"}
     if kind == "soft":
-        target = jb.asarray(rng.dirichlet(np.ones(4), size=5))
+        target = jax_backend.asarray(rng.dirichlet(np.ones(4), size=5))
     else:
-        target = jb.asarray(np.array([0, 3, -100, 1, 2]) if kind == "ignore" else np.array([0, 3, 2, 1, 2]))
+        labels = [0, 3, -100, 1, 2] if kind == "ignore" else [0, 3, 2, 1, 2]
+        target = jax_backend.asarray(np.array(labels))
     if kind == "ignore":
         options["ignore_index"] = -100
     if kind == "weighted-smoothed":
-        options.update(weight=jb.asarray(np.array([1.0, 0.0, 2.0, 0.5])), label_smoothing=0.1)
+        options.update(weight=jax_backend.asarray(np.array([1.0, 0.0, 2.0, 0.5])), label_smoothing=0.1)
     error, value = jax.jit(checked(fn, **options))(z, target)
     assert error.get() is None
     np.testing.assert_allclose(value, fn(z, target, **options), rtol=1e-13)  # jit vs eager
@@ -196,10 +191,10 @@ def test_checked_passes_good_input_unchanged(jb, loss, kind):
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("bad", [4, -1, 100])
-def test_checked_refuses_an_out_of_range_index_under_jit(jb, data, loss, bad):
+def test_checked_refuses_an_out_of_range_index_under_jit(jax_backend, data, loss, bad):
     fn = getattr(el, loss)
     z = data[0]
-    y = jb.asarray(np.array([0, bad, 2, 1]))
+    y = jax_backend.asarray(np.array([0, bad, 2, 1]))
     expected = _eager_message(lambda: fn(z, y))
     error, value = jax.jit(checked(fn))(z, y)
     assert _checked_message(error).startswith(expected)
@@ -214,9 +209,9 @@ def test_checked_refuses_an_out_of_range_index_under_jit(jb, data, loss, bad):
     ([[1.5, -0.5, 0.0]] + [[1 / 3] * 3] * 3, "non-negative"),
     ([[np.nan, 0.5, 0.5]] + [[1 / 3] * 3] * 3, "non-negative"),
 ])
-def test_checked_refuses_bad_soft_targets_under_jit(jb, data, rows, words):
+def test_checked_refuses_bad_soft_targets_under_jit(jax_backend, data, rows, words):
     z = data[0]
-    t = jb.asarray(np.array(rows))
+    t = jax_backend.asarray(np.array(rows))
     expected = _eager_message(lambda: el.min_ent(z, t))
     assert words in expected
     error, _ = jax.jit(checked(el.min_ent))(z, t)
@@ -227,59 +222,60 @@ def test_checked_refuses_bad_soft_targets_under_jit(jb, data, rows, words):
         assert float(message.split(" by ")[1].split()[0]) == pytest.approx(0.5)
 
 
-def test_checked_tolerance_follows_the_dtype(jb):
+def test_checked_tolerance_follows_the_dtype(jax_backend):
     """A float16 softmax (rows off 1 by ~1e-3) passes, as it does eagerly."""
     rng = np.random.default_rng(5)
-    z = jb.asarray(rng.normal(size=(8, 50)), "float16")
-    t = jax.nn.softmax(jb.asarray(rng.normal(size=(8, 50)), "float32")).astype(jnp.float16)
+    z = jax_backend.asarray(rng.normal(size=(8, 50)), "float16")
+    t = jax.nn.softmax(jax_backend.asarray(rng.normal(size=(8, 50)), "float32")).astype(jnp.float16)
     el.cross_entropy(z, t)  # eagerly accepted
     error, value = jax.jit(checked(el.cross_entropy))(z, t)
     assert error.get() is None and np.isfinite(float(value))
 
 
-def test_checked_refuses_negative_weights_and_bad_array_bases(jb, data):
+def test_checked_refuses_negative_weights_and_bad_array_bases(jax_backend, data):
     z, y, _ = data
-    w = jb.asarray(np.array([1.0, -1.0, 1.0]))
+    w = jax_backend.asarray(np.array([1.0, -1.0, 1.0]))
     expected = _eager_message(lambda: el.cross_entropy(z, y, weight=w))
     error, _ = jax.jit(checked(el.cross_entropy))(z, y, weight=w)  # an array option per call
     assert _checked_message(error) .startswith(expected)
-    for loss, name in (("cross_entropy", "base"), ("min_ent", "entropy_base"),
-                       ("mix_ent", "reverse_base"), ("focal", "base")):
-        safe = jax.jit(checked(getattr(el, loss)))  # one compilation; the base is data
-        for value in (0.0, 1.0, -2.0, math.inf, math.nan):
-            error, _ = safe(z, y, **{name: jb.asarray(value)})
-            message = _checked_message(error)
-            assert message.startswith(f"{name} must be a finite number > 0 and != 1"), message
-        error, _ = safe(z, y, **{name: jb.asarray(2.0)})
-        assert error.get() is None
+    for definition in _losses.LOSSES:
+        safe = jax.jit(checked(getattr(el, definition.name)))  # one compilation; the base is data
+        for name in definition.bases:
+            for value in (0.0, 1.0, -2.0, math.inf, math.nan):
+                error, _ = safe(z, y, **{name: jax_backend.asarray(value)})
+                message = _checked_message(error)
+                assert message.startswith(f"{name} must be a finite number > 0 and != 1"), message
+            error, _ = safe(z, y, **{name: jax_backend.asarray(2.0)})
+            assert error.get() is None
 
 
-def test_checked_under_vmap_reports_the_bad_problem(jb):
+def test_checked_under_vmap_reports_the_bad_problem(jax_backend):
     rng = np.random.default_rng(6)
-    z = jb.asarray(rng.normal(size=(3, 5, 4)))
+    z = jax_backend.asarray(rng.normal(size=(3, 5, 4)))
     y = np.array(rng.integers(0, 4, size=(3, 5)))
-    error, values = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jb.asarray(y))
+    error, values = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jax_backend.asarray(y))
     assert error.get() is None
-    np.testing.assert_allclose(values, jax.vmap(lambda z, y: el.focal(z, y, gamma=0.5))(z, jb.asarray(y)),
+    np.testing.assert_allclose(values, jax.vmap(lambda z, y: el.focal(z, y, gamma=0.5))(
+                                   z, jax_backend.asarray(y)),
                                rtol=1e-12)
     y[1, 2] = 7
-    error, _ = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jb.asarray(y))
+    error, _ = jax.jit(jax.vmap(checked(el.focal, gamma=0.5)))(z, jax_backend.asarray(y))
     assert _checked_message(error) == "at mapped index 1: target holds class index 7, outside [0, 4)"
 
 
-def test_with_checks_in_a_checkified_training_step(jb):
+def test_with_checks_in_a_checkified_training_step(jax_backend):
     """The composable form: the check inside a jitted, checkified value_and_grad step; the
     gradients are those of the plain loss."""
     rng = np.random.default_rng(7)
-    x = jb.asarray(rng.normal(size=(6, 3)))
-    params = jb.asarray(rng.normal(size=(3, 4)))
+    x = jax_backend.asarray(rng.normal(size=(6, 3)))
+    params = jax_backend.asarray(rng.normal(size=(3, 4)))
     loss = with_checks(el.mix_ent)
 
     def objective(params, x, y):
         return loss(x @ params, y, reverse_weight=0.1, label_smoothing=0.05)
 
     step = jax.jit(checkify.checkify(jax.value_and_grad(objective), errors=checkify.user_checks))
-    good = jb.asarray(rng.integers(0, 4, size=6))
+    good = jax_backend.asarray(rng.integers(0, 4, size=6))
     error, (value, grads) = step(params, x, good)
     assert error.get() is None
     plain = jax.value_and_grad(lambda p: el.mix_ent(x @ p, good, reverse_weight=0.1,
@@ -290,20 +286,20 @@ def test_with_checks_in_a_checkified_training_step(jb):
     assert "class index 4, outside [0, 4)" in _checked_message(error)
 
 
-def test_with_checks_eagerly_raises_and_under_plain_jit_asks_for_checkify(jb, data):
+def test_with_checks_eagerly_raises_and_under_plain_jit_asks_for_checkify(jax_backend, data):
     z, _, _ = data
-    y = jb.asarray(np.array([0, 5, 2, 1]))
+    y = jax_backend.asarray(np.array([0, 5, 2, 1]))
     with pytest.raises(ValueError, match="class index 5"):  # no transformation: raised at once
         with_checks(el.cross_entropy)(z, y)
     with pytest.raises(ValueError, match="checkify"):  # staged without functionalising
         jax.jit(with_checks(el.cross_entropy))(z, y)
 
 
-def test_checked_binds_static_options(jb, data):
+def test_checked_binds_static_options(jax_backend, data):
     """Non-array options must be bound (a jitted function takes arrays only); bound and
     per-call array options combine."""
     z, y, _ = data
-    w = jb.asarray(np.array([1.0, 2.0, 0.5]))
+    w = jax_backend.asarray(np.array([1.0, 2.0, 0.5]))
     fn = checked(el.focal, gamma=0.5, reduction="sum", label_smoothing=0.2)
     error, value = jax.jit(partial(fn, weight=w))(z, y)
     assert error.get() is None

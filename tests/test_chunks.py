@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import entroloss as el
-import reference
-from cases import GRID_ARGS, GRID_IDS, SCALARS, draw, on_backend, rounded
-from conftest import assert_close
+from entroloss.tools import reference
+from tests.helpers.assertions import assert_close
+from tests.helpers.cases import GRID_ARGS, GRID_IDS, draw, on_backend, rounded, scalar_names
+from tests.helpers.platforms import backend_dtype_params, backend_params
 
 # 1: every position is its own chunk; 2: chunks that do not divide the rows (3-6 of them,
 # or 12 for the K-dim cases)
@@ -23,7 +24,7 @@ CHUNKS = [1, 2]
 
 def _with_array_scalars(case, backend, options, dtype="float64"):
     out = dict(options)
-    for name in SCALARS[case.loss]:
+    for name in scalar_names(case.loss):
         out[name] = backend.asarray(np.asarray(case.options.get(name, 1.7 if name.endswith("base") else 0.6)),
                                     dtype)
     return out
@@ -35,8 +36,8 @@ def test_chunked_value_matches_reference_and_gradient_the_unchunked(backend, arg
     case = draw(*args)
     fn = getattr(el, case.loss)
     logits, target, options = on_backend(case, backend)
-    expected = reference.loss(case.logits, case.target, **case.reference_kwargs())
-    assert_close(fn(logits, target, chunk_size=chunk_size, **options), expected, backend, "float64")
+    assert_close(fn(logits, target, chunk_size=chunk_size, **options), case.expected(), backend,
+                 "float64")
 
     options = _with_array_scalars(case, backend, options)
     value, grads = el.value_and_grad(fn, logits, target, chunk_size=chunk_size, **options)
@@ -47,17 +48,14 @@ def test_chunked_value_matches_reference_and_gradient_the_unchunked(backend, arg
         assert_close(grads[name], backend.to_numpy(whole[name]), backend, "float64")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "min_ent", "mix_ent", "focal"])
+@pytest.mark.parametrize("backend, dtype", backend_dtype_params(["float32", "float16", "bfloat16"]))
 def test_chunked_in_lower_precision(backend, loss, dtype):
     """Half precisions are computed in float32 chunk by chunk, and returned in their dtype."""
-    if dtype not in backend.dtypes:
-        pytest.skip(f"{backend.id} has no {dtype}")
     case = draw(loss, "ignore", "mean", "chunks")
     fn = getattr(el, loss)
     logits, target, options = on_backend(case, backend, dtype)
-    seen = rounded(case, dtype, backend)
-    expected = reference.loss(seen.logits, seen.target, **seen.reference_kwargs())
+    expected = rounded(case, dtype, backend).expected()
     value, grads = el.value_and_grad(fn, logits, target, chunk_size=2, **options)
     assert_close(value, expected, backend, dtype)
     _, whole = el.value_and_grad(fn, logits, target, **options)
@@ -67,15 +65,16 @@ def test_chunked_in_lower_precision(backend, loss, dtype):
 
 @pytest.mark.parametrize("args", [a for a in GRID_ARGS if a[2] != "none"],
                          ids=[i for i, a in zip(GRID_IDS, GRID_ARGS) if a[2] != "none"])
+@pytest.mark.parametrize("backend", backend_params(["torch", "jax"]))
 def test_chunked_autograd_equals_value_and_grad(backend, args):
-    """torch autograd and jax.grad (under jit) through the chunked forward and backward."""
-    if backend.library not in ("torch", "jax"):
-        pytest.skip("no autograd: value_and_grad is the gradient (tested above)")
+    """torch autograd and jax.grad (under jit) through the chunked forward and backward
+    (the libraries with an autograd; elsewhere value_and_grad is the gradient, tested
+    above)."""
     case = draw(*args)
     fn = getattr(el, case.loss)
     logits, target, options = on_backend(case, backend)
     options = _with_array_scalars(case, backend, options)
-    names = list(SCALARS[case.loss])
+    names = list(scalar_names(case.loss))
     _, expected = el.value_and_grad(fn, logits, target, **options)
     if backend.library == "torch":
         z = logits.clone().requires_grad_(True)
@@ -124,7 +123,7 @@ def test_chunked_with_the_class_axis_first(backend, shape):
     for chunk_size in (1, 2):
         value, grads = el.value_and_grad(el.min_ent, backend.asarray(z), backend.asarray(y),
                                          axis=0, chunk_size=chunk_size)
-        expected = reference.loss(np.moveaxis(z, 0, -1), y, kind="min_ent")
+        expected = reference.loss("min_ent", np.moveaxis(z, 0, -1), y)
         assert_close(value, expected, backend, "float64")
         _, whole = el.value_and_grad(el.min_ent, backend.asarray(z), backend.asarray(y), axis=0)
         assert_close(grads["logits"], backend.to_numpy(whole["logits"]), backend, "float64")

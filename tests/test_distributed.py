@@ -24,6 +24,22 @@ import numpy as np
 import pytest
 
 import entroloss as el
+from tests.helpers.cases import LOSSES
+from tests.helpers.platforms import needs
+
+
+def _why_no_gloo() -> str | None:
+    try:
+        import torch.distributed as dist
+    except ImportError as error:
+        return f"torch is not installed ({error})"
+    if not dist.is_available() or not dist.is_gloo_available():
+        return "torch.distributed with gloo is not available"
+    return None
+
+
+_NO_GLOO = _why_no_gloo()
+needs_gloo = pytest.mark.skipif(_NO_GLOO is not None, reason=_NO_GLOO or "")
 
 # --- the recipe of docs/reliability.md ------------------------------------------------------
 
@@ -146,9 +162,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
@@ -199,6 +212,7 @@ def _expected(name):
     return {"sum": sums, "global-mean": means, "local-mean": naive}
 
 
+@needs_gloo
 @pytest.mark.parametrize("mode", ["sum", "global-mean"])
 @pytest.mark.parametrize("name", list(DDP_CASES))
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(ddp_results, name, mode):
@@ -210,6 +224,7 @@ def test_ddp_gradients_equal_one_process_on_the_whole_batch(ddp_results, name, m
             np.testing.assert_allclose(np.array(g), e, rtol=1e-10, atol=1e-14)
 
 
+@needs_gloo
 @pytest.mark.parametrize("name", ["cross_entropy-weighted-ignore", "min_ent-weighted-ignore-smoothed"])
 def test_ddp_with_a_per_rank_mean_is_a_different_loss(ddp_results, name):
     """With class weights or ignored positions the shards' D differ: averaging per-rank
@@ -226,6 +241,7 @@ def test_ddp_with_a_per_rank_mean_is_a_different_loss(ddp_results, name):
     assert np.max(np.abs(np.array(got["grads"][0]) - right_grads[0])) > 1e-2 * np.max(np.abs(right_grads[0]))
 
 
+@needs_gloo
 def test_ddp_mean_of_equal_soft_shards_needs_no_correction(ddp_results):
     name = "mix_ent-soft"
     got = ddp_results[0][f"{name}|local-mean"]
@@ -323,7 +339,6 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def jax_sharded():
-    pytest.importorskip("jax")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JAX_PLATFORMS": "cpu",
            "JAX_ENABLE_X64": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = subprocess.run([sys.executable, "-c", JAX_SHARDED], capture_output=True, text=True,
@@ -332,6 +347,7 @@ def jax_sharded():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@needs("jax")
 @pytest.mark.parametrize("name", ["cross_entropy", "min_ent", "mix_ent-soft", "adaptive_ce-sum",
                                   "focal-kdim"])
 def test_jax_sharded_logits_under_jit_equal_unsharded(jax_sharded, name):
@@ -345,6 +361,7 @@ def test_jax_sharded_logits_under_jit_equal_unsharded(jax_sharded, name):
     assert r["grad_devices"] == 4 and r["grad_sharded_like_logits"]
 
 
+@needs("jax")
 def test_jax_shard_map_needs_the_global_denominator(jax_sharded):
     r = jax_sharded["shard_map"]
     np.testing.assert_allclose(r["global_value"], r["full_value"], rtol=1e-12)
@@ -363,7 +380,8 @@ def test_jax_shard_map_needs_the_global_denominator(jax_sharded):
 @pytest.fixture
 def dask_data(tmp_path):
     """Logits in a memory-mapped .npy file on disk, read by dask in 10 chunks."""
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
+
     rng = np.random.default_rng(8)
     n, c = 20000, 10
     path = tmp_path / "logits.npy"
@@ -400,7 +418,8 @@ class _Largest:
         self.callback = Record()
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"])
+@needs("dask.array")
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("target_kind", ["soft", "index-smoothed-weighted-ignore",
                                          "index-weighted-ignore"])
 def test_dask_mean_and_sum_are_lazy_chunked_and_match_numpy(dask_data, loss, target_kind):
@@ -436,6 +455,7 @@ def test_dask_mean_and_sum_are_lazy_chunked_and_match_numpy(dask_data, loss, tar
         assert 0 < recorder.largest <= d["nbytes"] / 5, (recorder.largest, d["nbytes"])
 
 
+@needs("dask.array")
 @pytest.mark.parametrize("target_kind", ["soft", "index-ignore"])
 def test_dask_value_and_grad_is_lazy_and_matches_numpy(dask_data, target_kind):
     import dask

@@ -2,7 +2,7 @@
 
 Each test runs the loss the three ways a user can differentiate it: ``el.value_and_grad``
 (every backend), torch autograd (``backward``) and ``jax.grad``, and compares value and
-gradient with the float64 reference of ``reference.py`` evaluated on exactly the inputs the
+gradient with the float64 reference (``entroloss.tools.reference``) evaluated on exactly the inputs the
 backend sees (rounded to its dtype), the gradient by central differences of that
 reference. No NaN or inf may appear where the math is finite, and NaN must appear where an
 input is NaN.
@@ -22,11 +22,15 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from conftest import tolerance
-from reliability_helpers import (LOSSES, compute_ulp, differentiate, known_error, reference_grad,
-                                 reference_loss, rounded)
+from entroloss import _losses
+from entroloss.tools.reference import central_differences
+from tests.helpers.assertions import tolerance
+from tests.helpers.platforms import HALF, backend_dtype_params, backend_params
+from tests.helpers.reliability import (LOSSES, compute_ulp, differentiate, known_error,
+                                       reference_grad, reference_loss, rounded)
 
-DTYPES = ["float64", "float32", "float16", "bfloat16"]
+# every backend with every dtype it has
+EVERY_DTYPE = backend_dtype_params()
 OPTIONS = {  # every regularizer switched on, at values where each term matters
     "cross_entropy": {},
     "min_ent": {"entropy_weight": 0.3},
@@ -39,13 +43,6 @@ _CACHE: dict = {}
 
 @pytest.fixture(params=LOSSES)
 def loss(request):
-    return request.param
-
-
-@pytest.fixture(params=DTYPES)
-def dtype(request, backend):
-    if request.param not in backend.dtypes:
-        pytest.skip(f"{backend.id} has no {request.param}")
     return request.param
 
 
@@ -76,7 +73,7 @@ def check_against_reference(backend, kind, dtype, z, target, **options):
         on["weight"] = backend.asarray(options["weight"], dtype)
     value, grad = _expected(kind, seen_z, seen_t, opts)
     tol = tolerance(dtype)
-    # the implementation's known absolute error (reliability_helpers.known_error; the
+    # the implementation's known absolute error (tests.helpers.reliability.known_error; the
     # precision tests below state the stricter contract)
     known = known_error(kind, seen_z, seen_t, opts, dtype)
     known_g = known_error(kind, seen_z, seen_t, opts, dtype, per_class=True)
@@ -113,6 +110,7 @@ WEIGHT6_HUGE = np.array([1.0, 0.5, 2.0, 1.0, 0.25, 0.75])
 
 @pytest.mark.parametrize("target_kind", ["index", "soft"])
 @pytest.mark.parametrize("variant", ["plain", "smoothed-weighted-kdim"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_huge_logits_and_saturated_softmax(backend, loss, dtype, target_kind, variant):
     target = HUGE_INDEX if target_kind == "index" else HUGE_SOFT
     z = HUGE
@@ -147,6 +145,7 @@ WEIGHT6 = np.array([0.0, 1.0, 2.0, 0.5, 1.0, 1.5])
 
 
 @pytest.mark.parametrize("target_kind", ["index-weighted", "near-one-hot"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_masked_classes_values_and_gradients(backend, loss, dtype, target_kind):
     target = MASKED_INDEX if target_kind == "index-weighted" else NEAR_ONE_HOT
     options = {**OPTIONS[loss], "reduction": "none"}
@@ -158,6 +157,7 @@ def test_masked_classes_values_and_gradients(backend, loss, dtype, target_kind):
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_all_but_one_class_masked_is_exact(backend, loss, dtype, reduction):
     """p is exactly one-hot on the only finite class and the target is that class: every
     loss is 0 except MIX-ENT's ``-reverse_weight * log(1 + eps)``, and every gradient is
@@ -197,6 +197,7 @@ def _past_naive_exp(dtype):
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_logits_past_a_naive_exp(backend, loss, dtype, reduction):
     """Every loss is ``-log p_y`` plus terms that vanish when p is one-hot: with the top
     class at a gap of 6e4..1e308, p is exactly one-hot, the loss equals the gap (to the
@@ -235,19 +236,18 @@ def test_logits_past_a_naive_exp(backend, loss, dtype, reduction):
         np.testing.assert_allclose(grad, g_expected, rtol=0, atol=known, err_msg=path)
 
 
-@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+@pytest.mark.parametrize("backend, half", backend_dtype_params(HALF))
 def test_half_precision_mean_of_a_batch_whose_sum_overflows(backend, half):
     """The sum of 16384 float16 losses exceeds 65504: "mean" must still be the finite
     mean (the reduction is done in float32), while "sum" rounds to +inf in float16, as the
     true value does; bfloat16's range holds both."""
-    if half not in backend.dtypes:
-        pytest.skip(f"{backend.id} has no {half}")
     rng = np.random.default_rng(11)
     z = rng.normal(scale=4.0, size=(16384, 10))
     y = rng.integers(0, 10, size=16384)
     logits = backend.asarray(z, half)
     seen = rounded(backend, z, half)
-    # the reference, vectorised in float64 (16384 rows are too many for reference.py)
+    # the reference, vectorised in float64 (16384 rows are too many for the plain-Python
+    # entroloss.tools.reference)
     m = seen.max(axis=1, keepdims=True)
     ce = (m[:, 0] + np.log(np.exp(seen - m).sum(axis=1))) - seen[np.arange(16384), y]
     with np.errstate(over="ignore"):
@@ -267,6 +267,7 @@ def test_half_precision_mean_of_a_batch_whose_sum_overflows(backend, half):
 # --- tiny eps ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target_kind", ["index", "smoothed", "soft-with-zeros"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_tiny_eps(backend, dtype, target_kind):
     """eps = 1e-30 (a normal float32): ``-log eps ~ 69`` weighs the mass off the target;
     values and gradients stay finite and agree with the reference on every path."""
@@ -328,6 +329,7 @@ def test_mix_ent_reverse_term_keeps_its_precision_as_p_goes_to_one(backend):
 
 @pytest.mark.parametrize("gamma", [0.25, 0.75])
 @pytest.mark.parametrize("target_kind", ["one-hot-soft", "smoothed-index"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_focal_gamma_below_one_as_p_goes_to_one(backend, dtype, gamma, target_kind):
     """``(1-p)^(gamma-1)`` diverges as p -> 1 while ``p log p`` -> 0: the gradient must take
     the limit 0, not ``inf * 0``. test_edges covers the sparse class-index path; this is the
@@ -354,6 +356,7 @@ def test_focal_gamma_below_one_as_p_goes_to_one(backend, dtype, gamma, target_ki
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("target_kind", ["index", "smoothed-soft"])
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_nan_logits_give_nan_through_every_path(backend, loss, dtype, target_kind):
     """A NaN logit makes its position's value and gradient NaN (also next to a masked
     class), the reduced loss NaN, and leaves the other positions exactly as they are
@@ -403,7 +406,7 @@ def test_nan_in_other_inputs_gives_nan(backend, loss):
     soft[2, 1] = np.nan
     out = backend.to_numpy(fn(z, backend.asarray(soft), validate=False, reduction="none"))
     assert np.isnan(out[2]) and np.all(np.isfinite(out[[0, 1, 3]]))
-    scalar = "base" if loss in ("cross_entropy", "adaptive_ce", "focal") else "ce_weight"
+    scalar = "base" if "base" in _losses.by_name(loss).scalars else "ce_weight"
     nan = backend.asarray(np.float64(np.nan))
     assert np.isnan(backend.to_numpy(fn(z, y, validate=False, **{scalar: nan})))
 
@@ -422,6 +425,7 @@ def _entropy64(row):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_entropy_and_softmax_on_extremes(backend, dtype):
     """entropy stays in [0, log C], softmax rows sum to 1 and log_softmax is -inf only at
     masked (or underflowed) classes, for masked, saturated and past-exp logits; on torch and
@@ -456,22 +460,19 @@ def test_entropy_and_softmax_on_extremes(backend, dtype):
     g = np.delete(g, 1, axis=0)  # the fully masked row: test_gradient_of_a_fully_masked_row
     seen = np.delete(seen, 1, axis=0)
     assert np.all(np.isfinite(g)) and np.all(g[np.isneginf(seen)] == 0)
-    fd = np.zeros_like(seen)
-    for i, j in np.ndindex(seen.shape):
-        if np.isfinite(seen[i, j]) and abs(seen[i, j]) < 1e5:
-            up, down = seen[i].copy(), seen[i].copy()
-            up[j] += 1e-5
-            down[j] -= 1e-5
-            fd[i, j] = (_entropy64(up) - _entropy64(down)) / 2e-5
+    # central differences of each row's entropy, at its finite, moderate logits
+    fd = np.stack([central_differences(_entropy64, row, step=1e-5,
+                                       where=np.isfinite(row) & (np.abs(row) < 1e5))
+                   for row in seen])
     np.testing.assert_allclose(g, fd, rtol=tol["rtol"], atol=max(tol["atol"], 1e-6))
 
 
-def test_gradient_of_a_fully_masked_row(backend, request):
+@pytest.mark.parametrize("backend", backend_params(["torch", "jax"]))
+def test_gradient_of_a_fully_masked_row(backend):
     """entropy, log_softmax and softmax of a row whose logits are all -inf (entropy 0, no
-    probability anywhere): their gradients through the framework's own autograd are 0 for
-    that row, and do not depend on what ran before in the process."""
-    if backend.library not in ("torch", "jax"):
-        pytest.skip("no autograd: these three are differentiated by the framework")
+    probability anywhere): their gradients through the framework's own autograd (torch,
+    JAX; the other libraries have none) are 0 for that row, and do not depend on what ran
+    before in the process."""
     if backend.library == "torch":
         import torch
 

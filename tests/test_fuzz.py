@@ -5,7 +5,7 @@ differentiates (``el.value_and_grad``; torch autograd; ``jax.grad`` under ``jax.
 
 Properties:
 - values and gradients (logits and the weights and bases given as 0-d arrays) agree with
-  the independent float64 reference of ``reference.py`` (gradients by central
+  the independent float64 reference of ``entroloss.tools.reference`` (gradients by central
   differences of it), evaluated on exactly the inputs the backend sees, within the dtype's
   tolerance; NaN only where the reference is NaN, +-inf only where it is or where the
   true value is beyond the dtype's range;
@@ -16,8 +16,9 @@ Properties:
 - each position's logit gradient sums to 0 over the classes (cross entropy, as asked, and
   every other loss, since each is shift invariant).
 
-Tolerances: the dtype's (conftest.tolerance), relative to the size of the terms that may
-cancel, plus a few ulps of those terms (``reliability_helpers.known_error``).
+Tolerances: the dtype's (``tests.helpers.assertions.tolerance``), relative to the size of
+the terms that may cancel, plus a few ulps of those terms
+(``tests.helpers.reliability.known_error``).
 
 Profiles (hypothesis settings profiles, chosen by ``ENTROLOSS_FUZZ``):
 - ``quick`` (default, CI): derandomized; per backend 40 examples of the reference
@@ -47,10 +48,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import entroloss as el
-from cases import SCALARS, Case
-from conftest import tolerance
-from reliability_helpers import (LOSSES, coefficient_scale, compute_ulp, known_error,
-                                 reference_loss)
+from entroloss import _losses
+from entroloss.tools import reference
+from tests.helpers.assertions import tolerance
+from tests.helpers.cases import Case, scalar_names
+from tests.helpers.reliability import (LOSSES, coefficient_scale, compute_ulp, known_error,
+                                       reference_loss)
 
 PROFILE = os.environ.get("ENTROLOSS_FUZZ", "quick")
 if PROFILE not in ("quick", "long"):
@@ -129,6 +132,7 @@ SCALAR_RANGES = {  # weights may be negative only where the math allows it (a pe
     "entropy_weight": (-1.0, 3.0),
     "reverse_weight": (0.0, 3.0),
 }
+assert set(SCALAR_RANGES) == {w for d in _losses.LOSSES for w in d.weights}, "a weight without a range"
 
 
 def _base(draw, dtype, above_one):
@@ -211,7 +215,7 @@ def fuzz_cases(draw, backend, *, above_one=False, non_negative=False, grid=False
             w = np.where(rng.random(num_classes) < 0.3, 0.0, w)
         options["weight"] = w
     arrays = []
-    for name in SCALARS[loss]:
+    for name in scalar_names(loss):
         if not draw(st.booleans()):
             continue
         if name.endswith("base"):
@@ -221,9 +225,9 @@ def fuzz_cases(draw, backend, *, above_one=False, non_negative=False, grid=False
             options[name] = draw(st.floats(0.0 if non_negative else low, high))
         if draw(st.booleans()):
             arrays.append(name)
-    if loss == "mix_ent" and draw(st.booleans()):
+    if _losses.by_name(loss).takes_eps and draw(st.booleans()):
         options["eps"] = 10.0 ** draw(st.floats(-30.0, -1.0))
-    if loss == "focal":
+    if _losses.by_name(loss).gamma is None:  # focal: gamma is an option
         options["gamma"] = draw(st.floats(0.0, 4.0))
     if draw(st.booleans()):  # a few rows at a time: the chunked forward and backward
         options["chunk_size"] = draw(st.integers(1, 4))
@@ -294,12 +298,9 @@ def _evaluate(backend, fn, logits, target, options: dict, arrays: tuple) -> list
 def reference_grads(case: Case, arrays: tuple) -> dict:
     """Central differences of the reference's sum(loss), for the logits (finite entries;
     -inf gets 0) and each scalar passed as an array."""
-    import reference
 
     def total(logits, options):
-        return float(np.sum(reference.loss(logits, case.target,
-                                           **Case(case.loss, logits, case.target,
-                                                  options).reference_kwargs())))
+        return float(np.sum(reference.loss(case.loss, logits, case.target, **options)))
 
     # The losses are invariant to a constant added to a position's logits (a property
     # fuzzed below): differences are taken at the logits minus each position's largest
@@ -309,20 +310,12 @@ def reference_grads(case: Case, arrays: tuple) -> dict:
     top = np.max(finite, axis=axis, keepdims=True, initial=-np.inf)
     z = case.logits - np.where(np.isfinite(top), top, 0.0)
     step = 1e-6
-    g = np.zeros_like(z)
-    for index in np.ndindex(z.shape):
-        if np.isfinite(z[index]):
-            up, down = z.copy(), z.copy()
-            up[index] += step
-            down[index] -= step
-            g[index] = (total(up, case.options) - total(down, case.options)) / (2 * step)
-    out = {"logits": g}
+    out = {"logits": reference.central_differences(lambda v: total(v, case.options), z, step=step)}
     for name in arrays:
         value = case.options[name]
-        h = step * max(1.0, abs(value))
-        up, down = dict(case.options), dict(case.options)
-        up[name], down[name] = value + h, value - h
-        out[name] = (total(z, up) - total(z, down)) / (2 * h)
+        out[name] = reference.central_differences(
+            lambda v: total(z, {**case.options, name: float(v)}), value,
+            step=step * max(1.0, abs(value)))
     return out
 
 
@@ -330,7 +323,7 @@ def _magnitude(case: Case) -> np.ndarray:
     """The loss with every term made non-negative (|weights|, |ln b|): the scale that
     rounding errors are relative to when terms of both signs cancel."""
     opts = dict(case.options)
-    for name in SCALARS[case.loss]:
+    for name in scalar_names(case.loss):
         if name in opts:
             opts[name] = abs(opts[name]) if not name.endswith("base") else max(opts[name], 1 / opts[name])
     return np.abs(reference_loss(case.loss, case.logits, case.target, opts))
@@ -427,16 +420,15 @@ def test_loss_is_non_negative_where_the_math_says_so(backend):
         fn = getattr(el, case.loss)
         logits, target, options, seen = _on_backend(backend, case, dtype, arrays)
         for path, value, _ in evaluate(backend, fn, logits, target, options, arrays):
-            if case.loss != "mix_ent":
+            if _losses.by_name(case.loss).regularizer != "reverse":  # all but MIX-ENT
                 assert np.all(value[~np.isnan(value)] >= 0), (path, value)
                 continue
             # R >= -log(1 + eps) since q <= 1, and CE, H >= 0: a position's loss is
             # >= -s * c with s = w_y (1 for soft targets, 0 if ignored) and
             # c = reverse_weight * log(1 + eps) / ln b; "sum" adds those, and "mean", a
             # weighted average (over sum s), is >= -c
-            eps = seen.options.get("eps", 1e-6)
-            c = (seen.options.get("reverse_weight", 1.0) * math.log1p(eps)
-                 / math.log(seen.options.get("reverse_base", math.e)))
+            r = reference.resolve_options(seen.loss, **seen.options)
+            c = r["reg_weight"] * math.log1p(r["eps"]) / math.log(r["reg_base"])
             s = _position_weights(seen)
             bound = {"none": -c * s, "sum": -c * np.sum(s), "mean": -c}[case.options["reduction"]]
             bound = np.broadcast_to(bound, np.shape(value))

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from cases import GRID_ARGS, GRID_IDS, SCALARS, draw, on_backend
-from conftest import assert_close
+from entroloss import _losses
+from entroloss.tools.reference import central_differences
+from tests.helpers.assertions import assert_close
+from tests.helpers.cases import GRID_ARGS, GRID_IDS, draw, on_backend, scalar_names
+
+# every public weight and base of every loss
+SCALAR_NAMES = {name for definition in _losses.LOSSES for name in definition.scalars}
 
 
 def _total(fn, logits, target, options):
@@ -16,20 +21,13 @@ def _total(fn, logits, target, options):
 
 def finite_differences(fn, logits, target, options, *, step=1e-6):
     """Central differences of sum(loss) in float64, for the logits and each scalar option."""
-    grad = np.zeros_like(logits)
-    for index in np.ndindex(logits.shape):
-        up, down = logits.copy(), logits.copy()
-        up[index] += step
-        down[index] -= step
-        grad[index] = (_total(fn, up, target, options) - _total(fn, down, target, options)) / (2 * step)
-    scalars = {}
+    grad = central_differences(lambda z: _total(fn, z, target, options), logits, step=step)
+    grads = {}
     for name, value in options.items():
-        if isinstance(value, float) and name in ("base", "ce_weight", "ce_base", "entropy_weight",
-                                                  "entropy_base", "reverse_weight", "reverse_base"):
-            up, down = dict(options), dict(options)
-            up[name], down[name] = value + step, value - step
-            scalars[name] = (_total(fn, logits, target, up) - _total(fn, logits, target, down)) / (2 * step)
-    return grad, scalars
+        if isinstance(value, float) and name in SCALAR_NAMES:
+            grads[name] = central_differences(
+                lambda v: _total(fn, logits, target, {**options, name: float(v)}), value, step=step)
+    return grad, grads
 
 
 @pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)
@@ -37,22 +35,22 @@ def test_gradients_match_finite_differences(backend, args):
     case = draw(*args)
     fn = getattr(el, case.loss)
     options = dict(case.options)
-    for name in SCALARS[case.loss]:  # every weight and base takes part, at a drawn value
+    for name in scalar_names(case.loss):  # every weight and base takes part, at a drawn value
         options.setdefault(name, 2.0 if name.endswith("base") else 0.7)
     expected_logits, expected_scalars = finite_differences(fn, case.logits, case.target, options)
 
     logits, target, on = on_backend(case, backend)
-    for name in SCALARS[case.loss]:
+    for name in scalar_names(case.loss):
         on[name] = backend.asarray(options[name])
     value, grads = el.value_and_grad(fn, logits, target, **on)
 
     assert_close(value, np.asarray(fn(case.logits, case.target, **options)), backend, "float64")
-    assert set(grads) == {"logits", *SCALARS[case.loss]}
+    assert set(grads) == {"logits", *scalar_names(case.loss)}
     # central differences with step 1e-6 are good to ~1e-8 on these O(1) values
     tol = dict(rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(backend.to_numpy(grads["logits"]), expected_logits, **tol)
     assert_close(grads["logits"], expected_logits, backend, "float64", scale=1e4)
-    for name in SCALARS[case.loss]:
+    for name in scalar_names(case.loss):
         assert tuple(grads[name].shape) == ()
         np.testing.assert_allclose(backend.to_numpy(grads[name]), expected_scalars[name], **tol)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from conftest import assert_close
+from tests.helpers.assertions import assert_close
+from tests.helpers.cases import LOSSES
 
 RNG = np.random.default_rng(20261122)
 Z = RNG.normal(scale=2.0, size=(7, 5))
@@ -97,7 +98,7 @@ def test_entropy_lies_between_zero_and_log_classes(backend):
     np.testing.assert_allclose(bits, h / math.log(2), rtol=1e-12)
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_invariant_to_a_constant_added_to_the_logits(backend, data, loss):
     z, t = data
     fn = getattr(el, loss)

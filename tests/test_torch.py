@@ -9,22 +9,24 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from cases import GRID_ARGS, GRID_IDS, SCALARS, draw, on_backend
+from entroloss import _losses
+from tests.helpers.cases import GRID_ARGS, GRID_IDS, LOSSES, draw, on_backend, scalar_names
+from tests.helpers.platforms import needs_platform
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-LOSSES = ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)
-def test_autograd_equals_value_and_grad(tb, args, dtype):
+def test_autograd_equals_value_and_grad(torch_backend, args, dtype):
     case = draw(*args)
     fn = getattr(el, case.loss)
-    logits, target, options = on_backend(case, tb, dtype)
+    logits, target, options = on_backend(case, torch_backend, dtype)
     tensors = {name: torch.tensor(options.pop(name, 1.7 if name.endswith("base") else 0.6),
-                                  dtype=getattr(torch, dtype), device=tb.device, requires_grad=True)
-               for name in SCALARS[case.loss]}
+                                  dtype=getattr(torch, dtype), device=torch_backend.device,
+                                  requires_grad=True)
+               for name in scalar_names(case.loss)}
     value, grads = el.value_and_grad(fn, logits, target, **options, **tensors)
     z = logits.clone().requires_grad_(True)
     out = fn(z, target, **options, **tensors)
@@ -47,7 +49,7 @@ def test_gradcheck(loss, target_kind):
     options = dict(case.options)
     if "weight" in options:
         options["weight"] = torch.as_tensor(options["weight"])
-    names = SCALARS[loss]
+    names = scalar_names(loss)
     scalars = [torch.tensor(options.pop(n, 2.5 if n.endswith("base") else 0.8),
                             dtype=torch.float64, requires_grad=True) for n in names]
 
@@ -85,18 +87,19 @@ def test_value_and_grad_results_are_detached():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("kind", ["index", "soft", "ignore", "kdim", "weighted-smooth",
                                   "weighted-smooth-ignore", "soft-weighted-smooth"])
-def test_equals_torch_cross_entropy(tb, kind, reduction, dtype):
+def test_equals_torch_cross_entropy(torch_backend, kind, reduction, dtype):
     rng = np.random.default_rng(abs(hash((kind, reduction))) % 2**32)
     dt = getattr(torch, dtype)
     shape = (6, 5, 3, 2) if kind == "kdim" else (9, 5)
-    z = torch.tensor(rng.normal(scale=2, size=shape), dtype=dt, device=tb.device)
+    z = torch.tensor(rng.normal(scale=2, size=shape), dtype=dt, device=torch_backend.device)
     target_shape = (shape[0],) + shape[2:]
-    y = torch.tensor(rng.integers(0, 5, size=target_shape), device=tb.device)
+    y = torch.tensor(rng.integers(0, 5, size=target_shape), device=torch_backend.device)
     ours, theirs = {"reduction": reduction}, {"reduction": reduction}
     if kind.startswith("soft"):
-        y = torch.softmax(torch.tensor(rng.normal(size=shape), dtype=dt, device=tb.device), dim=1)
+        y = torch.softmax(torch.tensor(rng.normal(size=shape), dtype=dt,
+                                       device=torch_backend.device), dim=1)
     if "weighted" in kind:
-        w = torch.tensor(rng.uniform(0.2, 2, 5), dtype=dt, device=tb.device)
+        w = torch.tensor(rng.uniform(0.2, 2, 5), dtype=dt, device=torch_backend.device)
         ours["weight"] = theirs["weight"] = w
     if "smooth" in kind:
         ours["label_smoothing"] = theirs["label_smoothing"] = 0.15
@@ -166,6 +169,7 @@ def test_modules_match_the_functions():
         (tmod.AdaptiveCELoss(reduction="sum"), el.adaptive_ce(z, y, reduction="sum")),
         (tmod.FocalLoss(gamma=0.5), el.focal(z, y, gamma=0.5)),
     ]
+    assert {type(module).__name__ for module, _ in pairs} == {d.module for d in _losses.LOSSES}
     for module, expected in pairs:
         torch.testing.assert_close(module(z, y), expected)
 
@@ -194,9 +198,8 @@ def test_learnable_module_keeps_bases_above_one_and_learns():
         tmod.MinEntLoss(learnable=True, entropy_base=0.5)
 
 
+@needs_platform("torch-cuda")
 def test_cuda_and_cpu_tensors_are_not_mixed():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device here")
     z = torch.randn(4, 3, device="cuda")
     with pytest.raises(ValueError, match="device"):
         el.cross_entropy(z, torch.tensor([0, 1, 2, 0]))

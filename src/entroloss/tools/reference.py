@@ -1,62 +1,158 @@
-"""A float64 NumPy reference for ``entroloss verify``, independent of ``_math``.
+"""An independent float64 reference of every loss, in plain Python ``math``, one position at
+a time; gradients by central finite differences of it.
 
-It builds the dense target distribution and evaluates the definitions of the math page
-literally; gradients come from central finite differences of it, never from the
-package's hand-derived backward. Slow and simple on purpose: it is a yardstick.
+It shares no code with the package's math (``entroloss._math``, ``entroloss._api``): it
+follows the definitions of ``docs/math.md`` literally (the sums as written, no stabilising
+rewrites beyond subtracting the row maximum), so an error in the package's vectorised math
+or its hand-derived gradients cannot hide in both. It reads only the declarative registry
+(``entroloss._losses``): which regularizer and focal exponent a loss has, and which public
+keywords name its weights and bases. Slow and simple on purpose: it is a yardstick, used by
+``entroloss verify`` and by the test suite.
+
+Both functions take a loss by its public name and exactly the public keyword arguments,
+with the public defaults::
+
+    loss("min_ent", logits, target, entropy_weight=0.5, reduction="sum")
+    gradient("min_ent", logits, target, entropy_weight=0.5, reduction="sum")
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import numpy as np
 
+from .._losses import SLOT_DEFAULTS, by_name
 
-def loss(logits, target, name, *, axis=-1, weight=None, ignore_index=None, label_smoothing=0.0,
-         reduction="mean", gamma=0.0, eps=1e-6, ce_weight=1.0, ce_base=math.e,
-         reg_weight=0.0, reg_base=math.e):
-    z = np.moveaxis(np.asarray(logits, np.float64), axis, -1)
-    classes = z.shape[-1]
-    top = np.max(z, axis=-1, keepdims=True)
-    top = np.where(np.isneginf(top), 0.0, top)
-    log_p = z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
-    p = np.exp(log_p)
-    w = np.ones(classes) if weight is None else np.asarray(weight, np.float64)
+__all__ = ["loss", "gradient", "central_differences", "resolve_options", "STEP"]
+
+# The options every loss takes, with the public defaults. ``validate`` and ``chunk_size``
+# say how a loss is computed, not what: accepted, so one options dict serves both the
+# public function and the reference, and ignored.
+COMMON = {"axis": -1, "weight": None, "ignore_index": None, "label_smoothing": 0.0,
+          "reduction": "mean", "validate": True, "chunk_size": None}
+FOCAL_GAMMA = 2.0  # the public default of ``focal(gamma=...)``, the one loss taking gamma
+EPS = 1e-6  # the public default of ``mix_ent(eps=...)``
+STEP = 1e-6  # the central-difference step of ``gradient``
+
+
+def resolve_options(name: str, **options: Any) -> dict:
+    """The options of ``name`` with every default filled in and the weights and bases mapped
+    to the four terms of the shared formula (``docs/math.md``)::
+
+        l = ce_weight * F_gamma / ln(ce_base)  +  s * reg_weight * G / ln(reg_base)
+
+    Returns a dict of ``ce_weight, ce_base, reg_weight, reg_base, regularizer, gamma, eps``
+    and the common options. A keyword the public function does not take is a
+    ``TypeError``, as it is there."""
+    definition = by_name(name)
+    allowed = set(COMMON) | set(definition.option_names())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword arguments {unknown}")
+    out = {key: options.get(key, default) for key, default in COMMON.items()}
+    out.update(SLOT_DEFAULTS)
+    for public, slot in definition.scalars.items():
+        out[slot] = float(options.get(public, definition.scalar_default(public)))
+    out["regularizer"] = definition.regularizer
+    out["gamma"] = (float(options.get("gamma", FOCAL_GAMMA)) if definition.gamma is None
+                    else definition.gamma)
+    out["eps"] = float(options.get("eps", EPS))
+    if out["weight"] is not None:
+        out["weight"] = [float(v) for v in np.asarray(out["weight"], dtype=np.float64)]
+    return out
+
+
+def _position_terms(z, y, t, *, weight, label_smoothing, gamma, eps):
+    """(F_gamma, H, R, s) for one position: z logits, y class index or None, t soft target."""
+    num = len(z)
+    top = max(z)
+    if top == -math.inf:
+        top = 0.0
+    lse = top + math.log(sum(math.exp(v - top) for v in z))
+    log_p = [v - lse for v in z]
+    p = [math.exp(v) for v in log_p]
+    w = [1.0] * num if weight is None else list(weight)
+    if t is None:
+        q = [(1 - label_smoothing) * (c == y) + label_smoothing / num for c in range(num)]
+        s = w[y]
+    else:
+        q = [(1 - label_smoothing) * t[c] + label_smoothing / num for c in range(num)]
+        s = 1.0
+    focal = 0.0
+    for c in range(num):
+        if w[c] * q[c] != 0:
+            focal -= w[c] * q[c] * (1 - p[c]) ** gamma * log_p[c]
+    ent = -sum(p[c] * log_p[c] for c in range(num) if p[c] > 0)
+    rev = -sum(p[c] * math.log(q[c] + eps) for c in range(num))
+    return focal, ent, rev, s
+
+
+def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
+    """The loss ``name`` (a public function's name, e.g. ``"min_ent"``) of NumPy inputs, in
+    float64, for the public keyword ``options``: a 0-d array for "mean" and "sum", one
+    value per position for "none"."""
+    o = resolve_options(name, **options)
+    axis = o["axis"]
+    z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
+    num = z.shape[-1]
+    rows = z.reshape(-1, num)
     soft = np.asarray(target).dtype.kind == "f"
     if soft:
-        onehot = np.moveaxis(np.asarray(target, np.float64), axis, -1)
-        keep = np.ones(z.shape[:-1], bool)
-        s = np.ones(z.shape[:-1])
+        targets = np.moveaxis(np.asarray(target, dtype=np.float64), axis, -1).reshape(-1, num)
     else:
-        y = np.asarray(target)
-        keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
-        y = np.where(keep, y, 0)
-        onehot = np.eye(classes)[y]
-        s = w[y]
-    q = (1 - label_smoothing) * onehot + label_smoothing / classes
-    with np.errstate(invalid="ignore", divide="ignore"):
-        focal = np.where(w * q > 0, -w * q * (1 - p) ** gamma * log_p, 0.0).sum(-1)
-        entropy = -np.where(p > 0, p * log_p, 0.0).sum(-1)
-    reverse = -(p * np.log(q + eps)).sum(-1)
-    reg = {"min_ent": entropy, "mix_ent": reverse}.get(name, 0.0)
-    per = ce_weight * focal / math.log(ce_base) + s * reg_weight * reg / math.log(reg_base)
-    per = np.where(keep, per, 0.0)
-    if reduction == "none":
-        return per
-    if reduction == "sum":
-        return per.sum()
-    denominator = per.size if soft else np.sum(np.where(keep, s, 0.0))
-    return per.sum() / denominator if denominator > 0 else math.nan
+        targets = np.asarray(target).reshape(-1)
+    losses, counted = [], 0.0
+    for i in range(rows.shape[0]):
+        zi = [float(v) for v in rows[i]]
+        if not soft and o["ignore_index"] is not None and int(targets[i]) == o["ignore_index"]:
+            losses.append(0.0)
+            continue
+        y, t = (None, [float(v) for v in targets[i]]) if soft else (int(targets[i]), None)
+        focal, ent, rev, s = _position_terms(
+            zi, y, t, weight=o["weight"], label_smoothing=o["label_smoothing"],
+            gamma=o["gamma"], eps=o["eps"])
+        value = o["ce_weight"] * focal / math.log(o["ce_base"])
+        if o["regularizer"] is not None:
+            reg = ent if o["regularizer"] == "entropy" else rev
+            value += s * o["reg_weight"] * reg / math.log(o["reg_base"])
+        losses.append(value)
+        counted += s
+    out = np.array(losses, dtype=np.float64).reshape(z.shape[:-1])
+    if o["reduction"] == "none":
+        return out
+    if o["reduction"] == "sum":
+        return np.float64(sum(losses))
+    denominator = float(out.size) if soft else counted
+    return np.float64(sum(losses) / denominator) if denominator > 0 else np.float64(math.nan)
 
 
-def gradient(logits, target, name, *, step=1e-6, **options):
-    """Central differences of ``sum(loss)`` with respect to the logits."""
-    logits = np.asarray(logits, np.float64)
-    grad = np.zeros_like(logits)
-    for index in np.ndindex(logits.shape):
-        up, down = logits.copy(), logits.copy()
+def central_differences(f: Callable[[np.ndarray], float], x, *, step: float = STEP,
+                        where=None) -> np.ndarray:
+    """``d f / d x`` by central differences, in float64: ``(f(x + h e_i) - f(x - h e_i)) /
+    2h`` for each entry ``i`` of ``x`` (a 0-d array for a scalar). Entries where ``where``
+    is False (by default: the non-finite ones, such as -inf masked logits, which have no
+    gradient) are not moved and get 0."""
+    x = np.asarray(x, dtype=np.float64)
+    where = np.isfinite(x) if where is None else np.broadcast_to(where, x.shape)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        if not where[index]:
+            continue
+        up, down = x.copy(), x.copy()
         up[index] += step
         down[index] -= step
-        grad[index] = (np.sum(loss(up, target, name, **options))
-                       - np.sum(loss(down, target, name, **options))) / (2 * step)
+        grad[index] = (float(f(up)) - float(f(down))) / (2 * step)
     return grad
+
+
+def gradient(name: str, logits, target, /, **options: Any) -> np.ndarray:
+    """``d sum(loss(name, logits, target, **options)) / d logits`` by central differences
+    (step ``STEP``), in float64; non-finite logits get 0. For finite losses only."""
+    resolve_options(name, **options)  # an unknown keyword fails here, not once per entry
+
+    def total(z):
+        return float(np.sum(loss(name, z, target, **options)))
+
+    return central_differences(total, logits)

@@ -18,45 +18,12 @@ import numpy as np
 import entroloss as el
 
 from .._losses import LOSSES, LossDef
+from . import reference
 from .platforms import Platform, available
 
 # error bounds relative to max(1, |reference|): rounding of the inputs is in the reference
 BOUNDS = {"float64": (1e-9, 1e-6), "float32": (1e-5, 1e-4), "float16": (3e-3, 3e-3),
           "bfloat16": (2e-2, 2e-2)}
-
-
-# --- TEMPORARY: remove at the merge of the tests branch ------------------------------------
-# The tests branch merges the float64 references into ``reference.loss(name, logits,
-# target, /, **options)`` and ``reference.gradient(...)`` with the public keyword names.
-# Until it lands, this class gives the old reference (``loss(logits, target, name, *,
-# ce_weight, ce_base, reg_weight, reg_base, gamma, eps, ...)``) that signature. At the merge
-# delete from here to the closing rule and write ``from . import reference`` instead.
-from .._losses import by_name  # noqa: E402
-from . import reference as _old_reference  # noqa: E402
-
-
-class reference:  # noqa: N801 - stands in for the module of the same name
-    @staticmethod
-    def _slot_options(name: str, options: dict) -> dict:
-        definition = by_name(name)
-        slots = {k: v for k, v in options.items() if k not in definition.scalars}
-        for public, slot in definition.scalars.items():
-            slots[slot] = options.get(public, definition.scalar_default(public))
-        if definition.gamma is not None:
-            slots["gamma"] = definition.gamma
-        if definition.takes_eps:
-            slots["eps"] = options.get("eps", 1e-6)
-        return slots
-
-    @staticmethod
-    def loss(name, logits, target, /, **options):
-        return _old_reference.loss(logits, target, name, **reference._slot_options(name, options))
-
-    @staticmethod
-    def gradient(name, logits, target, /, **options):
-        return _old_reference.gradient(logits, target, name,
-                                       **reference._slot_options(name, options))
-# --- end of TEMPORARY ------------------------------------------------------------------------
 
 
 @dataclass

@@ -12,29 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LOSSES = ("cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal")
+from entroloss import _losses
+from entroloss.tools import reference
+
+LOSSES = tuple(definition.name for definition in _losses.LOSSES)
 TARGETS = ("index", "soft", "ignore", "kdim")
 REDUCTIONS = ("mean", "sum", "none")
 
-# public option name -> the reference's keyword
-_REFERENCE_NAMES = {
-    "base": "ce_base",
-    "ce_weight": "ce_weight",
-    "ce_base": "ce_base",
-    "entropy_weight": "reg_weight",
-    "entropy_base": "reg_base",
-    "reverse_weight": "reg_weight",
-    "reverse_base": "reg_base",
-}
 
-# the weights and bases each loss takes
-SCALARS = {
-    "cross_entropy": ("base",),
-    "adaptive_ce": ("base",),
-    "focal": ("base",),
-    "min_ent": ("ce_weight", "entropy_weight", "ce_base", "entropy_base"),
-    "mix_ent": ("ce_weight", "reverse_weight", "ce_base", "reverse_base"),
-}
+def scalar_names(loss: str) -> tuple[str, ...]:
+    """The public names of the weights and bases ``loss`` takes, in signature order."""
+    return tuple(_losses.by_name(loss).scalars)
 
 
 @dataclass
@@ -42,16 +30,11 @@ class Case:
     loss: str
     logits: np.ndarray  # float64
     target: np.ndarray  # int64 indices or float64 probabilities
-    options: dict  # Python values; class weight as a NumPy array
+    options: dict  # the public keywords: Python values; class weight as a NumPy array
 
-    def reference_kwargs(self) -> dict:
-        out = {"kind": self.loss}
-        for name, value in self.options.items():
-            if name != "chunk_size":  # how it is computed, not what
-                out[_REFERENCE_NAMES.get(name, name)] = value
-        if "weight" in out and out["weight"] is not None:
-            out["weight"] = [float(v) for v in out["weight"]]
-        return out
+    def expected(self) -> np.ndarray:
+        """The float64 reference's loss of this case."""
+        return reference.loss(self.loss, self.logits, self.target, **self.options)
 
 
 def draw(loss: str, target_kind: str, reduction: str, salt: str = "") -> Case:
@@ -79,15 +62,15 @@ def draw(loss: str, target_kind: str, reduction: str, salt: str = "") -> Case:
         options["weight"] = rng.uniform(0.2, 2.0, size=num_classes)
     if rng.random() < 0.6:
         options["label_smoothing"] = float(rng.choice([0.05, 0.1, 0.3]))
-    for name in SCALARS[loss]:
+    for name in scalar_names(loss):
         if rng.random() < 0.7:
             if name.endswith("base"):
                 options[name] = float(rng.choice([2.0, 10.0, 0.5, 3.7]))
             else:
                 options[name] = float(rng.uniform(0.1, 2.0))
-    if loss == "mix_ent" and rng.random() < 0.5:
+    if _losses.by_name(loss).takes_eps and rng.random() < 0.5:
         options["eps"] = float(rng.choice([1e-3, 1e-8]))
-    if loss == "focal":
+    if _losses.by_name(loss).gamma is None:  # focal: gamma is an option
         options["gamma"] = float(rng.choice([0.5, 1.5, 2.0, 3.0]))
     return Case(loss, logits, target, options)
 
