@@ -59,18 +59,24 @@ def test_gradcheck(loss, target_kind):
     assert torch.autograd.gradcheck(f, (z, *scalars), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-def test_double_backward_raises_a_clear_error():
-    """A gradient penalty must not silently lose its second-order term."""
+def test_double_backward_differentiates_the_gradient():
+    """A gradient penalty keeps its second-order term (tests/test_dropin.py checks it
+    against gradgradcheck and at saturated logits)."""
     z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="differentiable once"):
-        torch.autograd.grad(el.min_ent(z, torch.tensor([0, 1, 2, 0])), z, create_graph=True)
+    y = torch.tensor([0, 1, 2, 0])
+    grad, = torch.autograd.grad(el.min_ent(z, y), z, create_graph=True)
+    penalty, = torch.autograd.grad(grad.square().sum(), z)
+    plain = lambda z: el.cross_entropy(z, y) - (torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1).mean()
+    expected, = torch.autograd.grad(torch.autograd.grad(plain(z), z, create_graph=True)[0].square().sum(), z)
+    torch.testing.assert_close(penalty, expected)
 
 
-def test_gradients_to_target_or_class_weight_are_refused():
+def test_gradients_reach_a_soft_target_but_class_weights_are_refused():
     z = torch.randn(4, 3, requires_grad=True)
     soft = torch.softmax(torch.randn(4, 3), -1).requires_grad_(True)
-    with pytest.raises(ValueError, match="target"):
-        el.cross_entropy(z, soft)
+    el.cross_entropy(z, soft).backward()
+    expected = -torch.log_softmax(z.detach(), -1) / 4
+    torch.testing.assert_close(soft.grad, expected)
     with pytest.raises(ValueError, match="weight"):
         el.cross_entropy(z, torch.tensor([0, 1, 2, 0]), weight=torch.ones(3, requires_grad=True))
 

@@ -12,7 +12,7 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from . import _losses, _math
 from . import _validate as check
@@ -29,6 +29,10 @@ __all__ = [
     "softmax",
     "value_and_grad",
 ]
+
+# An array of any array-API library; a result has the logits' type (library, device, dtype).
+Array = TypeVar("Array")
+Reduction = Literal["mean", "sum", "none"]
 
 # The keywords every loss takes, beyond its own (LossDef.option_names).
 COMMON_OPTIONS = ("axis", "weight", "ignore_index", "label_smoothing", "reduction", "validate",
@@ -165,19 +169,19 @@ def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, validate: bool)
 
 @_define(_losses.CROSS_ENTROPY)
 def cross_entropy(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    base: Any = math.e,
-    reduction: str = "mean",
+    base: float | Array = math.e,
+    reduction: Reduction = "mean",
     validate: bool = True,
     chunk_size: int | None = None,
-) -> Any:
+) -> Array:
     """Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
 
     Per position, with ``p = softmax(logits)``::
@@ -187,12 +191,14 @@ def cross_entropy(
     Args:
       logits: floating array ``(..., C, ...)`` with the classes along ``axis``.
       target: integer class indices with the logits' shape minus the class axis, or
-        probabilities with the logits' shape (soft targets).
+        probabilities with the logits' shape (soft targets, which torch and JAX
+        differentiate). An array of the logits' library; with JAX logits a NumPy array
+        too, as ``jnp`` takes one.
       axis: the class axis (torch's layout for ``(N, C, d1, ...)`` is ``axis=1``).
       weight: class weights ``w``, shape ``(C,)``, non-negative.
       ignore_index: class index whose positions contribute 0 and are not counted.
       label_smoothing: ``epsilon`` in ``[0, 1]``.
-      base: logarithm base ``b``; a 0-d array makes it differentiable.
+      base: logarithm base ``b`` > 1; a 0-d array makes it differentiable.
       reduction: ``"mean"`` (divided by the summed weight of the counted positions),
         ``"sum"`` or ``"none"``.
       validate: read the data to check class indices and soft-target rows.
@@ -222,22 +228,22 @@ def cross_entropy(
 
 @_define(_losses.MIN_ENT)
 def min_ent(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
-    ce_weight: Any = 1.0,
-    entropy_weight: Any = 1.0,
-    ce_base: Any = math.e,
-    entropy_base: Any = math.e,
+    ce_weight: float | Array = 1.0,
+    entropy_weight: float | Array = 1.0,
+    ce_base: float | Array = math.e,
+    entropy_base: float | Array = math.e,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     validate: bool = True,
     chunk_size: int | None = None,
-) -> Any:
+) -> Array:
     """MIN-ENT: cross entropy plus the entropy of the prediction.
 
     Per position::
@@ -245,8 +251,9 @@ def min_ent(
         l = ce_weight * CE / ln(ce_base) + entropy_weight * s * H(p) / ln(entropy_base)
         H(p) = -sum_c p_c log(p_c)
 
-    ``s`` is the class weight of the target (1 for soft targets). Any of the four may be a 0-d array, and then receives a gradient. With
-    ``entropy_weight=0`` this is `cross_entropy` exactly. Other arguments as in
+    ``s`` is the class weight of the target (1 for soft targets). Any of the four
+    weights and bases may be a 0-d array, and then receives a gradient; a base must be
+    > 1. With ``entropy_weight=0`` this is `cross_entropy` exactly. Other arguments as in
     `cross_entropy`.
 
     Example (uniform logits: ``CE = H = ln 4``)::
@@ -262,23 +269,23 @@ def min_ent(
 
 @_define(_losses.MIX_ENT)
 def mix_ent(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
-    ce_weight: Any = 1.0,
-    reverse_weight: Any = 1.0,
-    ce_base: Any = math.e,
-    reverse_base: Any = math.e,
+    ce_weight: float | Array = 1.0,
+    reverse_weight: float | Array = 1.0,
+    ce_base: float | Array = math.e,
+    reverse_base: float | Array = math.e,
     eps: float = 1e-6,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     validate: bool = True,
     chunk_size: int | None = None,
-) -> Any:
+) -> Array:
     """MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
 
     Per position::
@@ -305,20 +312,20 @@ def mix_ent(
 
 @_define(_losses.FOCAL)
 def focal(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
     gamma: float = 2.0,
-    base: Any = math.e,
+    base: float | Array = math.e,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     validate: bool = True,
     chunk_size: int | None = None,
-) -> Any:
+) -> Array:
     """Focal loss over the target distribution.
 
     Per position::
@@ -341,19 +348,19 @@ def focal(
 
 @_define(_losses.ADAPTIVE_CE)
 def adaptive_ce(
-    logits: Any,
-    target: Any,
+    logits: Array,
+    target: Array,
     /,
     *,
-    base: Any = math.e,
+    base: float | Array = math.e,
     axis: int = -1,
-    weight: Any = None,
+    weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     validate: bool = True,
     chunk_size: int | None = None,
-) -> Any:
+) -> Array:
     """The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.
 
     Per position::
@@ -377,7 +384,8 @@ def adaptive_ce(
 # --- value_and_grad: the explicit-gradient path on every backend --------------------------
 
 
-def value_and_grad(loss_fn: Callable, logits: Any, target: Any, /, **options: Any) -> tuple:
+def value_and_grad(loss_fn: Callable[..., Array], logits: Array, target: Array, /,
+                   **options: Any) -> tuple[Array, dict[str, Array]]:
     """The loss and its hand-derived gradients, on any array namespace.
 
     ``loss_fn`` is one of `cross_entropy`, `min_ent`, `mix_ent`,
@@ -420,7 +428,7 @@ def _logits_in_compute_dtype(x: Any, axis: Any) -> tuple:
     return xp, xp.astype(x, _math.compute_dtype(xp, x.dtype)), axis
 
 
-def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
+def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e) -> Array:
     """Entropy of ``softmax(logits)`` along ``axis``: ``-sum_c p_c log p_c / ln b``.
 
     Finite for ``-inf`` (masked) logits; differentiable through each framework's own
@@ -441,7 +449,7 @@ def entropy(logits: Any, /, *, axis: int = -1, base: Any = math.e) -> Any:
     return xp.astype(h / _math.ln(xp, base), logits.dtype)
 
 
-def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
+def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
     """``x - logsumexp(x)`` along ``axis``, stable for large and ``-inf`` entries.
 
     Example::
@@ -454,7 +462,7 @@ def log_softmax(x: Any, /, *, axis: int = -1) -> Any:
     return xp.astype(_math.log_softmax(xp, z, axis), x.dtype)
 
 
-def softmax(x: Any, /, *, axis: int = -1) -> Any:
+def softmax(x: Array, /, *, axis: int = -1) -> Array:
     """``exp(log_softmax(x))`` along ``axis``.
 
     Example::

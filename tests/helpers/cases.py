@@ -65,7 +65,7 @@ def draw(loss: str, target_kind: str, reduction: str, salt: str = "") -> Case:
     for name in scalar_names(loss):
         if rng.random() < 0.7:
             if name.endswith("base"):
-                options[name] = float(rng.choice([2.0, 10.0, 0.5, 3.7]))
+                options[name] = float(rng.choice([2.0, 10.0, 1.5, 3.7]))  # a loss's base is > 1
             else:
                 options[name] = float(rng.uniform(0.1, 2.0))
     if _losses.by_name(loss).takes_eps and rng.random() < 0.5:
