@@ -227,3 +227,47 @@ def test_the_project_urls_are_in_the_metadata():
     urls = importlib.metadata.metadata("entroloss").get_all("Project-URL") or []
     labels = {u.split(",")[0].strip().lower() for u in urls}
     assert {"homepage", "source", "issues", "documentation", "changelog"} <= labels, urls
+
+
+# --- the docs site: browsable from disk, no CDN ---------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _mkdocs_config() -> dict:
+    yaml = pytest.importorskip("yaml")
+    if not (ROOT / "mkdocs.yml").is_file():
+        pytest.skip("not a source checkout")
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+
+def test_the_docs_config_is_offline_and_uses_file_urls():
+    config = _mkdocs_config()
+    assert config["use_directory_urls"] is False
+    assert {"pymdownx.arithmatex": {"generic": True}} in config["markdown_extensions"]
+    assets = (config["extra_javascript"] + config["extra_css"]
+              + config.get("extra", {}).get("polyfills", []))
+    assert any("katex" in a for a in assets)
+    for asset in assets:  # shipped with the site, not fetched
+        assert "://" not in asset and (ROOT / "docs" / asset).is_file(), asset
+    assert len(list((ROOT / "docs/assets/katex/fonts").glob("*.woff2"))) >= 20
+
+
+def test_the_built_site_links_files_and_loads_nothing_remote():
+    import re
+
+    site = ROOT / "site"
+    if not (site / "index.html").is_file():
+        pytest.skip("the site is not built (make docs)")
+    for page in site.glob("*.html"):
+        if page.name == "404.html":  # a server's page, with absolute links by design
+            continue
+        text = page.read_text()
+        for link in re.findall(r'href="([^"#]+)', text):
+            if "://" in link or link.startswith("mailto:"):
+                continue
+            assert (page.parent / link).is_file(), (page.name, link)  # a file, not a folder
+        for remote in re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text):
+            raise AssertionError(f"{page.name} loads {remote}")
+    math = (site / "math.html").read_text()
+    assert math.count('class="arithmatex"') > 50
