@@ -104,6 +104,8 @@ def test_every_option_has_a_help_text_and_its_choices_in_the_help(command):
 
 
 def test_help_exits_0_and_names_the_choices():
+    out = _cli("--help")
+    assert out.returncode == 0 and all(c in out.stdout for c in ("verify", "demo", "bench"))
     out = _cli("demo", "--help")
     assert out.returncode == 0
     assert "{" + ",".join(LOSS_NAMES) + "}" in out.stdout

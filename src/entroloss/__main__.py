@@ -71,7 +71,11 @@ def shape(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``entroloss``: every option with a help text, choices where they exist."""
-    parser = argparse.ArgumentParser(prog="entroloss", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="entroloss", description="Check, time and try the losses of entroloss "
+        "(also: python -m entroloss).",
+        epilog="entroloss COMMAND --help lists a command's options and their choices; bad "
+        "input exits 2.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      title="commands")
     _add_verify(commands)
