@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU builds for the test machines; users pick their own through the extras.
 TEST_FRAMEWORKS := torch==2.13.0 jax optax
 
-.PHONY: demo test docs verify install clean fuzz-long
+.PHONY: demo test docs docs-assets verify install clean fuzz-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,8 @@ test: $(VENV)/.deps-test install docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The site, offline, warnings as errors (the doctests run in the test suite). Open
-# site/index.html in a browser, or serve it with `.venv/bin/mkdocs serve`.
+# site/index.html in a browser straight from disk (pages are .html files, formulas and
+# search need no network), or serve it with `.venv/bin/mkdocs serve`.
 docs: $(VENV)/.deps-test install
 	$(BIN)/python docs/figures.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
@@ -41,6 +42,27 @@ docs: $(VENV)/.deps-test install
 # The long fuzz profile (>= 10,000 examples; about 15 minutes here), not part of make test.
 fuzz-long: $(VENV)/.deps-test install
 	ENTROLOSS_FUZZ=long $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# What the site needs from npm, committed under docs/assets so that `make docs` needs no
+# network and the site works from disk with no CDN: KaTeX (the minified script, its
+# auto-render extension, the stylesheet, the woff2 fonts, ~0.6 MB) typesets the formulas;
+# iframe-worker's shim (1.4 kB) lets Material's offline search run from file://. This
+# target refreshes that copy.
+KATEX_VERSION := 0.19.1
+IFRAME_WORKER_VERSION := 1.0.4
+docs-assets:
+	rm -rf build/npm docs/assets/katex docs/assets/iframe-worker
+	mkdir -p build/npm docs/assets/katex/contrib docs/assets/katex/fonts docs/assets/iframe-worker
+	cd build/npm && npm pack --silent katex@$(KATEX_VERSION) iframe-worker@$(IFRAME_WORKER_VERSION)
+	cd build/npm && tar xzf katex-$(KATEX_VERSION).tgz && cd package \
+		&& cp LICENSE dist/katex.min.js dist/katex.min.css ../../../docs/assets/katex/ \
+		&& cp dist/contrib/auto-render.min.js ../../../docs/assets/katex/contrib/ \
+		&& cp dist/fonts/*.woff2 ../../../docs/assets/katex/fonts/
+	cd build/npm && rm -rf package && tar xzf iframe-worker-$(IFRAME_WORKER_VERSION).tgz \
+		&& cp package/LICENSE package/shim/index.js ../../docs/assets/iframe-worker/
+	echo "KaTeX $(KATEX_VERSION) from npm (make docs-assets); woff2 fonts only" > docs/assets/katex/VERSION
+	echo "iframe-worker $(IFRAME_WORKER_VERSION) from npm (make docs-assets): shim/index.js" > docs/assets/iframe-worker/VERSION
+	rm -rf build/npm
 
 verify: install
 	$(BIN)/entroloss verify

@@ -63,7 +63,7 @@ def _demo_json(*args):
 
 def test_demo_trains_and_is_reproducible():
     first = _demo_json("--epochs", "4")
-    assert [r["loss"] for r in first["results"]] == [s.label for s in training.SETTINGS]
+    assert [r["label"] for r in first["results"]] == [s.label for s in training.SETTINGS]
     for r in first["results"]:
         assert r["accuracy"] > 0.85, r  # 10 classes: chance is 0.1
         assert 0 <= r["ece"] <= 1 and r["nll"] > 0 and 0 <= r["entropy"] <= math.log(10)

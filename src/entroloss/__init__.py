@@ -17,7 +17,7 @@ from ._api import (
     value_and_grad,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
     "adaptive_ce",

@@ -345,20 +345,32 @@ def _print_memory(memory: dict) -> None:
 
 
 def main(args) -> int:
+    """``entroloss bench``: the table (or ``--json``: ``"ok"``, what ran, the machine, the
+    rows, the memory figures, what was skipped); exit 2 when nothing could be timed."""
     shapes = QUICK_SHAPES if args.quick else None
     if args.shape:
-        shapes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.shape)
-    dtypes = tuple(args.dtype or ("float32",))
+        shapes = tuple(tuple(s) for s in args.shape)
+    dtypes = tuple(dict.fromkeys(args.dtype or ("float32",)))
     rows, missing = run(args.backend, args.device, shapes=shapes, dtypes=dtypes,
                         repeats=args.repeats, compiled=args.compiled, chunk_size=args.chunk_size,
                         progress=_progress_bar(not args.json))
     memory = _memory(rows, args.chunk_size) if args.memory else {}
     if args.json:
-        print(json.dumps({"machine": machine(), "rows": [asdict(r) for r in rows],
-                          "memory": memory, "skipped": [dict(backend=b, reason=r) for b, r in missing]},
+        ran = {"backend": args.backend, "device": args.device,
+               "shapes": sorted({tuple(r.shape) for r in rows}), "dtypes": list(dtypes),
+               "repeats": args.repeats, "compiled": args.compiled, "memory": args.memory,
+               "chunk_size": args.chunk_size, "platforms": list(dict.fromkeys(r.backend for r in rows)),
+               "timings": len(rows)}
+        print(json.dumps({"ok": bool(rows), "ran": ran, "machine": machine(),
+                          "rows": [asdict(r) for r in rows], "memory": memory,
+                          "skipped": [dict(backend=b, reason=r) for b, r in missing]},
                          indent=1))
     else:
         print(table(rows, missing))
         if memory:
             _print_memory(memory)
+    if not rows:
+        print("nothing to time: no backend of the selection is available here",
+              file=sys.stderr, flush=True)
+        return 2
     return 0

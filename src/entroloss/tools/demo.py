@@ -10,6 +10,7 @@ agree up to float32 rounding.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from .platforms import available
@@ -19,9 +20,12 @@ from .training import SETTINGS, calibration, load_digits_split, train
 
 @dataclass
 class Result:
-    """One row of the table: a setting's test metrics and its training time."""
+    """One row of the table: a setting (its display label, the function ``entroloss.<loss>``
+    and the options it was called with), its test metrics and its training time."""
 
+    label: str
     loss: str
+    options: dict
     accuracy: float
     nll: float
     ece: float
@@ -30,8 +34,9 @@ class Result:
 
 
 def run(library="numpy", device=None, *, epochs=30, seed=0, losses=None, progress=True):
-    """(the platform trained on, a `Result` per setting). ``losses``: loss names or row
-    labels to keep (all when None); ``progress``: the bar on stderr."""
+    """(the platform trained on, a `Result` per setting). ``losses``: function names (each
+    keeps every row of that function) or row labels to keep (all when None); ``progress``:
+    the bar on stderr."""
     platforms, missing = available(library, device)
     if not platforms:
         reason = "; ".join(f"{p}: {r}" for p, r in missing) or "no such backend"
@@ -46,8 +51,8 @@ def run(library="numpy", device=None, *, epochs=30, seed=0, losses=None, progres
         probabilities, seconds = train(platform, setting, data, epochs=epochs, seed=seed,
                                        progress=_epoch_progress(bar, run_number, len(chosen),
                                                                 setting.label))
-        results.append(Result(setting.label, **calibration(probabilities, data[3]),
-                              seconds=seconds))
+        results.append(Result(setting.label, setting.loss.name, dict(setting.options),
+                              **calibration(probabilities, data[3]), seconds=seconds))
     return platform, results
 
 
@@ -72,7 +77,7 @@ def table(platform, results, epochs, sizes=(1258, 539)) -> str:
         "-" * 68,
     ]
     for r in results:
-        lines.append(f"{r.loss:<22}{r.accuracy:>10.4f}{r.nll:>9.4f}{r.ece:>9.4f}{r.entropy:>9.4f}"
+        lines.append(f"{r.label:<22}{r.accuracy:>10.4f}{r.nll:>9.4f}{r.ece:>9.4f}{r.entropy:>9.4f}"
                      f"{r.seconds:>9.2f}")
     lines.append("NLL: mean -log p(true class); ECE: expected calibration error, 15 bins;"
                  " entropy: mean predictive entropy (nats)")
@@ -80,11 +85,19 @@ def table(platform, results, epochs, sizes=(1258, 539)) -> str:
 
 
 def main(args) -> int:
+    """``entroloss demo``: the table, or with ``--json`` one object: ``"ok"`` (every
+    setting trained to finite metrics), what ran, and a row per setting with its
+    ``label``, ``loss`` (the function) and ``options`` beside the metrics. Exit 1 when a
+    setting diverged (a NaN or infinite metric)."""
+    losses = list(dict.fromkeys(args.loss)) if args.loss else None
     platform, results = run(args.backend, args.device, epochs=args.epochs, seed=args.seed,
-                            losses=args.loss, progress=not args.json)
+                            losses=losses, progress=not args.json)
+    ok = all(math.isfinite(getattr(r, k)) for r in results
+             for k in ("accuracy", "nll", "ece", "entropy"))
     if args.json:
-        print(json.dumps({"backend": platform.id, "epochs": args.epochs, "seed": args.seed,
+        print(json.dumps({"ok": ok, "backend": platform.id, "epochs": args.epochs,
+                          "seed": args.seed, "losses": list(dict.fromkeys(r.loss for r in results)),
                           "results": [asdict(r) for r in results]}, indent=1))
     else:
         print(table(platform, results, args.epochs))
-    return 0
+    return 0 if ok else 1

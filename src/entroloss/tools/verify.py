@@ -11,6 +11,7 @@ reference get exactly the same keyword arguments.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ import entroloss as el
 from .._losses import LOSSES, LossDef
 from . import reference
 from .platforms import Platform, available
+from .progress import ProgressBar
 
 # error bounds relative to max(1, |reference|): rounding of the inputs is in the reference
 BOUNDS = {"float64": (1e-9, 1e-6), "float32": (1e-5, 1e-4), "float16": (3e-3, 3e-3),
@@ -97,14 +99,20 @@ def _check(platform: Platform, dtype: str, loss: LossDef, case: tuple) -> Row:
     return Row(platform.id, dtype, loss.name, case_name, value_error, grad_error, ok)
 
 
-def run(library=None, device=None) -> tuple[list, list]:
-    """(a `Row` per platform x dtype x loss x case, [(platform id, why it is skipped)])."""
+def run(library=None, device=None, *, progress=None) -> tuple[list, list]:
+    """(a `Row` per platform x dtype x loss x case, [(platform id, why it is skipped)]);
+    ``progress(i, total, label)`` before each platform and dtype, and once at the end."""
     _enable_jax_x64()
     platforms, missing = available(library, device)
     cases = list(_cases(np.random.default_rng(0)))
-    rows = [_check(platform, dtype, loss, case)
-            for platform in platforms for dtype in platform.dtypes
-            for loss in LOSSES for case in cases]
+    work = [(platform, dtype) for platform in platforms for dtype in platform.dtypes]
+    rows = []
+    for i, (platform, dtype) in enumerate(work):
+        if progress:
+            progress(i, len(work), f"{platform.id} {dtype}")
+        rows += [_check(platform, dtype, loss, case) for loss in LOSSES for case in cases]
+    if progress:
+        progress(len(work), len(work), "done")
     return rows, missing
 
 
@@ -154,14 +162,40 @@ def _footer(rows, missing) -> list:
     return lines
 
 
+def _progress_bar(enabled: bool):
+    """``progress(i, total, label)`` for `run`: a bar on a terminal, ``[i/total] label``
+    lines elsewhere, nothing when ``enabled`` is false (``--json``). Loading the
+    frameworks takes a few seconds before the first platform; a line says so."""
+    bar = ProgressBar(enabled=enabled)
+    bar.draw(0, 1, "loading the installed backends ...")
+    bar.log("loading the installed backends ...")
+
+    def progress(i, total, label):
+        bar.draw(i, max(total, 1), f"{i}/{total} {label:<32}")
+        bar.log(f"[{i}/{total}] {label}")
+        if i == total:
+            bar.finish()
+
+    return progress
+
+
+def summary(rows) -> dict:
+    """The overall verdict: ``ok`` (some check ran and none failed), ``checks``,
+    ``mismatches``."""
+    mismatches = sum(not r.ok for r in rows)
+    return {"ok": bool(rows) and mismatches == 0, "checks": len(rows), "mismatches": mismatches}
+
+
 def main(args) -> int:
-    rows, missing = run(args.backend, args.device)
+    """``entroloss verify``: the table (or ``--json``); exit 0 when every check passed, 1
+    on any mismatch, 2 when there was nothing to verify."""
+    rows, missing = run(args.backend, args.device, progress=_progress_bar(not args.json))
     if args.json:
-        print(json.dumps({"rows": [asdict(r) for r in rows],
+        print(json.dumps({**summary(rows), "rows": [asdict(r) for r in rows],
                           "skipped": [{"backend": b, "reason": r} for b, r in missing]}, indent=1))
     else:
         print(table(rows, missing))
     if not rows:
-        print("no backend to verify", flush=True)
+        print("no backend to verify", file=sys.stderr if args.json else sys.stdout, flush=True)
         return 2
     return 0 if all(r.ok for r in rows) else 1
