@@ -78,8 +78,12 @@ class _LossModule(torch.nn.Module):
             scalars = {k: v.to(input.device) for k, v in scalars.items()}
         options = dict(self.options)
         options.setdefault("axis", 1 if input.ndim > 1 else 0)  # torch's class dimension
-        if self.ignore_index is not None and not torch.is_floating_point(target):
-            options["ignore_index"] = self.ignore_index  # as torch: class indices only
+        if self.ignore_index is not None:
+            if not torch.is_floating_point(target):
+                options["ignore_index"] = self.ignore_index
+            elif self.ignore_index >= 0:  # torch's rule: only its negative default passes
+                raise ValueError(f"ignore_index={self.ignore_index} is not supported for a "
+                                 f"floating-point (probability) target, as in torch")
         return self._fn(input, target, weight=self.weight, **scalars, **options)
 
     def extra_repr(self) -> str:

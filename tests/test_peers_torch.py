@@ -88,7 +88,10 @@ def _make(case_id, dtype, shape, target, desc):
         else:
             y = make_tensor(shape[:1] + shape[2:] if len(shape) > 1 else (), dtype=torch.long,
                             device="cpu", low=0, high=3)
-        weight = make_tensor((3,), dtype=dtype, device="cpu") if desc == "weights" else None
+        # torch's make_weight((3,)) is uniform in [-9, 9]; entroloss refuses negative class
+        # weights (a negative weight rewards a wrong prediction; docs/reliability.md), so the
+        # same draw is taken as magnitudes
+        weight = make_tensor((3,), dtype=dtype, device="cpu").abs() if desc == "weights" else None
     finally:
         torch.random.set_rng_state(gen_state)
     return x, y, weight
@@ -255,6 +258,7 @@ def test_module_refuses_what_torch_refuses(name):
     torch.manual_seed(zlib.crc32(name.encode()))
     kwargs = dict(kwargs)
     if "weight" in kwargs:
+        # make_weight((2,)), made non-negative so that only the wrong shape is at fault
         kwargs["weight"] = make_tensor((2,), dtype=torch.float64, device="cpu").abs()
     x, y = inputs()
     with pytest.raises((RuntimeError, ValueError)):
