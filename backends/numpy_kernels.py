@@ -15,9 +15,11 @@ import numpy as np
 from entroloss._math import Kernels
 
 
-def sum_exp_shifted(xp: Any, z: Any, top: Any) -> Any:
+def row_stats(xp: Any, z: Any) -> tuple:
+    top = np.maximum(z.max(axis=-1, keepdims=True), np.finfo(z.dtype).min)
     e = np.subtract(z, top)
-    return np.exp(e, out=e).sum(axis=-1, keepdims=True)
+    total = np.exp(e, out=e).sum(axis=-1, keepdims=True)
+    return top, np.log(np.maximum(total, 1.0, out=total), out=total)
 
 
 def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
@@ -70,6 +72,6 @@ def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any
     return out
 
 
-KERNELS = Kernels(sum_exp_shifted=sum_exp_shifted, log_p=log_p, finite_log_p=finite_log_p,
+KERNELS = Kernels(row_stats=row_stats, log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine)

@@ -11,6 +11,7 @@ derivatives (``torch.autograd.grad(..., create_graph=True)``, gradient penalties
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -30,24 +31,27 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, logits, target, weight, *scalars):
         scalars = _math.Scalars(*scalars)
-        with torch.autocast(logits.device.type, enabled=False):  # computed as _math decides
+        with _no_autocast(logits.device.type):  # computed in the dtypes _math decides
             value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS)
         ctx.spec, ctx.logits_dtype = spec, logits.dtype
         ctx.floats = _math.Scalars(*(None if torch.is_tensor(v) else v for v in scalars))
-        ctx.residual_count = len(residuals)
-        ctx.save_for_backward(target, weight, *residuals,
+        # tensors go through save_for_backward; the rest (None, a Python denominator) as is
+        ctx.constants = _math.Residuals(*(None if torch.is_tensor(r) else r for r in residuals))
+        ctx.save_for_backward(target, weight, *(r if torch.is_tensor(r) else None for r in residuals),
                               *(v if torch.is_tensor(v) else None for v in scalars))
         return value
 
     @staticmethod
     def backward(ctx, grad):
         target, weight, *saved = ctx.saved_tensors
-        residuals = _math.Residuals(*saved[:ctx.residual_count])
-        tensors = saved[ctx.residual_count:]
+        count = len(ctx.constants)
+        residuals = _math.Residuals(*(c if t is None else t
+                                      for t, c in zip(saved[:count], ctx.constants)))
+        tensors = saved[count:]
         scalars = _math.Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
         want_target = ctx.needs_input_grad[2]
         kernels = _KERNELS
-        with torch.autocast(grad.device.type, enabled=False):
+        with _no_autocast(grad.device.type):
             if torch.is_grad_enabled():
                 # create_graph=True: torch differentiates the shared backward itself, so the
                 # forward is run again where autograd sees how its residuals depend on the
@@ -62,6 +66,13 @@ class _Loss(torch.autograd.Function):
                           for d, want, v in zip(grads.scalars, wanted, scalars))
         d_target = grads.target.to(target.dtype) if want_target else None
         return None, grads.logits, d_target, None, *d_scalars
+
+
+def _no_autocast(device_type: str) -> Any:
+    """Autocast switched off, where it is on (entering the context costs a call's worth)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,

@@ -16,8 +16,9 @@ import torch
 from entroloss._math import Kernels
 
 
-def sum_exp_shifted(xp: Any, z: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    return torch.sub(z, top).exp_().sum(dim=-1, keepdim=True)
+def row_stats(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    top = z.amax(dim=-1, keepdim=True).clamp_min_(torch.finfo(z.dtype).min)
+    return top, torch.sub(z, top).exp_().sum(dim=-1, keepdim=True).clamp_min_(1.0).log_()
 
 
 def log_p(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,6 @@ def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tens
     return out.scatter_add_(-1, index, onehot_coef.unsqueeze(-1).to(out.dtype))
 
 
-KERNELS = Kernels(sum_exp_shifted=sum_exp_shifted, log_p=log_p, finite_log_p=finite_log_p,
+KERNELS = Kernels(row_stats=row_stats, log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine)

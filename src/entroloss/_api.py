@@ -119,9 +119,7 @@ def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepare
     num_classes = logits.shape[axis]
     if num_classes == 0:
         raise ValueError(f"logits have 0 classes along axis {axis}; at least 1 is needed")
-    validate = o["validate"]
-    if not isinstance(validate, bool):
-        raise TypeError(f"validate must be True or False, got {type(validate).__name__}")
+    validate = check.check_validate(o["validate"])
     reduction = check.check_reduction(o["reduction"])
     chunk_size = check.check_chunk_size(o["chunk_size"])
     ignore_index = check.check_ignore_index(o["ignore_index"])
@@ -134,10 +132,11 @@ def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepare
         raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
     if not soft and ignore_index is not None:
         check.ignore_index_fits(xp, target, ignore_index)
-    weight = check.class_weight(xp, logits, o["weight"], num_classes, validate)
-    scalars, learnt = _scalars(xp, logits, definition, o, validate)
+    reads = check.reads_data(validate, logits)
+    weight = check.class_weight(xp, logits, o["weight"], num_classes, reads)
+    scalars, learnt = _scalars(xp, logits, definition, o, reads)
     indices_checked = False
-    if validate and check.is_concrete(target):
+    if reads and check.is_concrete(target):
         if soft:
             check.soft_rows(xp, target, axis)
         else:
@@ -149,7 +148,7 @@ def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepare
     return _Prepared(xp, spec, logits, target, weight, scalars, learnt)
 
 
-def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, validate: bool) -> tuple:
+def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, reads: bool) -> tuple:
     """The four scalars from the loss's public names (checked in slot order), and which
     public names were given as arrays."""
     public = {slot: name for name, slot in definition.scalars.items()}
@@ -160,7 +159,7 @@ def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, validate: bool)
             values.append(SLOT_DEFAULTS[slot])
             continue
         value = check.scalar_param(xp, logits, name, o[name], base=slot.endswith("base"),
-                                   data_checks=validate)
+                                   data_checks=reads)
         if not isinstance(value, float):
             learnt[name] = slot
         values.append(value)
@@ -179,7 +178,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     base: float | Array = math.e,
     reduction: Reduction = "mean",
-    validate: bool = True,
+    validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
 ) -> Array:
     """Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
@@ -201,7 +200,11 @@ def cross_entropy(
       base: logarithm base ``b`` > 1; a 0-d array makes it differentiable.
       reduction: ``"mean"`` (divided by the summed weight of the counted positions),
         ``"sum"`` or ``"none"``.
-      validate: read the data to check class indices and soft-target rows.
+      validate: read the data to check class indices, soft-target rows, class weights
+        and bases given as arrays. ``True`` reads it where that costs no device-to-host
+        sync (host arrays); on an accelerator, as under ``jax.jit``, an out-of-range class
+        index then makes its position NaN and the other data checks are skipped.
+        ``"eager"`` reads it on an accelerator too (a sync per call); ``False`` never.
       chunk_size: process this many positions (rows) at a time and keep no
         ``log p`` for the backward, which recomputes it chunk by chunk: the memory beyond
         the logits is then the gradient plus a few ``chunk_size × C`` temporaries, for
@@ -241,7 +244,7 @@ def min_ent(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-    validate: bool = True,
+    validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
 ) -> Array:
     """MIN-ENT: cross entropy plus the entropy of the prediction.
@@ -283,7 +286,7 @@ def mix_ent(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-    validate: bool = True,
+    validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
 ) -> Array:
     """MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
@@ -323,7 +326,7 @@ def focal(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-    validate: bool = True,
+    validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
 ) -> Array:
     """Focal loss over the target distribution.
@@ -358,7 +361,7 @@ def adaptive_ce(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     reduction: Reduction = "mean",
-    validate: bool = True,
+    validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
 ) -> Array:
     """The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.

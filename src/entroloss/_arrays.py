@@ -14,7 +14,7 @@ from typing import Any
 
 import array_api_compat as compat
 
-__all__ = ["library", "namespace", "device", "is_writeable", "is_lazy"]
+__all__ = ["library", "namespace", "device", "is_writeable", "is_lazy", "on_host", "bounds"]
 
 
 def library(x: Any) -> str | None:
@@ -59,3 +59,27 @@ def is_writeable(x: Any) -> bool:
 
 def is_lazy(x: Any) -> bool:
     return library(x) is None and compat.is_lazy_array(x)
+
+
+def on_host(x: Any) -> bool:
+    """Whether reading ``x``'s values costs no device-to-host copy and no wait for a
+    device queue: NumPy and array-api-strict arrays, torch CPU tensors, JAX CPU arrays."""
+    which = library(x)
+    if which == "torch":
+        return x.device.type == "cpu"
+    if which == "jax":
+        devices = getattr(x, "devices", None)
+        return devices is not None and all(d.platform == "cpu" for d in devices())
+    if which == "numpy":
+        return True
+    return compat.is_array_api_strict_namespace(compat.array_namespace(x))
+
+
+def bounds(x: Any) -> tuple[int, int]:
+    """The least and the largest entry of an integer array, as Python ints (one pass where
+    the library has a fused min-max)."""
+    if library(x) == "torch":
+        low, high = sys.modules["torch"].aminmax(x)
+        return int(low), int(high)
+    xp = namespace(x)
+    return int(xp.min(x)), int(xp.max(x))

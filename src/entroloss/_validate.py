@@ -132,6 +132,21 @@ def ignore_index_fits(xp: Any, target: Any, ignore_index: int) -> None:
         )
 
 
+def check_validate(validate: Any) -> Any:
+    if validate is True or validate is False or validate == "eager":
+        return validate
+    raise TypeError(f"validate must be True, False or 'eager', got {validate!r}")
+
+
+def reads_data(validate: Any, x: Any) -> bool:
+    """Whether the checks that read the data run for ``x``: with ``validate=True`` where
+    that costs no device-to-host sync (an array on the host, not a traced or lazy one);
+    with ``validate="eager"`` wherever the values exist, on an accelerator too."""
+    if validate is False or not is_concrete(x):
+        return False
+    return validate == "eager" or _arrays.on_host(x)
+
+
 def is_concrete(x: Any) -> bool:
     """False for arrays whose values cannot be read now: JAX tracers (inside ``jax.jit``,
     ``jax.grad``, ``jax.vmap``), tensors inside ``torch.compile``, dask arrays."""
@@ -243,6 +258,10 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
     (so the loss may skip its own out-of-range handling)."""
     if math.prod(target.shape) == 0:
         return True
+    if is_concrete(target):
+        low, high = _arrays.bounds(target)
+        if 0 <= low and high < num_classes:  # the common case: one reduction, one read
+            return True
     outside = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         outside = outside & (target != ignore_index)

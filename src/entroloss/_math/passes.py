@@ -36,11 +36,17 @@ def forward(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, scalars:
         if spec.reduction == "mean":
             value = safe_divide(xp, value, per.denominator)
     residuals = Residuals(logits, per.row_max, per.log_norm, per.main, per.reg, per.denominator)
-    return xp.astype(value, logits.dtype, copy=False), residuals
+    return _in_dtype(xp, value, logits.dtype), residuals
+
+
+def _in_dtype(xp: Any, x: Any, dtype: Any) -> Any:
+    return x if x.dtype == dtype else xp.astype(x, dtype)  # no call for the common case
 
 
 def safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
     """0/0 (an empty or all-ignored batch) is NaN on every backend, without a warning."""
+    if isinstance(denominator, float):
+        return total / denominator if denominator > 0 else total * math.nan
     positive = denominator > 0
     safe = xp.where(positive, denominator, 1.0)
     return xp.where(positive, total / safe, math.nan)
@@ -69,5 +75,5 @@ def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any
     dz, d_scalars, d_target = gradients(xp, kernels, spec, tuple(r.logits.shape), z, r.row_max,
                                         r.log_norm, r.main, r.reg, target, weight, scalars,
                                         g_pos, **options)
-    dz = xp.astype(dz, logits_dtype, copy=False)
+    dz = _in_dtype(xp, dz, logits_dtype)
     return Gradients(class_axis_back(xp, spec, dz), d_scalars, class_axis_back(xp, spec, d_target))

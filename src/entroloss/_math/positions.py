@@ -12,7 +12,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import terms
-from .primitives import Kernels, compute_dtype, finite_log_p, ln, log_norm, row_max
+from .primitives import Kernels, compute_dtype, finite_log_p, ln
 from .spec import Scalars, Spec
 from .target import Target
 
@@ -60,8 +60,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, 
                scalars: Scalars) -> PerPosition:
     z = classes_last(xp, spec, logits, compute_dtype(xp, logits.dtype))
     tgt, s = read_target(xp, spec, tuple(logits.shape), target, weight, scalars, z.dtype)
-    top = row_max(xp, z)
-    norm = log_norm(xp, kernels.sum_exp_shifted(xp, z, top))
+    top, norm = kernels.row_stats(xp, z)
     # log p in full only where a term reads every class; else only at the target
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
     log_p_y = tgt.log_p_at_target(z, top, norm) if tgt.sparse else None

@@ -37,19 +37,29 @@ def ln(xp: Any, base: Any) -> Any:
 
 
 def row_max(xp: Any, z: Any) -> Any:
-    """The maximum of each row, 0 for a row of only -inf (its log p is then -inf)."""
-    top = xp.max(z, axis=-1, keepdims=True)
-    return xp.where(top == -math.inf, 0.0, top)
+    """The maximum of each row, raised to the dtype's lowest finite number: a row of only
+    -inf then has a finite maximum, so that ``z - row_max`` is -inf there (not NaN) and
+    its log p is -inf. NaN stays NaN (one elementwise op where an ``==``/``where`` pair
+    would take three)."""
+    return xp.maximum(xp.max(z, axis=-1, keepdims=True), float(xp.finfo(z.dtype).min))
 
 
 def log_norm(xp: Any, sum_exp: Any) -> Any:
-    """``log(sum(exp(z - row_max)))`` from that sum; 0 for a row with no probability."""
-    return xp.log(xp.where(sum_exp == 0, 1.0, sum_exp))
+    """``log(sum(exp(z - row_max)))`` from that sum; 0 for a row with no probability. The
+    sum is >= 1 wherever a class has probability (the maximum's own term is 1) and 0
+    where none has, so raising it to 1 changes only the latter."""
+    return xp.log(xp.maximum(sum_exp, 1.0))
 
 
 def sum_exp_shifted(xp: Any, z: Any, top: Any) -> Any:
     """``sum(exp(z - row_max))`` per row."""
     return xp.sum(xp.exp(z - top), axis=-1, keepdims=True)
+
+
+def row_stats(xp: Any, z: Any) -> tuple[Any, Any]:
+    """``(row_max, log_norm)`` per row, so that ``log p = (z - row_max) - log_norm``."""
+    top = row_max(xp, z)
+    return top, log_norm(xp, sum_exp_shifted(xp, z, top))
 
 
 def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
@@ -110,7 +120,7 @@ class Kernels:
     An unknown field is a ``TypeError``, so a misspelt kernel cannot silently go unused.
     """
 
-    sum_exp_shifted: Callable = sum_exp_shifted
+    row_stats: Callable = row_stats
     log_p: Callable = log_p
     finite_log_p: Callable = finite_log_p
     sum_p_log_p: Callable = sum_p_log_p

@@ -121,10 +121,11 @@ class Target:
 
     def mean_denominator(self, loss: Any) -> Any:
         """torch's rule for ``reduction="mean"``: the summed class weight of the counted
-        positions for class indices, the number of positions for soft targets."""
+        positions for class indices, the number of positions for soft targets (a Python
+        float where it needs no data)."""
         xp = self.xp
         if self.scale is None and self.valid is None:
-            return xp.asarray(math.prod(loss.shape), dtype=loss.dtype, device=device(loss))
+            return float(math.prod(loss.shape))  # known without reading the data
         ones = xp.ones_like(loss) if self.scale is None else self.scale
         if self.valid is not None:
             ones = xp.where(self.valid, ones, 0.0)
