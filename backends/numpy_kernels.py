@@ -22,6 +22,10 @@ def row_stats(xp: Any, z: Any) -> tuple:
     return top, np.log(np.maximum(total, 1.0, out=total), out=total)
 
 
+def take_along_last(xp: Any, z: Any, index: Any) -> Any:
+    return np.take_along_axis(z, index, axis=-1)
+
+
 def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
     out = np.subtract(z, top, order="C")  # C order: _target_entries views it as rows
     out -= norm
@@ -72,6 +76,6 @@ def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any
     return out
 
 
-KERNELS = Kernels(row_stats=row_stats, log_p=log_p, finite_log_p=finite_log_p,
+KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine)

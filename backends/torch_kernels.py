@@ -21,6 +21,10 @@ def row_stats(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top, torch.sub(z, top).exp_().sum(dim=-1, keepdim=True).clamp_min_(1.0).log_()
 
 
+def take_along_last(xp: Any, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.gather(z, -1, index)  # validated or made usable: no index to wrap around
+
+
 def log_p(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     return torch.sub(z, top).sub_(norm)
 
@@ -51,6 +55,6 @@ def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tens
     return out.scatter_add_(-1, index, onehot_coef.unsqueeze(-1).to(out.dtype))
 
 
-KERNELS = Kernels(row_stats=row_stats, log_p=log_p, finite_log_p=finite_log_p,
+KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine)

@@ -64,6 +64,7 @@ def _arguments(xp, data: dict) -> dict:
     affine = (z, top, norm, data["p_coef"], data["index"], data["onehot_coef"])
     return {
         "row_stats": [(z,)],
+        "take_along_last": [(z, data["index"])],
         "log_p": [(z, top, norm)],
         "finite_log_p": [(primitives.log_p(xp, z, top, norm),)],
         "sum_p_log_p": [(finite,)],

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from .positions import PerPosition, class_axis_back, gradients, loss_terms
-from .primitives import Kernels, device, is_writeable
+from .primitives import Kernels, device, in_dtype, is_writeable
 from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]
@@ -70,13 +70,13 @@ def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residual
     dz = xp.empty(z.shape, dtype=logits_dtype, device=device(z)) if is_writeable(z) else []
     parts_scalars, parts_target = [], []
     for rows in chunks:
-        z_rows = xp.astype(z[rows, :], r.main.dtype, copy=False)
+        z_rows = in_dtype(xp, z[rows, :], r.main.dtype)
         d_rows, d_scalars, d_target = gradients(
             xp, kernels, row_spec, tuple(z_rows.shape), z_rows, r.row_max[rows, :],
             r.log_norm[rows, :], r.main[rows], None if r.reg is None else r.reg[rows],
             target[rows, ...], weight, scalars, g_pos[rows], want_target=want_target,
             per_position=per_position)
-        d_rows = xp.astype(d_rows, logits_dtype, copy=False)
+        d_rows = in_dtype(xp, d_rows, logits_dtype)
         if isinstance(dz, list):
             dz.append(d_rows)
         else:

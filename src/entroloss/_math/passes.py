@@ -8,7 +8,7 @@ from typing import Any
 
 from . import chunks
 from .positions import class_axis_back, classes_last, gradients, loss_terms
-from .primitives import GENERIC, Kernels, device
+from .primitives import GENERIC, Kernels, device, in_dtype
 from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["forward", "backward"]
@@ -36,11 +36,7 @@ def forward(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, scalars:
         if spec.reduction == "mean":
             value = safe_divide(xp, value, per.denominator)
     residuals = Residuals(logits, per.row_max, per.log_norm, per.main, per.reg, per.denominator)
-    return _in_dtype(xp, value, logits.dtype), residuals
-
-
-def _in_dtype(xp: Any, x: Any, dtype: Any) -> Any:
-    return x if x.dtype == dtype else xp.astype(x, dtype)  # no call for the common case
+    return in_dtype(xp, value, logits.dtype), residuals
 
 
 def safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
@@ -63,7 +59,7 @@ def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any
     if isinstance(cotangent, (int, float)):
         g = xp.asarray(cotangent, dtype=r.main.dtype, device=device(r.main))
     else:  # an array (torch keeps its autograd history when differentiating the backward)
-        g = xp.astype(cotangent, r.main.dtype, copy=False)
+        g = in_dtype(xp, cotangent, r.main.dtype)
     if r.denominator is not None:
         g = safe_divide(xp, g, r.denominator)
     g_pos = xp.reshape(g, r.main.shape) if spec.reduction == "none" else xp.broadcast_to(g, r.main.shape)
@@ -75,5 +71,5 @@ def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any
     dz, d_scalars, d_target = gradients(xp, kernels, spec, tuple(r.logits.shape), z, r.row_max,
                                         r.log_norm, r.main, r.reg, target, weight, scalars,
                                         g_pos, **options)
-    dz = _in_dtype(xp, dz, logits_dtype)
+    dz = in_dtype(xp, dz, logits_dtype)
     return Gradients(class_axis_back(xp, spec, dz), d_scalars, class_axis_back(xp, spec, d_target))

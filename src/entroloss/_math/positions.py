@@ -12,7 +12,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import terms
-from .primitives import Kernels, compute_dtype, finite_log_p, ln
+from .primitives import Kernels, compute_dtype, finite_log_p, in_dtype, ln
 from .spec import Scalars, Spec
 from .target import Target
 
@@ -30,7 +30,7 @@ class PerPosition(NamedTuple):
 
 def classes_last(xp: Any, spec: Spec, logits: Any, dtype: Any) -> Any:
     """The logits in ``dtype`` with the class axis last."""
-    z = xp.astype(logits, dtype, copy=False)
+    z = in_dtype(xp, logits, dtype)
     return z if spec.axis == z.ndim - 1 else xp.moveaxis(z, spec.axis, -1)
 
 
@@ -42,7 +42,7 @@ def class_axis_back(xp: Any, spec: Spec, x: Any) -> Any:
 
 
 def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
-    return value if isinstance(value, (int, float)) else xp.astype(value, dtype, copy=False)
+    return value if isinstance(value, (int, float)) else in_dtype(xp, value, dtype)
 
 
 def read_target(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, scalars: Scalars,
@@ -51,7 +51,7 @@ def read_target(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, sca
     ``shape`` is the logits' own."""
     if spec.soft and spec.axis != len(shape) - 1:
         target = xp.moveaxis(target, spec.axis, -1)
-    w = None if weight is None else xp.astype(weight, dtype, copy=False)
+    w = None if weight is None else in_dtype(xp, weight, dtype)
     moved = shape[: spec.axis] + shape[spec.axis + 1:] + (shape[spec.axis],)
     return Target(xp, spec, target, w, moved, dtype), Scalars(*(_scalar(xp, v, dtype) for v in scalars))
 
@@ -63,7 +63,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, 
     top, norm = kernels.row_stats(xp, z)
     # log p in full only where a term reads every class; else only at the target
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
-    log_p_y = tgt.log_p_at_target(z, top, norm) if tgt.sparse else None
+    log_p_y = tgt.log_p_at_target(kernels, z, top, norm) if tgt.sparse else None
     main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
     loss = main * (s.ce_weight / ln(xp, s.ce_base))
     reg = None
@@ -141,7 +141,7 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     regularizer = terms.REGULARIZERS.get(spec.regularizer)
     log_p_y = None  # cross entropy's gradient does not read p_y
     if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
-        log_p_y = finite_log_p(xp, tgt.log_p_at_target(z, top, norm))
+        log_p_y = finite_log_p(xp, tgt.log_p_at_target(kernels, z, top, norm))
     grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c_main)
     if regularizer is not None:
         grad = terms.combine(grad, regularizer.gradient_onehot(xp, spec, reg, log_p_y, c_reg))

@@ -24,11 +24,30 @@ __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax"
 
 
 
+_HALVES: dict = {}  # namespace name -> its half-precision dtypes
+_INDEX_DTYPE: dict = {}  # namespace name -> its default indexing dtype
+
+
 def compute_dtype(xp: Any, dtype: Any) -> Any:
     """float32 for the half precisions (their exp, log and sums lose too much), else
     ``dtype`` itself. (No ``dtype == None`` test: NumPy reads dtype(None) as float64.)"""
-    halves = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
+    halves = _HALVES.get(xp.__name__)
+    if halves is None:
+        halves = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
+        _HALVES[xp.__name__] = halves
     return xp.float32 if any(dtype == half for half in halves) else dtype
+
+
+def index_dtype(xp: Any) -> Any:
+    dtype = _INDEX_DTYPE.get(xp.__name__)
+    if dtype is None:
+        dtype = _INDEX_DTYPE[xp.__name__] = xp.__array_namespace_info__().default_dtypes()["indexing"]
+    return dtype
+
+
+def in_dtype(xp: Any, x: Any, dtype: Any) -> Any:
+    """``x`` in ``dtype``, without a call where it already is (the common case)."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 def ln(xp: Any, base: Any) -> Any:
@@ -82,6 +101,14 @@ def sum_p_log_p(xp: Any, finite_lp: Any) -> Any:
     return xp.sum(xp.exp(finite_lp) * finite_lp, axis=-1)
 
 
+def take_along_last(xp: Any, z: Any, index: Any) -> Any:
+    """``z[..., index]`` for an ``index`` of shape ``(..., 1)`` (valid indices)."""
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(z, index, axis=-1)
+    # dask has none: select with the one-hot mask (where: -inf elsewhere is harmless)
+    return xp.sum(xp.where(one_hot(xp, index, z.shape[-1]), z, 0.0), axis=-1, keepdims=True)
+
+
 def one_hot(xp: Any, index: Any, num_classes: int) -> Any:
     """``index == arange(C)``; ``index`` has shape ``(..., 1)``."""
     return index == xp.arange(num_classes, dtype=index.dtype, device=device(index))
@@ -121,6 +148,7 @@ class Kernels:
     """
 
     row_stats: Callable = row_stats
+    take_along_last: Callable = take_along_last
     log_p: Callable = log_p
     finite_log_p: Callable = finite_log_p
     sum_p_log_p: Callable = sum_p_log_p

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .primitives import device, log_p, one_hot
+from .primitives import device, in_dtype, index_dtype, log_p, one_hot
 from .spec import Spec
 
 __all__ = ["Target"]
@@ -67,8 +67,7 @@ class Target:
             # term could be +inf there and meet a zero weight
             target = xp.where(usable, target, 0)
         self.usable = usable
-        index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
-        self.index = xp.astype(target, index_dtype)[..., None]
+        self.index = in_dtype(xp, target, index_dtype(xp))[..., None]
         if weight is not None:
             self.scale = xp.reshape(xp.take(weight, xp.reshape(self.index, (-1,))), target.shape)
         if self.smooth > 0:
@@ -83,15 +82,12 @@ class Target:
     def one_hot(self) -> Any:
         return one_hot(self.xp, self.index, self.num_classes)
 
-    def log_p_at_target(self, z: Any, top: Any, norm: Any) -> Any:
+    def log_p_at_target(self, kernels: Any, z: Any, top: Any, norm: Any) -> Any:
         """``log p[..., y]`` per position (sparse targets), from the logits and their row
         statistics: nothing of the logits' size is built. 0 where the position is ignored
         or its index unusable (its stand-in class carries no mass)."""
         xp = self.xp
-        if hasattr(xp, "take_along_axis"):
-            z_y = xp.take_along_axis(z, self.index, axis=-1)
-        else:  # dask has none: select with the one-hot mask (where: -inf elsewhere is harmless)
-            z_y = xp.sum(xp.where(self.one_hot(), z, 0.0), axis=-1, keepdims=True)
+        z_y = kernels.take_along_last(xp, z, self.index)
         picked = log_p(xp, z_y, top, norm)[..., 0]
         return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
 
