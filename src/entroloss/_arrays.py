@@ -14,7 +14,8 @@ from typing import Any
 
 import array_api_compat as compat
 
-__all__ = ["library", "namespace", "device", "is_writeable", "is_lazy", "on_host", "bounds"]
+__all__ = ["library", "namespace", "device", "is_writeable", "is_lazy", "on_host", "bounds",
+           "is_dtype"]
 
 
 def library(x: Any) -> str | None:
@@ -83,3 +84,18 @@ def bounds(x: Any) -> tuple[int, int]:
         return int(low), int(high)
     xp = namespace(x)
     return int(xp.min(x)), int(xp.max(x))
+
+
+def is_dtype(xp: Any, x: Any, kind: str) -> bool:
+    """``xp.isdtype(x.dtype, kind)`` for ``kind`` "real floating" or "integral", read off
+    torch's and NumPy's dtypes directly where the namespace's own test is a Python call."""
+    dtype = x.dtype
+    which = library(x)
+    if which == "torch":
+        torch = sys.modules["torch"]
+        if kind == "real floating":
+            return dtype.is_floating_point
+        return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    if which == "numpy":
+        return dtype.kind in ("f" if kind == "real floating" else "iu")
+    return xp.isdtype(dtype, kind)

@@ -31,7 +31,7 @@ def namespace_of_logits(logits: Any) -> Any:
             f"logits must be an array of a library supporting the array API "
             f"(numpy, cupy, torch, jax, array_api_strict), got {type(logits).__name__}"
         ) from None
-    if not xp.isdtype(logits.dtype, "real floating"):
+    if not _arrays.is_dtype(xp, logits, "real floating"):
         raise TypeError(f"logits must have a real floating-point dtype, got {logits.dtype}")
     if logits.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (the class axis), got a 0-d array")
@@ -183,7 +183,7 @@ def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, dat
     value = same_library(xp, logits, name, value)
     if value.ndim != 0:
         raise ValueError(f"{name} must be a 0-d array, got shape {tuple(value.shape)}")
-    if not xp.isdtype(value.dtype, "real floating"):
+    if not _arrays.is_dtype(xp, value, "real floating"):
         raise TypeError(f"{name} must have a real floating-point dtype, got {value.dtype}")
     if base and data_checks and is_concrete(value):
         if _fails(_valid_base(value, any_base) & xp.isfinite(value)):
@@ -199,7 +199,7 @@ def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_check
     if weight is None:
         return None
     weight = same_library(xp, logits, "weight", weight)
-    if not xp.isdtype(weight.dtype, "real floating"):
+    if not _arrays.is_dtype(xp, weight, "real floating"):
         raise TypeError(f"weight must have a real floating-point dtype, got {weight.dtype}")
     if tuple(weight.shape) != (num_classes,):
         raise ValueError(
@@ -214,7 +214,7 @@ def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
     """Check the target's dtype and shape (the target of the logits' library); return True
     for a soft (probability) target."""
     indices_shape = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
-    if xp.isdtype(target.dtype, "integral"):
+    if _arrays.is_dtype(xp, target, "integral"):
         if tuple(target.shape) != indices_shape:
             raise ValueError(
                 f"target of class indices must have shape {indices_shape} (the logits' shape "
@@ -222,7 +222,7 @@ def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
                 f"{tuple(target.shape)}{_shape_hint(logits, target, axis, integral=True)}"
             )
         return False
-    if xp.isdtype(target.dtype, "real floating"):
+    if _arrays.is_dtype(xp, target, "real floating"):
         if tuple(target.shape) != tuple(logits.shape):
             raise ValueError(
                 f"soft target (probabilities) must have the logits' shape "

@@ -111,7 +111,10 @@ def main_gradient_onehot(xp: Any, spec: Spec, target: Target, log_p_y: Any,
     """A one-hot q puts ``v`` on the target alone, ``v_y = s p_y f'(p_y)``, so that
     ``dF/dz = -v_y p + v_y onehot``. For cross entropy ``p_y f'(p_y) = -1`` whatever p_y
     (``log_p_y`` may then be None)."""
-    k = -coef if spec.gamma == 0 else coef * focal_slopes(xp, log_p_y, spec.gamma)
+    if spec.gamma == 0:  # v_y = -s coef: one negation instead of two
+        p_coef = coef if target.scale is None else coef * target.scale
+        return OneHotGradient(p_coef=p_coef, onehot_coef=-p_coef)
+    k = coef * focal_slopes(xp, log_p_y, spec.gamma)
     if target.scale is not None:
         k = k * target.scale
     return OneHotGradient(p_coef=-k, onehot_coef=k)
