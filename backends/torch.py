@@ -23,6 +23,9 @@ from . import kernels_for
 from .torch_modules import (AdaptiveCELoss, CrossEntropyLoss, FocalLoss, MinEntLoss,  # noqa: F401
                             MixEntLoss)
 
+__all__ = ["loss", "value_and_grad", "CrossEntropyLoss", "MinEntLoss", "MixEntLoss",
+           "AdaptiveCELoss", "FocalLoss"]
+
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _KERNELS = kernels_for(xp)  # loaded with the adapter: torch.compile cannot trace an import
 

@@ -11,21 +11,17 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 import entroloss as el
 from entroloss.__main__ import LIBRARIES, LOSS_NAMES, build_parser
 from entroloss.tools.training import SETTINGS
+from tests.helpers.cli import nudged_math_env, run_cli
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "entroloss", *args], capture_output=True,
-                          text=True, env=env)
+_cli = run_cli
 
 
 # --- bad input: exit code 2 and the valid choices --------------------------------------------
@@ -143,15 +139,7 @@ def test_verify_json_has_the_verdict_and_no_progress():
 
 def test_verify_json_counts_the_mismatches(tmp_path):
     # a sitecustomize that nudges the shared forward by 1e-3 makes every check fail
-    (tmp_path / "sitecustomize.py").write_text(
-        "from entroloss import _math\n"
-        "_forward = _math.forward\n"
-        "def forward(*a, **k):\n"
-        "    value, res = _forward(*a, **k)\n"
-        "    return value * 1.001, res\n"
-        "_math.forward = forward\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = nudged_math_env(tmp_path)
     out = _cli("verify", "--backend", "numpy", "--json", env=env)
     assert out.returncode == 1, out.stderr
     data = json.loads(out.stdout)

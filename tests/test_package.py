@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
-import pytest
 
 import entroloss as el
 from tests.helpers.cases import LOSSES
+from tests.helpers.cli import nudged_math_env, run_cli
 
 
 def test_tests_run_against_the_installed_package():
@@ -43,9 +42,7 @@ def test_docstring_examples():
     assert result.attempted >= 15  # every public function has an example
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "entroloss", *args], capture_output=True,
-                          text=True, env=env)
+_cli = run_cli
 
 
 def test_verify_passes_and_prints_a_table():
@@ -66,15 +63,7 @@ def test_verify_json():
 
 def test_verify_exits_non_zero_on_a_mismatch(tmp_path):
     # a sitecustomize that nudges the shared forward by 1e-3 makes every backend wrong
-    (tmp_path / "sitecustomize.py").write_text(
-        "from entroloss import _math\n"
-        "_forward = _math.forward\n"
-        "def forward(*a, **k):\n"
-        "    value, res = _forward(*a, **k)\n"
-        "    return value * 1.001, res\n"
-        "_math.forward = forward\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env = nudged_math_env(tmp_path)
     out = _cli("verify", "--backend", "numpy", env=env)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "MISMATCH" in out.stdout
