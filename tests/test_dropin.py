@@ -380,3 +380,20 @@ def test_torch_compile_fullgraph_warns_nothing_of_ours():
             or "lru_cache" in str(w.message)]
     assert not ours, ours[:3]
     assert math.isfinite(float(z.grad.sum()))
+
+
+def test_second_order_holds_for_chunked_losses_too():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    z = torch.tensor(_rng_logits(rng, (7, 4)), requires_grad=True)
+    y = torch.tensor(rng.integers(0, 4, 7))
+    t = torch.tensor(_soft(rng, (7, 4)), requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda z: el.min_ent(z, y, chunk_size=3), (z,))
+    assert torch.autograd.gradgradcheck(lambda z, t: el.focal(z, t, chunk_size=2, gamma=1.5), (z, t))
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    zj, yj = jnp.asarray(z.detach().numpy()), jnp.asarray(y.numpy())
+    chunked = jax.hessian(lambda z: el.mix_ent(z, yj, chunk_size=3))(zj)
+    whole = jax.hessian(lambda z: el.mix_ent(z, yj))(zj)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
