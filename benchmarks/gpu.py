@@ -59,6 +59,7 @@ TEST_SELECTION = ["-m", "not slow", "-k", "cuda or gpu or cupy or sync"]
 class Run:
     def __init__(self, out: Path, dry_run: bool, budget_s: float = BUDGET_S):
         self.out, self.dry_run, self.steps, self.budget_s = out, dry_run, [], budget_s
+        self.work = None  # the temporary folder of the package copy, removed at the end
         self.start = time.monotonic()
         self.env = dict(os.environ)
         # torch, JAX and CuPy share the GPU in one process: JAX must not take 75% of it
@@ -141,7 +142,7 @@ def _last_line(text: str) -> str:
 
 def setup(run: Run, timeout: float) -> tuple:
     """The package copy on PYTHONPATH, array_api_compat from .whl/ if needed, versions."""
-    work = Path(tempfile.mkdtemp(prefix="entroloss-gpu-"))
+    work = run.work = Path(tempfile.mkdtemp(prefix="entroloss-gpu-"))
     package = work / "pkg" / "entroloss"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "src" / "entroloss", package, ignore=ignore)
@@ -218,6 +219,8 @@ def orchestrate(out: Path, dry_run: bool, budget_s: float = BUDGET_S) -> int:
     run.step("tests", lambda t: pytest_step(run, t, "tests", selection),
              cap=max(CAPS["tests"], run.left()) if run.budget_s > BUDGET_S else CAPS["tests"])
     run.write_summary()
+    if run.work:
+        shutil.rmtree(run.work, ignore_errors=True)
     print((out / "summary.txt").read_text())
     failed = [s["step"] for s in run.steps if s["status"] not in ("ok", "skipped")]
     return 1 if failed else 0
@@ -241,7 +244,10 @@ def step_environment(out: Path, dry_run: bool) -> None:
             versions[lib] = getattr(importlib.import_module(lib), "__version__", "?")
         except Exception:  # noqa: BLE001 - absent or broken: say so
             versions[lib] = None
-    info = {"entroloss": entroloss.__file__, "versions": versions, "machine": platform.machine(),
+    import entroloss.backends
+
+    info = {"entroloss": entroloss.__file__, "backends": entroloss.backends.__file__,
+            "versions": versions, "machine": platform.machine(),
             "cpus": os.cpu_count(), "dry_run": dry_run}
     try:
         import torch
