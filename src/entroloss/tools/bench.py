@@ -34,7 +34,7 @@ import numpy as np
 
 import entroloss as el
 
-from .._losses import ADAPTIVE_CE, CROSS_ENTROPY, FOCAL, LOSSES, MIN_ENT, MIX_ENT, LossDef
+from .._losses import CROSS_ENTROPY, LOSSES, MIN_ENT, MIX_ENT, LossDef
 from .platforms import available
 from .progress import ProgressBar
 
