@@ -345,8 +345,9 @@ def step_training(out: Path, dry_run: bool) -> int:
         data, source = training.load_mnist1d(samples), f"MNIST-1D ({samples} samples, mnist1d package)"
     except ImportError:
         data = synthetic_mnist1d(samples)
-        source = (f"synthetic, MNIST-1D's shape (40 features, 10 classes, {samples} samples): "
-                  "the mnist1d package is not importable here")
+        why = ("ENTROLOSS_GPU_SYNTHETIC is set" if os.environ.get("ENTROLOSS_GPU_SYNTHETIC")
+               else "the mnist1d package is not importable here")
+        source = f"synthetic, MNIST-1D's shape (40 features, 10 classes, {samples} samples): {why}"
     platforms, missing = available(None, device_of(dry_run))
     platforms = [p for p in platforms if p.library != "array_api_strict"]
     if dry_run:
