@@ -69,3 +69,10 @@ verify: install
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# The one-shot GPU run (issue 12): on a bare offline GPU machine with torch, jax, cupy and
+# pytest, no venv and no pip install; every figure under $(OUT) or gpu-results/. See
+# benchmarks/gpu.py (--dry-run: the same steps on the CPU).
+.PHONY: gpu
+gpu:
+	$(PYTHON) benchmarks/gpu.py

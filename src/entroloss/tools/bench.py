@@ -1,10 +1,21 @@
-"""``entroloss bench``: forward and forward+backward time, and peak extra memory, of every
-loss on every installed backend, as ratios to that framework's native cross entropy.
+"""``entroloss bench``: forward and forward+backward time of every loss on every installed
+backend, next to the same backend's native cross entropy and to what a user would write
+instead of calling entroloss; for torch also the number of dispatched ops, and (``--memory``)
+the peak extra memory.
 
 The harness follows SciPy's ``XPBenchmark``: ``backend:device`` cases, a device sync
 around every timing, warm-up calls first (jit compilation is not timed), candidates run
 interleaved (A B C A B C ...) so drifts in machine load hit them alike, medians reported.
 Combinations that are not available here are skipped with the reason.
+
+Every (backend, shape, dtype, loss, mode) gives one `Comparison`: entroloss ("ours"),
+the native cross entropy (``F.cross_entropy``; optax under ``jax.jit``; a hand-written
+NumPy/CuPy forward+backward) and the user's baseline (`USER_BASELINES`: the few lines a user
+writes for that loss, with the same option values), per-call times in microseconds and the
+ratios of ours to each. The modes: torch ``eager``, ``compiled`` (``--compiled``: all three
+under ``torch.compile``) and ``eager, chunks of N`` (``--chunk-size``); JAX ``jit``;
+NumPy/CuPy ``eager``. On torch each case also times the bandwidth floor: one read of the
+logits and one write of a gradient of their size (``torch.empty_like(z).copy_(z)``).
 """
 
 from __future__ import annotations
@@ -23,22 +34,35 @@ import numpy as np
 
 import entroloss as el
 
-from .._losses import CROSS_ENTROPY, LOSSES, MIN_ENT, LossDef
+from .._losses import CROSS_ENTROPY, LOSSES, MIN_ENT, MIX_ENT, LossDef
 from .platforms import available
 from .progress import ProgressBar
 
-# torch.compile'd candidates: the baseline loss and one regularised one (compiling every
-# loss at every shape and dtype would take most of the run on CPU)
-COMPILED = (CROSS_ENTROPY, MIN_ENT)
-CPU_SHAPES = ((256, 10), (1024, 1000), (4096, 32000))
-GPU_SHAPES = ((256, 10), (1024, 1000), (4096, 32000), (8192, 32768))
+CPU_SHAPES = ((256, 10), (128, 100), (1024, 1000), (4096, 8192))
+GPU_SHAPES = ((256, 10), (128, 100), (1024, 1000), (4096, 8192), (8192, 32768))
 QUICK_SHAPES = ((256, 10), (512, 1000))
+
+# What a user writes instead of calling entroloss (issue 12), for the tables and the JSON;
+# lam, eps and gamma are the values `timed_options` gives our call.
+USER_BASELINES = {
+    "cross_entropy": "F.cross_entropy(z, y)",
+    "min_ent": "lp = F.log_softmax(z, -1); F.nll_loss(lp, y) + lam * (-(lp.exp() * lp).sum(-1)).mean()",
+    "mix_ent": "lp = F.log_softmax(z, -1); F.nll_loss(lp, y) + lam * (-(lp.exp() * "
+               "torch.log(F.one_hot(y, C) + eps)).sum(-1)).mean()",
+    "adaptive_ce": "lpy = F.log_softmax(z, -1).gather(-1, y[:, None])[:, 0]; "
+                   "(-(1 - lpy.exp()) ** 1 * lpy).mean()",
+    "focal": "lpy = F.log_softmax(z, -1).gather(-1, y[:, None])[:, 0]; "
+             "(-(1 - lpy.exp()) ** gamma * lpy).mean()",
+}
 
 
 def timed_options(loss: LossDef) -> dict:
-    """The options every timing of ``loss`` passes: the defaults, except the options the
-    loss is defined by (focal's ``gamma``), which take the registry's example values."""
-    return {"gamma": loss.example["gamma"]} if loss.gamma is None else {}
+    """The options every timing of ``loss`` passes, ours and the baselines alike: the
+    registry's ``example`` weights, ``eps`` and ``gamma`` (MIN-ENT ``entropy_weight``, MIX-ENT
+    ``reverse_weight`` and ``eps``, focal ``gamma``); the logarithm bases stay e, as in the
+    user's compositions."""
+    keep = set(loss.weights) | {"eps", "gamma"}
+    return {k: v for k, v in loss.example.items() if k in keep}
 
 
 def _bound(loss: LossDef, **extra):
@@ -47,95 +71,126 @@ def _bound(loss: LossDef, **extra):
     return lambda z, y: fn(z, y, **options)
 
 
+def _gamma(loss: LossDef) -> float:
+    return timed_options(loss)["gamma"] if loss.gamma is None else loss.gamma
+
+
 @dataclass
-class Timing:
-    """One candidate at one shape and dtype: median times, and ratios to the baseline."""
+class Comparison:
+    """One loss at one shape, dtype and mode: ours, the native cross entropy and the
+    user's baseline, per-call medians in microseconds, and the ratios of ours to each
+    (None where there is no such baseline)."""
 
     backend: str
     shape: tuple
     dtype: str
-    candidate: str
-    baseline: str
-    forward_ms: float
-    step_ms: float  # forward + backward
-    forward_ratio: float = math.nan
-    step_ratio: float = math.nan
+    loss: str
+    mode: str  # "eager", "compiled", "jit", "eager, chunks of N"
+    options: dict
+    ours: str
+    native: str
+    user: str | None
+    ours_forward_us: float
+    ours_step_us: float  # forward + backward
+    native_forward_us: float
+    native_step_us: float
+    user_forward_us: float | None = None
+    user_step_us: float | None = None
+    forward_vs_native: float | None = None
+    step_vs_native: float | None = None
+    forward_vs_user: float | None = None
+    step_vs_user: float | None = None
+    # torch: {"ours"|"native"|"user": {"forward": n, "step": n}}, __torch_dispatch__ calls
+    ops: dict | None = None
+    # torch: one read of the logits and one write of a gradient of their size
+    floor_us: float | None = None
+    floor_gbps: float | None = None
+    step_vs_floor: float | None = None
     extra: dict = field(default_factory=dict)
 
 
-# --- candidates: name -> (forward, forward+backward) callables on prepared inputs ------------
+# --- the baselines ----------------------------------------------------------------------------
 
 
-def _torch_candidates(platform, logits, target, *, compiled: bool, chunk_size=None):
+def torch_user_baseline(loss: LossDef):
+    """``f(z, y)``: the user's torch composition for ``loss`` (`USER_BASELINES`)."""
     import torch
     import torch.nn.functional as F
 
-    def step_of(loss_fn):
-        def step():
-            z = logits.detach().requires_grad_(True)
-            loss_fn(z, target).backward()
-            return z.grad
-        return step
+    o = timed_options(loss)
+    if loss is CROSS_ENTROPY:
+        return F.cross_entropy
+    if loss is MIN_ENT:
+        lam = o["entropy_weight"]
 
-    def forward_of(loss_fn):
-        def forward():
-            with torch.no_grad():
-                return loss_fn(logits, target)
-        return forward
+        def min_ent(z, y):
+            lp = F.log_softmax(z, -1)
+            return F.nll_loss(lp, y) + lam * (-(lp.exp() * lp).sum(-1)).mean()
+        return min_ent
+    if loss is MIX_ENT:
+        lam, eps = o["reverse_weight"], o["eps"]
 
-    native = F.cross_entropy
-    out = {"F.cross_entropy": (forward_of(native), step_of(native))}
-    variants = {"": {}}
-    if chunk_size and logits.shape[0] > chunk_size:
-        variants[f" chunks of {chunk_size}"] = {"chunk_size": chunk_size}
-    for suffix, options in variants.items():
-        for loss in LOSSES:
-            bound = _bound(loss, **options)
-            out[f"el.{loss.name}{suffix}"] = (forward_of(bound), step_of(bound))
-    if compiled:
-        torch._dynamo.reset()  # every shape and dtype compiles afresh, within dynamo's limits
-        out["compiled F.cross_entropy"] = _compiled(torch, native, logits, target)
-        for loss in COMPILED:
-            out[f"compiled el.{loss.name}"] = _compiled(
-                torch, _bound(loss, validate=False), logits, target)
-    return out, "F.cross_entropy"
+        def mix_ent(z, y):
+            lp = F.log_softmax(z, -1)
+            C = z.shape[-1]
+            return F.nll_loss(lp, y) + lam * (-(lp.exp() * torch.log(F.one_hot(y, C) + eps)).sum(-1)).mean()
+        return mix_ent
+    gamma = _gamma(loss)
+
+    def focal(z, y):
+        lpy = F.log_softmax(z, -1).gather(-1, y[:, None])[:, 0]
+        return (-(1 - lpy.exp()) ** gamma * lpy).mean()
+    return focal
 
 
-def _compiled(torch, loss_fn, logits, target):
-    """(forward, forward+backward) of ``torch.compile(loss_fn)``."""
-    compiled = torch.compile(loss_fn, fullgraph=True)
-
-    def step():
-        z = logits.detach().requires_grad_(True)
-        compiled(z, target).backward()
-        return z.grad
-
-    def forward():
-        with torch.no_grad():
-            return compiled(logits, target)
-
-    return forward, step
-
-
-def _jax_candidates(platform, logits, target, **_):
-    import jax
-
-    out = {}
+def jax_native_cross_entropy():
+    """(name, ``f(z, y)``): optax's integer-label cross entropy, or the jnp composition
+    where optax is not installed."""
     try:
         import optax
-
-        def native(z, y):
-            return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
-
-        out["optax (jit)"] = (jax.jit(native), jax.jit(jax.grad(native)))
     except ImportError:
-        pass
-    for loss in LOSSES:
-        bound = _bound(loss)
-        out[f"el.{loss.name} (jit)"] = (jax.jit(bound), jax.jit(jax.grad(bound)))
-    bound = {k: (lambda f=f: f(logits, target), lambda g=g: g(logits, target))
-             for k, (f, g) in out.items()}
-    return bound, "optax (jit)" if "optax (jit)" in out else None
+        return "jnp cross entropy (jit)", jax_user_baseline(CROSS_ENTROPY, native=False)
+
+    def native(z, y):
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+    return "optax (jit)", native
+
+
+def jax_user_baseline(loss: LossDef, native: bool = True):
+    """``f(z, y)``: the same compositions in jnp (cross entropy: optax's, if ``native``)."""
+    import jax
+    import jax.numpy as jnp
+
+    if loss is CROSS_ENTROPY and native:
+        return jax_native_cross_entropy()[1]
+    o = timed_options(loss)
+
+    def nll(lp, y):
+        return -jnp.take_along_axis(lp, y[:, None], axis=-1)[:, 0].mean()
+
+    if loss is CROSS_ENTROPY:
+        return lambda z, y: nll(jax.nn.log_softmax(z, -1), y)
+    if loss is MIN_ENT:
+        lam = o["entropy_weight"]
+
+        def min_ent(z, y):
+            lp = jax.nn.log_softmax(z, -1)
+            return nll(lp, y) + lam * (-(jnp.exp(lp) * lp).sum(-1)).mean()
+        return min_ent
+    if loss is MIX_ENT:
+        lam, eps = o["reverse_weight"], o["eps"]
+
+        def mix_ent(z, y):
+            lp = jax.nn.log_softmax(z, -1)
+            onehot = jax.nn.one_hot(y, z.shape[-1])
+            return nll(lp, y) + lam * (-(jnp.exp(lp) * jnp.log(onehot + eps)).sum(-1)).mean()
+        return mix_ent
+    gamma = _gamma(loss)
+
+    def focal(z, y):
+        lpy = jnp.take_along_axis(jax.nn.log_softmax(z, -1), y[:, None], axis=-1)[:, 0]
+        return (-(1 - jnp.exp(lpy)) ** gamma * lpy).mean()
+    return focal
 
 
 def minimal_cross_entropy(xp, z, y):
@@ -149,31 +204,174 @@ def minimal_cross_entropy(xp, z, y):
     return -xp.mean(log_p_y), grad / z.shape[0]
 
 
-def _explicit_candidates(platform, logits, target, **_):
-    raw = platform.xp
-    if platform.library == "numpy":
+def hand_written(xp, loss: LossDef, z, y, grad: bool = True):
+    """A hand-written NumPy/CuPy forward (and, if ``grad``, backward) of ``loss`` with its
+    `timed_options`: (mean loss, d loss / d z) or the mean loss alone."""
+    if loss is CROSS_ENTROPY:
+        value, g = minimal_cross_entropy(xp, z, y)
+        return (value, g) if grad else value
+    o = timed_options(loss)
+    n, rows = z.shape[0], xp.arange(z.shape[0])
+    shifted = z - xp.max(z, axis=-1, keepdims=True)
+    e = xp.exp(shifted)
+    total = xp.sum(e, axis=-1, keepdims=True)
+    if loss in (MIN_ENT, MIX_ENT):
+        lp = shifted - xp.log(total)
+        p = e / total
+        nll = -xp.mean(lp[rows, y])
+        if loss is MIN_ENT:
+            lam, a = o["entropy_weight"], lp
+        else:
+            onehot = xp.zeros_like(z)
+            onehot[rows, y] = 1.0
+            lam, a = o["reverse_weight"], xp.log(onehot + o["eps"])
+        term = -xp.sum(p * a, axis=-1)  # H(p), or R = -sum p log(onehot + eps)
+        value = nll + lam * xp.mean(term)
+        if not grad:
+            return value
+        g = p.copy()
+        g[rows, y] -= 1.0
+        if loss is MIN_ENT:
+            g -= lam * p * (lp + term[:, None])  # dH/dz = -p (log p + H)
+        else:
+            g -= lam * p * (a + term[:, None])  # dR/dz = -p (a - sum p a)
+        return value, g / n
+    gamma = _gamma(loss)
+    lpy = shifted[rows, y] - xp.log(total[:, 0])
+    py = xp.exp(lpy)
+    value = xp.mean(-(1 - py) ** gamma * lpy)
+    if not grad:
+        return value
+    # d l / d log p_y; d log p_y / dz = onehot - p
+    d = -(1 - py) ** gamma + gamma * (1 - py) ** (gamma - 1) * py * lpy
+    g = -(e / total) * d[:, None]
+    g[rows, y] += d
+    return value, g / n
+
+
+# --- candidates: name -> (forward, forward+backward) callables on prepared inputs ------------
+
+
+def count_dispatched_ops(fn) -> int:
+    """How many ops one call of ``fn()`` dispatches below autograd (``__torch_dispatch__``
+    calls, the backward's included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.calls
+
+
+def _torch_pair(torch, loss_fn, logits, target):
+    """(forward under no_grad, forward+backward returning the gradient) of ``loss_fn``."""
+    def step():
+        z = logits.detach().requires_grad_(True)
+        loss_fn(z, target).backward()
+        return z.grad
+
+    def forward():
+        with torch.no_grad():
+            return loss_fn(logits, target)
+    return forward, step
+
+
+def _case_plan(p, logits, target, *, compiled, chunk_size, losses, compiled_losses):
+    """({candidate: (forward, step)}, [(loss, mode, ours, native, user)], extras) for one
+    case; extras: ``"floor"`` (the candidate name of the bandwidth floor) and ``"count"``
+    (the candidates whose dispatched ops are counted)."""
+    if p.library == "torch":
+        return _torch_plan(p, logits, target, compiled, chunk_size, losses, compiled_losses)
+    if p.library == "jax":
+        return _jax_plan(p, logits, target, losses)
+    return _explicit_plan(p, logits, target, losses)
+
+
+def _torch_plan(p, logits, target, compiled, chunk_size, losses, compiled_losses):
+    import torch
+
+    fns, plan = {}, []
+    fns["F.cross_entropy"] = _torch_pair(torch, torch.nn.functional.cross_entropy, logits, target)
+    modes = {"eager": {}}
+    if chunk_size and logits.shape[0] > chunk_size:
+        modes[f"eager, chunks of {chunk_size}"] = {"chunk_size": chunk_size}
+    for loss in losses:
+        user = "F.cross_entropy" if loss is CROSS_ENTROPY else f"torch {loss.name}"
+        if user not in fns:
+            fns[user] = _torch_pair(torch, torch_user_baseline(loss), logits, target)
+        for mode, options in modes.items():
+            ours = f"el.{loss.name}" + (f" chunks of {chunk_size}" if options else "")
+            fns[ours] = _torch_pair(torch, _bound(loss, **options), logits, target)
+            plan.append((loss, mode, ours, "F.cross_entropy", user))
+    count = list(fns)
+    if compiled:
+        torch._dynamo.reset()  # every shape and dtype compiles afresh, within dynamo's limits
+        native = "compiled F.cross_entropy"
+        fns[native] = _compiled(torch, torch.nn.functional.cross_entropy, logits, target)
+        for loss in losses:
+            if loss not in compiled_losses:
+                continue
+            user = native if loss is CROSS_ENTROPY else f"compiled torch {loss.name}"
+            if user not in fns:
+                fns[user] = _compiled(torch, torch_user_baseline(loss), logits, target)
+            ours = f"compiled el.{loss.name}"
+            fns[ours] = _compiled(torch, _bound(loss, validate=False), logits, target)
+            plan.append((loss, "compiled", ours, native, user))
+    fns["floor"] = (lambda: torch.empty_like(logits).copy_(logits),) * 2
+    return fns, plan, {"floor": "floor", "count": count}
+
+
+def _compiled(torch, loss_fn, logits, target):
+    """(forward, forward+backward) of ``torch.compile(loss_fn)``."""
+    return _torch_pair(torch, torch.compile(loss_fn, fullgraph=True), logits, target)
+
+
+def _jax_plan(p, logits, target, losses):
+    import jax
+
+    def pair(f):
+        forward, step = jax.jit(f), jax.jit(jax.grad(f))
+        return (lambda: forward(logits, target)), (lambda: step(logits, target))
+
+    native, native_fn = jax_native_cross_entropy()
+    fns, plan = {native: pair(native_fn)}, []
+    for loss in losses:
+        user = native if loss is CROSS_ENTROPY else f"jnp {loss.name} (jit)"
+        if user not in fns:
+            fns[user] = pair(jax_user_baseline(loss))
+        ours = f"el.{loss.name} (jit)"
+        fns[ours] = pair(_bound(loss))
+        plan.append((loss, "jit", ours, native, user))
+    return fns, plan, {}
+
+
+def _explicit_plan(p, logits, target, losses):
+    raw = p.xp
+    if p.library == "numpy":
         import numpy as raw
-    elif platform.library == "cupy":
+    elif p.library == "cupy":
         import cupy as raw
-    out = {}
-    if platform.library in ("numpy", "cupy"):
-        out["hand-written"] = (lambda: minimal_cross_entropy(raw, logits, target)[0],
-                               lambda: minimal_cross_entropy(raw, logits, target))
-    for loss in LOSSES:
+    native = "hand-written cross entropy"
+    fns, plan = {}, []
+    fns[native] = (lambda: hand_written(raw, CROSS_ENTROPY, logits, target, grad=False),
+                   lambda: hand_written(raw, CROSS_ENTROPY, logits, target))
+    for loss in losses:
+        user = native if loss is CROSS_ENTROPY else f"hand-written {loss.name}"
+        if user not in fns:
+            fns[user] = (lambda loss=loss: hand_written(raw, loss, logits, target, grad=False),
+                         lambda loss=loss: hand_written(raw, loss, logits, target))
         fn, options = getattr(el, loss.name), timed_options(loss)
-        out[f"el.{loss.name}"] = (
-            lambda fn=fn, options=options: fn(logits, target, **options),
-            lambda fn=fn, options=options: el.value_and_grad(fn, logits, target, **options))
-    return out, "hand-written" if out.get("hand-written") else None
-
-
-def _candidates(platform, logits, target, compiled, chunk_size=None):
-    """({candidate: (forward, forward+backward)}, the baseline's name or None)."""
-    if platform.library == "torch":
-        return _torch_candidates(platform, logits, target, compiled=compiled, chunk_size=chunk_size)
-    if platform.library == "jax":
-        return _jax_candidates(platform, logits, target)
-    return _explicit_candidates(platform, logits, target)
+        ours = f"el.{loss.name}"
+        fns[ours] = (lambda fn=fn, options=options: fn(logits, target, **options),
+                     lambda fn=fn, options=options: el.value_and_grad(fn, logits, target, **options))
+        plan.append((loss, "eager", ours, native, user))
+    return fns, plan, {}
 
 
 def _block(platform, value):
@@ -204,9 +402,11 @@ def _interleaved(platform, fns: dict, repeats: int, budget_s: float) -> dict:
 
 
 def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=15,
-        budget_s=20.0, compiled=False, chunk_size=None, progress=None):
-    """(a `Timing` per case x candidate, [(platform id, why it is skipped)]);
-    ``progress(i, total, label)`` before each case and once at the end."""
+        budget_s=20.0, compiled=False, chunk_size=None, losses=LOSSES, compiled_losses=LOSSES,
+        progress=None):
+    """(a `Comparison` per case x loss x mode, [(platform id, why it is skipped)]);
+    ``progress(i, total, label)`` before each case and once at the end. ``losses``: the
+    losses compared; ``compiled_losses``: those of them also timed under torch.compile."""
     platforms, missing = available(library, device)
     work = _grid(platforms, shapes, dtypes)
     rows = []
@@ -214,7 +414,8 @@ def run(library=None, device=None, *, shapes=None, dtypes=("float32",), repeats=
         if progress:
             progress(i, len(work), f"{p.id} {n}x{c} {dtype}")
         rows += _time_case(p, (n, c), dtype, repeats=repeats, budget_s=budget_s,
-                           compiled=compiled, chunk_size=chunk_size)
+                           compiled=compiled, chunk_size=chunk_size, losses=tuple(losses),
+                           compiled_losses=tuple(compiled_losses))
     if progress:
         progress(len(work), len(work), "done")
     return rows, missing
@@ -233,23 +434,46 @@ def _grid(platforms, shapes, dtypes) -> list:
     return work
 
 
-def _time_case(p, shape, dtype, *, repeats, budget_s, compiled, chunk_size) -> list:
-    """Every candidate on seeded logits of ``shape``: forward, then forward+backward."""
+def _us(seconds: float) -> float:
+    return seconds * 1e6
+
+
+def _time_case(p, shape, dtype, *, repeats, budget_s, compiled, chunk_size, losses,
+               compiled_losses) -> list:
+    """Every candidate on seeded logits of ``shape``, interleaved: forward, then
+    forward+backward; then the dispatched ops of the eager torch candidates."""
     n, c = shape
     rng = np.random.default_rng(0)
     logits = p.asarray(rng.normal(size=(n, c)).astype(np.float32), dtype)
     target = p.asarray(rng.integers(0, c, size=n), "int64")
-    fns, baseline = _candidates(p, logits, target, compiled, chunk_size)
-    fwd = _interleaved(p, {k: f for k, (f, _) in fns.items()}, repeats, budget_s / 2)
+    fns, plan, extras = _case_plan(p, logits, target, compiled=compiled, chunk_size=chunk_size,
+                                   losses=losses, compiled_losses=compiled_losses)
+    fwd = _interleaved(p, {k: f for k, (f, _) in fns.items() if k != "floor"}, repeats, budget_s / 2)
     step = _interleaved(p, {k: s for k, (_, s) in fns.items()}, repeats, budget_s / 2)
+    ops = {k: {"forward": count_dispatched_ops(fns[k][0]), "step": count_dispatched_ops(fns[k][1])}
+           for k in extras.get("count", ())}
+    floor = step.get(extras.get("floor"))
+    nbytes = 2 * n * c * _itemsize(dtype)  # read the logits once, write the gradient once
     rows = []
-    for name in fns:
-        row = Timing(p.id, (n, c), dtype, name, baseline or "", fwd[name] * 1e3, step[name] * 1e3)
-        if baseline:
-            row.forward_ratio = fwd[name] / fwd[baseline]
-            row.step_ratio = step[name] / step[baseline]
+    for loss, mode, ours, native, user in plan:
+        row = Comparison(
+            p.id, (n, c), dtype, loss.name, mode, timed_options(loss), ours, native, user,
+            _us(fwd[ours]), _us(step[ours]), _us(fwd[native]), _us(step[native]),
+            _us(fwd[user]), _us(step[user]),
+            forward_vs_native=fwd[ours] / fwd[native], step_vs_native=step[ours] / step[native],
+            forward_vs_user=fwd[ours] / fwd[user], step_vs_user=step[ours] / step[user])
+        if ours in ops:
+            row.ops = {"ours": ops[ours], "native": ops[native], "user": ops[user]}
+        if floor:
+            row.floor_us, row.floor_gbps = _us(floor), nbytes / floor / 1e9
+            row.step_vs_floor = step[ours] / floor
+        row.extra["user_formula"] = USER_BASELINES[loss.name] if p.library == "torch" else user
         rows.append(row)
     return rows
+
+
+def _itemsize(dtype: str) -> int:
+    return {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}[dtype]
 
 
 # --- peak memory: each measurement in a fresh process -------------------------------------
@@ -291,22 +515,48 @@ def machine() -> dict:
     for lib in ("torch", "jax", "cupy"):
         if lib in sys.modules:
             info[lib] = getattr(sys.modules[lib], "__version__", "?")
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        info["torch_threads"] = torch.get_num_threads()  # intra-op threads of the CPU timings
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
+def _f(value, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
+def _ops(row, which: str) -> str:
+    return "-" if not row.ops else str(row.ops[which]["step"])
+
+
 def table(rows, missing) -> str:
-    """One line per `Timing`, then what the ratios mean and what was skipped."""
-    lines = [f"{'backend':<11}{'shape':>13}{'dtype':>10}  {'candidate':<36}{'fwd ms':>10}"
-             f"{'fwd+bwd ms':>12}{'fwd ratio':>11}{'fwd+bwd ratio':>15}"]
-    lines.append("-" * len(lines[0]))
+    """One line per `Comparison`, then what the columns mean and what was skipped."""
+    head = (f"{'backend':<11}{'shape':>11}{'dtype':>9}  {'loss':<14}{'mode':<10}"
+            f"{'fwd us':>10}{'f+b us':>10}{'CE f+b':>10}{'user f+b':>10}"
+            f"{'f+b/CE':>8}{'f+b/user':>9}{'fwd/CE':>8}{'fwd/user':>9}{'ops o/CE/u':>13}")
+    lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r.shape[0]}x{r.shape[1]}"
-        lines.append(f"{r.backend:<11}{shape:>13}{r.dtype:>10}  {r.candidate:<36}"
-                     f"{r.forward_ms:>10.3f}{r.step_ms:>12.3f}{r.forward_ratio:>11.2f}"
-                     f"{r.step_ratio:>15.2f}")
-    lines.append("ratios: time / the same backend's native cross entropy at the same shape "
-                 "and dtype (F.cross_entropy eager; optax under jax.jit; a hand-written "
-                 "NumPy/CuPy forward+backward); medians of interleaved runs")
+        ops = "-" if not r.ops else "/".join(_ops(r, w) for w in ("ours", "native", "user"))
+        lines.append(
+            f"{r.backend:<11}{shape:>11}{r.dtype:>9}  {r.loss:<14}{r.mode:<10}"
+            f"{r.ours_forward_us:>10.1f}{r.ours_step_us:>10.1f}{r.native_step_us:>10.1f}"
+            f"{_f(r.user_step_us, '.1f', 10)}{_f(r.step_vs_native, '.2f', 8)}"
+            f"{_f(r.step_vs_user, '.2f', 9)}{_f(r.forward_vs_native, '.2f', 8)}"
+            f"{_f(r.forward_vs_user, '.2f', 9)}{ops:>13}")
+    floors = {(r.backend, r.shape, r.dtype): (r.floor_us, r.floor_gbps) for r in rows if r.floor_us}
+    for (backend, (n, c), dtype), (us, gbps) in floors.items():
+        lines.append(f"bandwidth floor {backend} {n}x{c} {dtype}: {us:.1f} us "
+                     f"(read the logits and write a gradient once: {gbps:.1f} GB/s)")
+    lines.append(
+        "times: per call, medians of interleaved runs, us; f+b = forward+backward. CE: the "
+        "backend's native cross entropy (F.cross_entropy, compiled in mode 'compiled'; optax "
+        "under jax.jit; a hand-written NumPy/CuPy forward+backward). user: what a user "
+        "writes for that loss, same options (torch: log_softmax/nll_loss/gather "
+        "compositions; jnp compositions under jit; hand-written NumPy). ratios: ours / "
+        "baseline. ops: torch ops dispatched by one forward+backward, ours/CE/user.")
     for platform_id, reason in missing:
         lines.append(f"skipped {platform_id}: {reason}")
     return "\n".join(lines)
@@ -328,7 +578,7 @@ def _progress_bar(enabled: bool):
 
 def _memory(rows, chunk_size) -> dict:
     """The peak-memory figures at the largest torch CPU shape timed, or {} if none was."""
-    shapes = {r.shape for r in rows if r.backend == "torch-cpu"}
+    shapes = {tuple(r.shape) for r in rows if r.backend == "torch-cpu"}
     if not shapes:
         return {}
     n, c = max(shapes, key=lambda s: s[0] * s[1])
@@ -342,6 +592,14 @@ def _print_memory(memory: dict) -> None:
           f"in logits' bytes ({n * c * 4 / 2**20:.0f} MiB):")
     for k, v in memory["extra_over_logits_bytes"].items():
         print(f"  {k:<36}{v:6.2f}x")
+
+
+def report(rows, missing, ran: dict, memory: dict | None = None) -> dict:
+    """The JSON object of ``entroloss bench --json``."""
+    return {"ok": bool(rows), "ran": ran, "machine": machine(),
+            "user_baselines": USER_BASELINES,
+            "rows": [asdict(r) for r in rows], "memory": memory or {},
+            "skipped": [dict(backend=b, reason=r) for b, r in missing]}
 
 
 def main(args) -> int:
@@ -361,10 +619,7 @@ def main(args) -> int:
                "repeats": args.repeats, "compiled": args.compiled, "memory": args.memory,
                "chunk_size": args.chunk_size, "platforms": list(dict.fromkeys(r.backend for r in rows)),
                "timings": len(rows)}
-        print(json.dumps({"ok": bool(rows), "ran": ran, "machine": machine(),
-                          "rows": [asdict(r) for r in rows], "memory": memory,
-                          "skipped": [dict(backend=b, reason=r) for b, r in missing]},
-                         indent=1))
+        print(json.dumps(report(rows, missing, ran, memory), indent=1))
     else:
         print(table(rows, missing))
         if memory:
