@@ -132,7 +132,7 @@ def _add_bench(commands) -> None:
     bench.add_argument("--device", choices=DEVICES, help=_DEVICE_HELP)
     bench.add_argument("--shape", action="append", type=shape, metavar="NxC",
                        help="logits of N rows and C classes, e.g. 1024x1000 (repeatable; "
-                       "default: a grid up to 4096x32000, 8192x32768 on a GPU)")
+                       "default: 256x10, 128x100, 1024x1000, 4096x8192; 8192x32768 too on a GPU)")
     bench.add_argument("--dtype", action="append", choices=BENCH_DTYPES,
                        help="the logits' dtype (repeatable; default: float32)")
     bench.add_argument("--repeats", type=positive_int, default=15, metavar="N",

@@ -36,7 +36,7 @@ import entroloss as el
 
 from .._losses import CROSS_ENTROPY, LOSSES, MIN_ENT, MIX_ENT, LossDef
 from .platforms import available
-from .progress import ProgressBar
+from .progress import counter
 
 CPU_SHAPES = ((256, 10), (128, 100), (1024, 1000), (4096, 8192))
 GPU_SHAPES = ((256, 10), (128, 100), (1024, 1000), (4096, 8192), (8192, 32768))
@@ -563,17 +563,7 @@ def table(rows, missing) -> str:
 
 
 def _progress_bar(enabled: bool):
-    """``progress(i, total, label)`` for `run`: a bar on a terminal, ``[i/total] label``
-    lines elsewhere, nothing when ``enabled`` is false (``--json``)."""
-    bar = ProgressBar(enabled=enabled)
-
-    def progress(i, total, label):
-        bar.draw(i, max(total, 1), f"{i}/{total} {label:<40}")
-        bar.log(f"[{i}/{total}] {label}")
-        if i == total:
-            bar.finish()
-
-    return progress
+    return counter(enabled, label_width=40)
 
 
 def _memory(rows, chunk_size) -> dict:

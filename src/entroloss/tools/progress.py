@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "counter"]
 
 
 class ProgressBar:
@@ -43,3 +43,21 @@ class ProgressBar:
         """End the bar's line on a terminal, so the next output starts on a fresh one."""
         if self.live:
             print(file=self.stream, flush=True)
+
+
+def counter(enabled: bool, *, label_width: int = 40, start: str | None = None):
+    """``progress(i, total, label)`` for a tool's ``run``: a bar on a terminal,
+    ``[i/total] label`` lines elsewhere, nothing when ``enabled`` is false (``--json``);
+    ``start`` is said before the first step (e.g. while the frameworks load)."""
+    bar = ProgressBar(enabled=enabled)
+    if start is not None:
+        bar.draw(0, 1, start)
+        bar.log(start)
+
+    def progress(i: int, total: int, label: str) -> None:
+        bar.draw(i, max(total, 1), f"{i}/{total} {label:<{label_width}}")
+        bar.log(f"[{i}/{total}] {label}")
+        if i == total:
+            bar.finish()
+
+    return progress

@@ -21,7 +21,7 @@ import entroloss as el
 from .._losses import LOSSES, LossDef
 from . import reference
 from .platforms import Platform, available
-from .progress import ProgressBar
+from .progress import counter
 
 # error bounds relative to max(1, |reference|): rounding of the inputs is in the reference
 BOUNDS = {"float64": (1e-9, 1e-6), "float32": (1e-5, 1e-4), "float16": (3e-3, 3e-3),
@@ -163,20 +163,8 @@ def _footer(rows, missing) -> list:
 
 
 def _progress_bar(enabled: bool):
-    """``progress(i, total, label)`` for `run`: a bar on a terminal, ``[i/total] label``
-    lines elsewhere, nothing when ``enabled`` is false (``--json``). Loading the
-    frameworks takes a few seconds before the first platform; a line says so."""
-    bar = ProgressBar(enabled=enabled)
-    bar.draw(0, 1, "loading the installed backends ...")
-    bar.log("loading the installed backends ...")
-
-    def progress(i, total, label):
-        bar.draw(i, max(total, 1), f"{i}/{total} {label:<32}")
-        bar.log(f"[{i}/{total}] {label}")
-        if i == total:
-            bar.finish()
-
-    return progress
+    # loading the frameworks takes a few seconds before the first platform: a line says so
+    return counter(enabled, label_width=32, start="loading the installed backends ...")
 
 
 def summary(rows) -> dict:
