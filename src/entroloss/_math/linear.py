@@ -140,6 +140,15 @@ def _sum_scalars(parts: list) -> Scalars:
     return Scalars(*total)
 
 
+def _counted(xp: Any, spec: Spec, h_rows: Any, t_rows: Any) -> Any:
+    """The rows with ignored ones zeroed: their loss and dl/dz are masked to 0 anyway, but
+    0 * NaN in ``dz.T @ h`` would still carry a NaN hidden state into the classifier's
+    gradient (the plain losses give NaN logits at an ignored position no gradient)."""
+    if spec.ignore_index is None or spec.soft:
+        return h_rows
+    return xp.where((t_rows != spec.ignore_index)[:, None], h_rows, 0.0)
+
+
 def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
            weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, add: Any) -> tuple:
     """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
@@ -150,9 +159,9 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, targe
     accumulator = None if g_rows is None else _Accumulator(xp, hidden, head, dtype, wants, add)
     losses, denominator = [], 0.0
     for rows in _chunks(spec, hidden.shape[0]):
-        h_rows = xp.astype(hidden[rows, :], dtype, copy=False)
-        z = _logits(xp, h_rows, wide, dtype)
         t_rows = target[rows, ...]
+        h_rows = _counted(xp, spec, xp.astype(hidden[rows, :], dtype, copy=False), t_rows)
+        z = _logits(xp, h_rows, wide, dtype)
         per = loss_terms(xp, kernels, row_spec, z, t_rows, weight, scalars)
         losses.append(per.loss)
         if per.denominator is not None:
