@@ -25,5 +25,5 @@ def value_and_grad(call: Any, add: Any = linear.add_product) -> tuple:
         xp, kernels_for(xp), call.spec, call.head, call.hidden, call.target, call.weight,
         call.scalars, with_grads=True, keep=call.keep, add=add)
     if call.spec.reduction == "mean":
-        grads = linear.scale(grads, linear.cotangent_factor(xp, call.spec, 1.0, denominator))
+        grads = linear.scale(xp, grads, linear.cotangent_factor(xp, call.spec, 1.0, denominator))
     return value, grads

@@ -45,7 +45,7 @@ def _backward(spec, floats, residuals, cotangent):
     (hidden, classifier, bias, target, weight, arrays), denominator, grads = residuals
     g = cotangent.astype(compute_dtype(jnp, cotangent.dtype))
     if grads is not None:
-        grads = linear.scale(grads, linear.cotangent_factor(jnp, spec, g, denominator))
+        grads = linear.scale(jnp, grads, linear.cotangent_factor(jnp, spec, g, denominator))
     else:
         grads = linear.backward(jnp, GENERIC, spec, linear.Head(classifier, bias), hidden,
                                 target, weight, _merge(floats, arrays), g, denominator)

@@ -244,9 +244,10 @@ def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> A
     return safe_divide(xp, cotangent, denominator) if spec.reduction == "mean" else cotangent
 
 
-def scale(grads: HeadGradients, factor: Any) -> HeadGradients:
-    """The gradients of the sum times ``factor`` (a 0-d array or a number)."""
-    times = lambda g: None if g is None else g * factor
+def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
+    """The gradients of the sum times ``factor`` (a 0-d array or a number), each in its
+    own dtype (NumPy and JAX would promote a float16 gradient times a float32 factor)."""
+    times = lambda g: None if g is None else xp.astype(g * factor, g.dtype, copy=False)
     return HeadGradients(times(grads.hidden), times(grads.classifier), times(grads.bias),
                          Scalars(*(times(d) for d in grads.scalars)))
 
