@@ -74,7 +74,9 @@ def _chunks(spec: Spec, rows: int) -> list:
 
 def _logits(xp: Any, h_rows: Any, head: Head, dtype: Any) -> Any:
     z = xp.astype(h_rows, dtype, copy=False) @ xp.matrix_transpose(head.classifier)
-    return z if head.bias is None else z + head.bias
+    if head.bias is not None:
+        z += head.bias  # in place where the namespace writes (no second chunk), else rebound
+    return z
 
 
 def _in_compute_dtype(xp: Any, head: Head, dtype: Any) -> Head:
@@ -149,6 +151,16 @@ def _counted(xp: Any, spec: Spec, h_rows: Any, t_rows: Any) -> Any:
     return xp.where((t_rows != spec.ignore_index)[:, None], h_rows, 0.0)
 
 
+def _into(accumulator: _Accumulator, xp: Any, kernels: Kernels, row_spec: Spec, rows: slice,
+          z: Any, h_rows: Any, per: Any, t_rows: Any, weight: Any, scalars: Scalars,
+          g_rows: Any, wide: Head) -> None:
+    """One chunk's ``dl/dz``, multiplied into the gradients."""
+    dz, d_scalars, _ = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
+                                 per.log_norm, per.main, per.reg, t_rows, weight, scalars,
+                                 g_rows[rows])
+    accumulator.take(rows, h_rows, dz, wide, d_scalars)
+
+
 def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
            weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, add: Any) -> tuple:
     """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
@@ -167,10 +179,9 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, targe
         if per.denominator is not None:
             denominator = denominator + per.denominator
         if accumulator is not None:
-            dz, d_scalars, _ = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
-                                         per.log_norm, per.main, per.reg, t_rows, weight,
-                                         scalars, g_rows[rows])
-            accumulator.take(rows, h_rows, dz, wide, d_scalars)
+            # in a function of its own, so that the chunk's dl/dz goes with it
+            _into(accumulator, xp, kernels, row_spec, rows, z, h_rows, per, t_rows, weight,
+                  scalars, g_rows, wide)
         del z, per  # the chunk's logits go before the next chunk's are made
     grads = None if accumulator is None else accumulator.result(head)
     mean = spec.reduction == "mean"
