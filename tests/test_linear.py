@@ -268,6 +268,19 @@ def test_ignored_rows_get_no_gradient_even_when_nan(backend):
     assert np.all(backend.to_numpy(got["hidden"])[ignored] == 0)
 
 
+def test_every_row_ignored(backend):
+    """A mean over nothing is NaN and its gradients 0, as the plain loss gives them."""
+    lc = linear_case("focal", "ignore", "mean", salt="all")
+    lc.target[...] = -100
+    value, grads = expected(lc, {})
+    h, w, target, options = on_backend(lc, backend)
+    got_value, got = autograd(backend, el.linear_focal, h, w, target, options,
+                              _learnable(options, {}))
+    assert np.isnan(value) and np.isnan(backend.to_numpy(got_value))
+    for name in grads:
+        assert_close(got[name], grads[name], backend, "float64")
+
+
 @pytest.mark.parametrize("backend", backend_params(["numpy", "torch"]))
 def test_ignored_rows_are_left_out_of_the_matmuls(backend):
     """Where the target can be read and rows written back by index, only the counted rows

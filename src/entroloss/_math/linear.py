@@ -251,8 +251,13 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, targ
 
 
 def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> Any:
-    """What the gradients of the sum are multiplied by for a reduced loss's cotangent."""
-    return safe_divide(xp, cotangent, denominator) if spec.reduction == "mean" else cotangent
+    """What the gradients of the sum are multiplied by for a reduced loss's cotangent.
+    A mean over nothing (every position ignored) is NaN, and its gradients are 0, as the
+    plain losses give them (NaN x the sum's zeros would be NaN)."""
+    if spec.reduction != "mean":
+        return cotangent
+    positive = denominator > 0
+    return xp.where(positive, cotangent / xp.where(positive, denominator, 1.0), 0.0)
 
 
 def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
