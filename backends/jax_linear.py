@@ -4,7 +4,8 @@ The forward rule (run only under differentiation) forms the gradients of the sum
 each chunk of logits is in hand for reductions "mean" and "sum", and the backward rule
 scales them by the cotangent; for "none" the backward recomputes each chunk for its
 per-row cotangents. Works under ``jax.jit`` (the chunks are a Python loop, unrolled at
-trace time). The static part of a call (the spec, the weights or bases given as Python
+trace time, which XLA schedules side by side: no memory saving under ``jit`` yet, see
+docs/linear.md). The static part of a call (the spec, the weights or bases given as Python
 floats) is non-differentiable; ``hidden``, ``classifier``, ``bias`` and weights or bases
 given as arrays are differentiated; the target and the class weights are constants.
 Ignored rows are computed and masked (the target is not read under tracing).
