@@ -16,6 +16,15 @@ from ._api import (
     softmax,
     value_and_grad,
 )
+from ._linear import (
+    linear_adaptive_ce,
+    linear_cross_entropy,
+    linear_entropy,
+    linear_focal,
+    linear_min_ent,
+    linear_mix_ent,
+    linear_value_and_grad,
+)
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -24,6 +33,13 @@ __all__ = [
     "cross_entropy",
     "entropy",
     "focal",
+    "linear_adaptive_ce",
+    "linear_cross_entropy",
+    "linear_entropy",
+    "linear_focal",
+    "linear_min_ent",
+    "linear_mix_ent",
+    "linear_value_and_grad",
     "log_softmax",
     "min_ent",
     "mix_ent",

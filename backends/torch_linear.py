@@ -1,0 +1,105 @@
+"""torch: the linear-head losses as a ``torch.autograd.Function``.
+
+With reduction "mean" or "sum" and a gradient wanted, the forward forms the gradients of
+the sum while each chunk of logits is in hand (three matmuls a chunk, as the naive
+forward plus backward), and the first backward scales them by the cotangent in place and
+hands them out (a second backward, after ``retain_graph=True``, recomputes them). With
+"none" the backward recomputes each chunk for its per-row cotangents. Gradients reach
+``hidden``, ``classifier``, ``bias`` and every weight or base passed as a tensor; a soft
+target is a constant. Double backward (``create_graph=True``) is refused for now: the
+backward is not itself written as differentiable torch operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat.torch as xp
+import torch
+
+from entroloss._math import Scalars, compute_dtype, linear
+
+from . import explicit_linear, kernels_for
+
+_KERNELS = kernels_for(xp)
+_FIRST_SCALAR = 7  # the Function's inputs: call, grad_mode, hidden, classifier, bias, target, weight
+
+
+def _add_product(xp_: Any, total: Any, a: Any, b: Any) -> Any:
+    return total.addmm_(a, b)  # no (C, H) temporary for the classifier's gradient
+
+
+class _LinearLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, call, grad_mode, hidden, classifier, bias, target, weight, *scalars):
+        needs = ctx.needs_input_grad
+        wants = linear.Wants(needs[2], needs[3], needs[4])
+        fused = grad_mode and any(needs) and call.spec.reduction != "none"
+        head, values = linear.Head(classifier, bias), Scalars(*scalars)
+        with torch.autocast(hidden.device.type, enabled=False):
+            value, denominator, grads = linear.forward(
+                xp, _KERNELS, call.spec, head, hidden, target, weight, values,
+                with_grads=fused, wants=wants, keep=call.keep, add=_add_product)
+        ctx.call, ctx.wants, ctx.grads, ctx.denominator = call, wants, grads, denominator
+        ctx.floats = Scalars(*(None if torch.is_tensor(v) else v for v in scalars))
+        # the inputs cost no memory to keep: a backward after the first (retain_graph=True)
+        # recomputes from them, the fused gradients being handed out by the first
+        ctx.save_for_backward(hidden, classifier, bias, target, weight,
+                              *(v if torch.is_tensor(v) else None for v in scalars))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the linear-head losses do not support double backward (create_graph=True) "
+                "yet; use the plain loss on hidden @ classifier.T + bias for second order")
+        call = ctx.call
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.grads is not None:
+                g = grad.to(compute_dtype(xp, grad.dtype))
+                factor = linear.cotangent_factor(xp, call.spec, g, ctx.denominator)
+                grads = _scale_in_place(ctx.grads, factor)
+                ctx.grads = None  # handed out: the graph keeps no second reference
+            else:
+                grads = _recompute(ctx, grad)
+        wanted = ctx.needs_input_grad[_FIRST_SCALAR:]
+        d_scalars = tuple(None if d is None or not want else d.to(v.dtype) for d, want, v in
+                          zip(grads.scalars, wanted, call.scalars))
+        return (None, None, grads.hidden, grads.classifier, grads.bias, None, None, *d_scalars)
+
+
+def _scale_in_place(grads: linear.HeadGradients, factor: Any) -> linear.HeadGradients:
+    for g in (grads.hidden, grads.classifier, grads.bias):
+        if g is not None:
+            g.mul_(factor)  # a 0-d factor keeps g's dtype
+    return grads._replace(scalars=Scalars(*(None if d is None else d * factor
+                                            for d in grads.scalars)))
+
+
+def _recompute(ctx: Any, grad: Any) -> linear.HeadGradients:
+    hidden, classifier, bias, target, weight, *tensors = ctx.saved_tensors
+    scalars = Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
+    return linear.backward(xp, _KERNELS, ctx.call.spec, linear.Head(classifier, bias), hidden,
+                           target, weight, scalars, grad, ctx.denominator, wants=ctx.wants,
+                           keep=ctx.call.keep, add=_add_product)
+
+
+def loss(call: Any) -> Any:
+    if call.weight is not None and call.weight.requires_grad:
+        raise ValueError("weight requires grad, but entroloss differentiates the hidden states, "
+                         "the classifier, the bias and the weights and bases, not the class "
+                         "weights; pass weight.detach()")
+    if call.target.requires_grad:
+        raise ValueError("target requires grad, but the linear-head losses treat a soft target "
+                         "as a constant (its gradient would be of the logits' size); pass "
+                         "target.detach()")
+    head = call.head
+    return _LinearLoss.apply(call, torch.is_grad_enabled(), call.hidden, head.classifier,
+                             head.bias, call.target, call.weight, *call.scalars)
+
+
+def value_and_grad(call: Any) -> tuple:
+    """The explicit path, kept off torch's autograd graph."""
+    with torch.no_grad():
+        return explicit_linear.value_and_grad(call, add=_add_product)

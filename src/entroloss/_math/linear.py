@@ -1,0 +1,286 @@
+"""A linear head and a loss, without the whole logits: ``z = hidden @ W.T + b`` is formed
+a chunk of rows at a time, :mod:`.positions` evaluates the loss (and its ``dl/dz``) on
+that chunk, ``dl/dz`` is multiplied into the gradients of the hidden states, the
+classifier and the bias, and the chunk is dropped.
+
+No loss is defined here: this only composes the matmuls with ``positions.loss_terms``
+and ``positions.gradients``. Rows are ``hidden (N, H)``, ``classifier (C, H)`` (torch's
+``nn.Linear`` layout), ``bias (C,)`` or None; the target is ``(N,)`` or ``(N, C)``; the
+spec is that of logits ``(N, C)`` (``axis=1``, ``chunk_size`` = rows per chunk).
+
+Precision: the logits, their row statistics and every gradient are accumulated in the
+compute dtype (float32 for float16/bfloat16 inputs: the classifier is cast once, each
+chunk of hidden rows as it is used); the gradients are returned in their inputs' dtypes.
+
+Gradients are linear in the per-row cotangent, so when the cotangent is one number
+(reductions "mean" and "sum") the gradients of the *sum* of the losses can be formed in
+the forward while each chunk is in hand (``with_grads``) and scaled by the cotangent
+later: three matmuls per chunk in all, as the naive forward plus backward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+from .passes import safe_divide
+from .positions import gradients, loss_terms
+from .primitives import Kernels, compute_dtype, device, is_writeable
+from .spec import Scalars, Spec
+
+__all__ = ["Head", "HeadGradients", "LOGITS_BUDGET_BYTES", "default_chunk_size", "forward",
+           "backward", "scale"]
+
+# A chunk's logits take at most this much in the compute dtype when chunk_size is None;
+# the chunk's few temporaries (p, dl/dz) are of the same size.
+LOGITS_BUDGET_BYTES = 64 * 2**20
+
+
+class Head(NamedTuple):
+    """The linear head: ``classifier (C, H)`` and ``bias (C,)`` or None."""
+
+    classifier: Any
+    bias: Any = None
+
+
+class Wants(NamedTuple):
+    """Which gradients to form (each one is a matmul or a sum per chunk)."""
+
+    hidden: bool = True
+    classifier: bool = True
+    bias: bool = True
+
+
+class HeadGradients(NamedTuple):
+    """Gradients of ``sum(cotangent * loss)``; None where not wanted (or no bias)."""
+
+    hidden: Any
+    classifier: Any
+    bias: Any
+    scalars: Scalars
+
+
+def default_chunk_size(num_classes: int, itemsize: int) -> int:
+    """Rows whose logits fit in ``LOGITS_BUDGET_BYTES`` (at least one)."""
+    return max(1, LOGITS_BUDGET_BYTES // max(1, num_classes * itemsize))
+
+
+def _chunks(spec: Spec, rows: int) -> list:
+    """The row slices; one empty slice for no rows, so that shapes still come out."""
+    step = spec.chunk_size
+    return [slice(a, min(a + step, rows)) for a in range(0, max(rows, 1), step)]
+
+
+def _logits(xp: Any, h_rows: Any, head: Head, dtype: Any) -> Any:
+    z = xp.astype(h_rows, dtype, copy=False) @ xp.matrix_transpose(head.classifier)
+    if head.bias is not None:
+        z += head.bias  # in place where the namespace writes (no second chunk), else rebound
+    return z
+
+
+def _in_compute_dtype(xp: Any, head: Head, dtype: Any) -> Head:
+    bias = None if head.bias is None else xp.astype(head.bias, dtype, copy=False)
+    return Head(xp.astype(head.classifier, dtype, copy=False), bias)
+
+
+def add_product(xp: Any, total: Any, a: Any, b: Any) -> Any:
+    """``total + a @ b``; a library may pass one that writes into ``total`` without the
+    product's own ``(C, H)`` temporary (torch: ``addmm_``)."""
+    total += a @ b  # in place where the namespace writes in place, else rebound
+    return total
+
+
+class _Accumulator:
+    """The gradients being formed, one chunk of rows at a time."""
+
+    def __init__(self, xp: Any, hidden: Any, head: Head, dtype: Any, wants: Wants,
+                 add: Any) -> None:
+        self.xp, self.wants, self.add, self.dtype = xp, wants, add, hidden.dtype
+        where = device(hidden)
+        classes, features = head.classifier.shape
+        self.hidden: Any = None
+        if wants.hidden:
+            self.hidden = (xp.empty(hidden.shape, dtype=hidden.dtype, device=where)
+                           if is_writeable(hidden) else [])
+        self.classifier = (xp.zeros((classes, features), dtype=dtype, device=where)
+                           if wants.classifier else None)
+        self.bias = (xp.zeros((classes,), dtype=dtype, device=where)
+                     if wants.bias and head.bias is not None else None)
+        self.scalars: list = []
+
+    def take(self, rows: slice, h_rows: Any, dz: Any, head: Head, d_scalars: Scalars) -> None:
+        """Multiply one chunk's ``dl/dz (n, C)`` into the gradients."""
+        xp = self.xp
+        if self.hidden is not None:
+            d_rows = xp.astype(dz @ head.classifier, self.dtype, copy=False)
+            if isinstance(self.hidden, list):
+                self.hidden.append(d_rows)
+            else:
+                self.hidden[rows, :] = d_rows
+        if self.classifier is not None:
+            self.classifier = self.add(xp, self.classifier, xp.matrix_transpose(dz), h_rows)
+        if self.bias is not None:
+            self.bias += xp.sum(dz, axis=0)
+        self.scalars.append(d_scalars)
+
+    def result(self, head: Head) -> HeadGradients:
+        xp = self.xp
+        d_hidden = self.hidden
+        if isinstance(d_hidden, list):
+            d_hidden = xp.concat(d_hidden)
+        d_w = None if self.classifier is None else xp.astype(self.classifier,
+                                                             head.classifier.dtype, copy=False)
+        d_b = None if self.bias is None else xp.astype(self.bias, head.bias.dtype, copy=False)
+        return HeadGradients(d_hidden, d_w, d_b, _sum_scalars(self.scalars))
+
+
+def _sum_scalars(parts: list) -> Scalars:
+    total = list(parts[0])
+    for part in parts[1:]:
+        total = [None if t is None else t + d for t, d in zip(total, part)]
+    return Scalars(*total)
+
+
+def _counted(xp: Any, spec: Spec, h_rows: Any, t_rows: Any) -> Any:
+    """The rows with ignored ones zeroed: their loss and dl/dz are masked to 0 anyway, but
+    0 * NaN in ``dz.T @ h`` would still carry a NaN hidden state into the classifier's
+    gradient (the plain losses give NaN logits at an ignored position no gradient)."""
+    if spec.ignore_index is None or spec.soft:
+        return h_rows
+    return xp.where((t_rows != spec.ignore_index)[:, None], h_rows, 0.0)
+
+
+def _into(accumulator: _Accumulator, xp: Any, kernels: Kernels, row_spec: Spec, rows: slice,
+          z: Any, h_rows: Any, per: Any, t_rows: Any, weight: Any, scalars: Scalars,
+          g_rows: Any, wide: Head) -> None:
+    """One chunk's ``dl/dz``, multiplied into the gradients."""
+    dz, d_scalars, _ = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
+                                 per.log_norm, per.main, per.reg, t_rows, weight, scalars,
+                                 g_rows[rows])
+    accumulator.take(rows, h_rows, dz, wide, d_scalars)
+
+
+def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
+           weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, add: Any) -> tuple:
+    """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
+    its gradients. Returns ``(loss per row, the mean's denominator, HeadGradients)``."""
+    dtype = compute_dtype(xp, hidden.dtype)
+    wide = _in_compute_dtype(xp, head, dtype)  # one cast of the classifier, not one a chunk
+    row_spec = replace(spec, chunk_size=None)
+    accumulator = None if g_rows is None else _Accumulator(xp, hidden, head, dtype, wants, add)
+    losses, denominator = [], 0.0
+    for rows in _chunks(spec, hidden.shape[0]):
+        t_rows = target[rows, ...]
+        h_rows = _counted(xp, spec, xp.astype(hidden[rows, :], dtype, copy=False), t_rows)
+        z = _logits(xp, h_rows, wide, dtype)
+        per = loss_terms(xp, kernels, row_spec, z, t_rows, weight, scalars)
+        losses.append(per.loss)
+        if per.denominator is not None:
+            denominator = denominator + per.denominator
+        if accumulator is not None:
+            # in a function of its own, so that the chunk's dl/dz goes with it
+            _into(accumulator, xp, kernels, row_spec, rows, z, h_rows, per, t_rows, weight,
+                  scalars, g_rows, wide)
+        del z, per  # the chunk's logits go before the next chunk's are made
+    grads = None if accumulator is None else accumulator.result(head)
+    mean = spec.reduction == "mean"
+    return xp.concat(losses), denominator if mean else None, grads
+
+
+# --- ignored rows: left out of the matmuls when the target can be read ---------------------
+
+
+def kept_rows(xp: Any, spec: Spec, target: Any) -> Any:
+    """The indices of the rows that count (class index != ``ignore_index``), or None when
+    all do, for :func:`forward` and :func:`backward` to leave the others out of the
+    matmuls. Reads the target, so only for concrete targets, and only for the libraries
+    that write rows back by index (NumPy, CuPy, torch); elsewhere (``jax.jit``,
+    array-api-strict) ignored rows are computed and masked to 0."""
+    if spec.ignore_index is None or spec.soft or not _scatters(target):
+        return None
+    keep = xp.nonzero(target != spec.ignore_index)[0]
+    return None if keep.shape[0] == target.shape[0] else keep
+
+
+def _scatters(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] in ("numpy", "cupy", "torch") and is_writeable(x)
+
+
+def _select(xp: Any, keep: Any, *arrays: Any) -> tuple:
+    return arrays if keep is None else tuple(xp.take(a, keep, axis=0) for a in arrays)
+
+
+def _spread(xp: Any, keep: Any, rows: int, values: Any) -> Any:
+    """Rows of the kept positions back among all ``rows``, 0 at the ignored ones."""
+    if keep is None or values is None:
+        return values
+    full = xp.zeros((rows,) + tuple(values.shape[1:]), dtype=values.dtype, device=device(values))
+    full[keep, ...] = values
+    return full
+
+
+# --- the passes -------------------------------------------------------------------------
+
+
+def _reduce(xp: Any, spec: Spec, loss: Any, denominator: Any) -> Any:
+    if spec.reduction == "none":
+        return loss
+    total = xp.sum(loss)
+    return safe_divide(xp, total, denominator) if spec.reduction == "mean" else total
+
+
+def forward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
+            weight: Any, scalars: Scalars, *, with_grads: bool = False, wants: Wants = Wants(),
+            keep: Any = None, add: Any = add_product) -> tuple:
+    """``(value, denominator, grads)``: the reduced loss in the hidden states' dtype (per
+    row with "none"); the mean's divisor (else None); with ``with_grads`` the
+    :class:`HeadGradients` of the *sum* of the per-row losses (else None), for
+    :func:`scale` to finish."""
+    rows = hidden.shape[0]
+    h, t = _select(xp, keep, hidden, target)
+    g_rows = None
+    if with_grads:
+        g_rows = xp.ones((h.shape[0],), dtype=compute_dtype(xp, hidden.dtype), device=device(h))
+    loss, denominator, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows,
+                                      wants, add)
+    value = _reduce(xp, spec, _spread(xp, keep, rows, loss), denominator)
+    if grads is not None:
+        grads = grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
+    return xp.astype(value, hidden.dtype, copy=False), denominator, grads
+
+
+def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> Any:
+    """What the gradients of the sum are multiplied by for a reduced loss's cotangent.
+    A mean over nothing (every position ignored) is NaN, and its gradients are 0, as the
+    plain losses give them (NaN x the sum's zeros would be NaN)."""
+    if spec.reduction != "mean":
+        return cotangent
+    positive = denominator > 0
+    return xp.where(positive, cotangent / xp.where(positive, denominator, 1.0), 0.0)
+
+
+def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
+    """The gradients of the sum times ``factor`` (a 0-d array or a number), each in its
+    own dtype (NumPy and JAX would promote a float16 gradient times a float32 factor)."""
+    times = lambda g: None if g is None else xp.astype(g * factor, g.dtype, copy=False)
+    return HeadGradients(times(grads.hidden), times(grads.classifier), times(grads.bias),
+                         Scalars(*(times(d) for d in grads.scalars)))
+
+
+def backward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
+             weight: Any, scalars: Scalars, cotangent: Any, denominator: Any, *,
+             wants: Wants = Wants(), keep: Any = None, add: Any = add_product) -> HeadGradients:
+    """The gradients of ``sum(cotangent * loss)``, recomputing every chunk's logits: for
+    a per-row cotangent (reduction "none"), or where the forward formed none."""
+    rows = hidden.shape[0]
+    dtype = compute_dtype(xp, hidden.dtype)
+    if spec.reduction == "none":
+        g_rows = xp.astype(xp.reshape(cotangent, (rows,)), dtype)
+    else:
+        g = cotangent_factor(xp, spec, xp.astype(xp.asarray(cotangent, device=device(hidden)),
+                                                 dtype), denominator)
+        g_rows = xp.broadcast_to(g, (rows,))
+    h, t, g_rows = _select(xp, keep, hidden, target, g_rows)
+    _, _, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows, wants, add)
+    return grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))

@@ -1,0 +1,441 @@
+"""The linear-head losses: ``linear_<loss>(hidden, classifier, target, bias=...)`` equals
+the plain loss on ``hidden @ classifier.T + bias`` (its value, and its own gradient
+mapped back by the chain rule) on every backend, for every loss x target kind x
+reduction of the option grid, chunk size by chunk size; the scalars' gradients against
+finite differences; ignored rows; half precision; the bad inputs.
+"""
+
+from __future__ import annotations
+
+import doctest
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import entroloss as el
+from entroloss import _linear
+from entroloss._math import linear
+from entroloss.tools.reference import central_differences
+from tests.helpers.assertions import assert_close, tolerance
+from tests.helpers.cases import GRID_ARGS, GRID_IDS, draw, scalar_names
+from tests.helpers.platforms import backend_dtype_params, backend_params
+
+FEATURES = 4
+
+
+@dataclass
+class LinearCase:
+    loss: str
+    hidden: np.ndarray  # (..., H)
+    classifier: np.ndarray  # (C, H)
+    bias: np.ndarray | None
+    target: np.ndarray  # indices (...) or probabilities (..., C)
+    options: dict  # the loss's keywords; class weight as NumPy; no axis
+
+    @property
+    def logits(self) -> np.ndarray:
+        z = self.hidden @ self.classifier.T
+        return z if self.bias is None else z + self.bias
+
+
+def linear_case(loss: str, kind: str, reduction: str, salt: str = "linear") -> LinearCase:
+    """A grid case (its target and options), with hidden states and a head in place of
+    its logits; classes last."""
+    case = draw(loss, kind, reduction, salt)
+    options = dict(case.options)
+    axis = options.pop("axis", -1) % case.logits.ndim
+    num_classes = case.logits.shape[axis]
+    target = case.target
+    if target.dtype.kind == "f" and axis != target.ndim - 1:
+        target = np.moveaxis(target, axis, -1)
+    positions = case.logits.shape[:axis] + case.logits.shape[axis + 1:]
+    rng = np.random.default_rng(zlib.crc32(f"{loss}|{kind}|{reduction}|{salt}|head".encode()))
+    hidden = rng.normal(size=positions + (FEATURES,))
+    classifier = rng.normal(scale=0.8, size=(num_classes, FEATURES))
+    bias = rng.normal(size=num_classes) if rng.random() < 0.7 else None
+    return LinearCase(loss, hidden, classifier, bias, target, options)
+
+
+def array_scalars(lc: LinearCase) -> dict:
+    """Every weight and base of the loss as a 0-d float64 array (so that it is learnt)."""
+    out = {}
+    for name in scalar_names(lc.loss):
+        default = 1.7 if name.endswith("base") else 0.6
+        out[name] = np.asarray(float(lc.options.get(name, default)))
+    return out
+
+
+def chain_rule(dz: np.ndarray, lc: LinearCase) -> dict:
+    """The head's gradients from the plain loss's ``dl/dlogits``."""
+    rows = dz.reshape(-1, dz.shape[-1])
+    hidden = lc.hidden.reshape(-1, FEATURES)
+    grads = {"hidden": dz @ lc.classifier, "classifier": rows.T @ hidden}
+    if lc.bias is not None:
+        grads["bias"] = rows.sum(axis=0)
+    return grads
+
+
+def expected(lc: LinearCase, scalars: dict) -> tuple:
+    """The plain loss (NumPy, float64) on the logits, and its gradients mapped back."""
+    value, grads = el.value_and_grad(getattr(el, lc.loss), lc.logits, lc.target,
+                                     **{**lc.options, **scalars})
+    out = chain_rule(grads.pop("logits"), lc)
+    out.update(grads)
+    return value, out
+
+
+def on_backend(lc: LinearCase, backend, dtype: str = "float64", scalars: dict | None = None):
+    """(hidden, classifier, target, keywords) as arrays of ``backend``."""
+    target = backend.asarray(lc.target, dtype if lc.target.dtype.kind == "f" else "int64")
+    options = dict(lc.options)
+    if options.get("weight") is not None:
+        options["weight"] = backend.asarray(options["weight"], dtype)
+    for name, value in (scalars or {}).items():
+        options[name] = backend.asarray(value, dtype)
+    if lc.bias is not None:
+        options["bias"] = backend.asarray(lc.bias, dtype)
+    return backend.asarray(lc.hidden, dtype), backend.asarray(lc.classifier, dtype), target, options
+
+
+def _learnable(options: dict, scalars: dict) -> list:
+    return (["bias"] if "bias" in options else []) + list(scalars)
+
+
+def autograd(backend, fn, hidden, classifier, target, options, learnable) -> tuple:
+    """The loss and the gradients of its sum through the framework's own autograd
+    (torch, JAX), or ``linear_value_and_grad`` (NumPy, CuPy, array-api-strict)."""
+    if backend.library == "torch":
+        leaves = {"hidden": hidden, "classifier": classifier,
+                  **{n: options[n] for n in learnable}}
+        leaves = {n: t.detach().requires_grad_() for n, t in leaves.items()}
+        kw = {**options, **{n: leaves[n] for n in learnable}}
+        value = fn(leaves["hidden"], leaves["classifier"], target, **kw)
+        value.sum().backward()
+        return value, {n: t.grad for n, t in leaves.items()}
+    if backend.library == "jax":
+        import jax
+
+        def total(leaves):
+            kw = {**options, **{n: leaves[n] for n in learnable}}
+            value = fn(leaves["hidden"], leaves["classifier"], target, **kw)
+            return value.sum(), value
+
+        leaves = {"hidden": hidden, "classifier": classifier, **{n: options[n] for n in learnable}}
+        (_, value), grads = jax.value_and_grad(total, has_aux=True)(leaves)
+        return value, grads
+    return el.linear_value_and_grad(fn, hidden, classifier, target, **options)
+
+
+def check_against_plain(backend, args, chunk_size: int) -> None:
+    lc = linear_case(*args)
+    scalars = array_scalars(lc)
+    value, grads = expected(lc, scalars)
+    fn = getattr(el, f"linear_{lc.loss}")
+    hidden, classifier, target, options = on_backend(lc, backend, scalars=scalars)
+    options["chunk_size"] = chunk_size
+    floats = {**options, **{name: float(v) for name, v in scalars.items()}}
+    assert_close(fn(hidden, classifier, target, **floats), value, backend, "float64")
+    got_value, got = autograd(backend, fn, hidden, classifier, target, options,
+                              _learnable(options, scalars))
+    assert_close(got_value, value, backend, "float64")
+    assert set(got) == set(grads)
+    for name in grads:
+        assert_close(got[name], grads[name], backend, "float64")
+    if backend.library in ("torch", "jax"):  # the explicit path on them too
+        got_value, got = el.linear_value_and_grad(fn, hidden, classifier, target, **options)
+        assert_close(got_value, value, backend, "float64")
+        for name in grads:
+            assert_close(got[name], grads[name], backend, "float64")
+
+
+@pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)
+def test_equals_the_plain_loss_on_the_logits(backend, args):
+    """Value and every gradient (hidden, classifier, bias, the weights and bases as 0-d
+    arrays), three rows a chunk (chunks that do not divide the rows)."""
+    check_against_plain(backend, args, 3)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 1000])
+@pytest.mark.parametrize("args", GRID_ARGS, ids=GRID_IDS)
+def test_chunk_size_changes_nothing(args, chunk_size):
+    """Every row its own chunk, and one chunk for all (more rows than N), on NumPy."""
+    check_against_plain(backend_params(["numpy"])[0].values[0], args, chunk_size)
+
+
+# --- the scalars against finite differences ------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", [d for d in ("cross_entropy", "min_ent", "mix_ent",
+                                              "adaptive_ce", "focal")])
+@pytest.mark.parametrize("kind, reduction", [("index", "mean"), ("ignore", "sum"),
+                                             ("soft", "none")])
+def test_scalar_gradients_match_finite_differences(loss, kind, reduction):
+    lc = linear_case(loss, kind, reduction, salt="differences")
+    scalars = array_scalars(lc)
+    fn = getattr(el, f"linear_{loss}")
+    options = {**lc.options, "bias": lc.bias, "chunk_size": 2}
+    _, grads = el.linear_value_and_grad(fn, lc.hidden, lc.classifier, lc.target,
+                                        **{**options, **scalars})
+    for name, value in scalars.items():
+        def total(s, name=name):
+            return np.sum(fn(lc.hidden, lc.classifier, lc.target,
+                             **{**options, **scalars, name: np.asarray(s)}))
+
+        numeric = central_differences(total, value)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+# --- the entropy ---------------------------------------------------------------------------
+
+
+def _entropy_case(with_bias: bool = True):
+    rng = np.random.default_rng(13)
+    hidden = rng.normal(size=(2, 3, FEATURES))
+    classifier = rng.normal(scale=0.9, size=(5, FEATURES))
+    return hidden, classifier, rng.normal(size=5) if with_bias else None
+
+
+def _entropy_expected(hidden, classifier, bias, base):
+    """Values by the plain ``el.entropy``; gradients of their sum by central differences."""
+    def total_of(h=hidden, w=classifier, b=bias, s=base):
+        z = h @ w.T + (0.0 if b is None else b)
+        return np.sum(el.entropy(z, base=np.asarray(s)))
+
+    grads = {"hidden": central_differences(lambda h: total_of(h=h), hidden),
+             "classifier": central_differences(lambda w: total_of(w=w), classifier),
+             "base": central_differences(lambda s: total_of(s=s), np.asarray(base))}
+    if bias is not None:
+        grads["bias"] = central_differences(lambda b: total_of(b=b), bias)
+    z = hidden @ classifier.T + (0.0 if bias is None else bias)
+    return el.entropy(z, base=base), grads
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_entropy_values_and_gradients(backend, with_bias):
+    """Per position, against ``el.entropy`` on the logits and finite differences."""
+    hidden, classifier, bias = _entropy_case(with_bias)
+    value, grads = _entropy_expected(hidden, classifier, bias, 2.0)
+    h, w = backend.asarray(hidden), backend.asarray(classifier)
+    options = {"base": backend.asarray(np.asarray(2.0)), "chunk_size": 4}
+    if bias is not None:
+        options["bias"] = backend.asarray(bias)
+    assert_close(el.linear_entropy(h, w, bias=options.get("bias"), base=2.0), value, backend,
+                 "float64")
+    learnable = ["base"] + (["bias"] if bias is not None else [])
+    wrapped = lambda h_, w_, _target, **kw: el.linear_entropy(h_, w_, **kw)
+    if backend.library in ("torch", "jax"):
+        got_value, got = autograd(backend, wrapped, h, w, None, options, learnable)
+    else:
+        got_value, got = el.linear_value_and_grad(el.linear_entropy, h, w, **options)
+    assert_close(got_value, value, backend, "float64")
+    assert set(got) == set(grads)
+    for name in grads:
+        got_np = backend.to_numpy(got[name])
+        np.testing.assert_allclose(got_np, grads[name], rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_entropy_takes_any_base_and_refuses_a_bad_one():
+    hidden, classifier, _ = _entropy_case()
+    half = el.linear_entropy(hidden, classifier, base=0.5)
+    np.testing.assert_allclose(half, -el.linear_entropy(hidden, classifier, base=2.0))
+    with pytest.raises(ValueError, match="base"):
+        el.linear_entropy(hidden, classifier, base=1.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'target'"):
+        el.linear_value_and_grad(el.linear_entropy, hidden, classifier, target=None)
+
+
+# --- ignored rows ----------------------------------------------------------------------------
+
+
+def test_ignored_rows_get_no_gradient_even_when_nan(backend):
+    """An ignored position contributes 0 and its hidden state no gradient, even NaN; the
+    rest is as if those rows were absent."""
+    lc = linear_case("min_ent", "ignore", "mean", salt="nan")
+    ignored = lc.target == -100
+    dirty = lc.hidden.copy()
+    dirty[ignored] = np.nan
+    clean = LinearCase(lc.loss, np.where(ignored[..., None], 0.0, lc.hidden), lc.classifier,
+                       lc.bias, lc.target, lc.options)
+    value, grads = expected(clean, {})
+    h, w, target, options = on_backend(LinearCase(**{**lc.__dict__, "hidden": dirty}), backend)
+    got_value, got = autograd(backend, el.linear_min_ent, h, w, target,
+                              {**options, "chunk_size": 2}, _learnable(options, {}))
+    assert_close(got_value, value, backend, "float64")
+    for name in grads:
+        assert_close(got[name], grads[name], backend, "float64")
+    assert np.all(backend.to_numpy(got["hidden"])[ignored] == 0)
+
+
+def test_every_row_ignored(backend):
+    """A mean over nothing is NaN and its gradients 0, as the plain loss gives them."""
+    lc = linear_case("focal", "ignore", "mean", salt="all")
+    lc.target[...] = -100
+    value, grads = expected(lc, {})
+    h, w, target, options = on_backend(lc, backend)
+    got_value, got = autograd(backend, el.linear_focal, h, w, target, options,
+                              _learnable(options, {}))
+    assert np.isnan(value) and np.isnan(backend.to_numpy(got_value))
+    for name in grads:
+        assert_close(got[name], grads[name], backend, "float64")
+
+
+@pytest.mark.parametrize("backend", backend_params(["numpy", "torch"]))
+def test_ignored_rows_are_left_out_of_the_matmuls(backend):
+    """Where the target can be read and rows written back by index, only the counted rows
+    are multiplied (the call keeps their indices)."""
+    target = backend.asarray(np.array([3, -100, 0, -100, -100, 1]), "int64")
+    h = backend.asarray(np.ones((6, 2)))
+    w = backend.asarray(np.zeros((4, 2)))
+    call = _linear._PUBLIC[el.linear_cross_entropy]((h, w, target), {"ignore_index": -100})
+    assert backend.to_numpy(call.keep).tolist() == [0, 2, 5]
+    counted = backend.asarray(np.array([3, 2, 0, 1, 1, 1]), "int64")
+    everything = _linear._PUBLIC[el.linear_cross_entropy]((h, w, counted), {"ignore_index": -100})
+    assert everything.keep is None
+
+
+# --- half precision --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "min_ent", "mix_ent", "adaptive_ce", "focal"])
+@pytest.mark.parametrize("backend, dtype",
+                         backend_dtype_params(["float32", "float16", "bfloat16"],
+                                              ["torch", "jax", "numpy"]))
+def test_lower_precision_accumulates_in_float32(backend, dtype, loss):
+    """Inputs in ``dtype``, logits and gradients accumulated in float32: within the
+    dtype's tolerance of float64 on the same (rounded) inputs; results in ``dtype``."""
+    lc = linear_case(loss, "ignore", "mean", salt="half")
+    hidden, classifier, target, options = on_backend(lc, backend, dtype)
+    rounded = LinearCase(lc.loss, backend.to_numpy(hidden), backend.to_numpy(classifier),
+                         None if lc.bias is None else backend.to_numpy(options["bias"]),
+                         lc.target, dict(lc.options))
+    if "weight" in options:
+        rounded.options["weight"] = backend.to_numpy(options["weight"])
+    value, grads = expected(rounded, {})
+    fn = getattr(el, f"linear_{loss}")
+    got_value, got = autograd(backend, fn, hidden, classifier, target,
+                              {**options, "chunk_size": 2}, _learnable(options, {}))
+    assert_close(got_value, value, backend, dtype)
+    for name in grads:
+        assert_close(got[name], grads[name], backend, dtype)
+
+
+# --- bad inputs ------------------------------------------------------------------------------
+
+_H, _W, _Y = np.ones((2, 3, 4)), np.zeros((5, 4)), np.zeros((2, 3), dtype=np.int64)
+
+BAD = [
+    (dict(classifier=np.zeros((5, 3))), ValueError, r"classifier must have shape \(C, 4\)"),
+    (dict(classifier=np.zeros((4, 5))), ValueError, r"classifier must have shape \(C, 4\)"),
+    (dict(classifier=np.zeros(4)), ValueError, "classifier must have shape"),
+    (dict(classifier=np.zeros((5, 4), dtype=np.float32)), TypeError, "classifier must have the hidden"),
+    (dict(classifier=np.zeros((0, 4))), ValueError, "classifier has 0 classes"),
+    (dict(classifier=np.zeros((5, 4), dtype=np.int64)), TypeError, "classifier must have a real"),
+    (dict(classifier=[[0.0] * 4] * 5), TypeError, "classifier must be an array"),
+    (dict(hidden=np.ones((2, 3, 5))), ValueError, r"classifier must have shape \(C, 5\)"),
+    (dict(hidden=np.ones((2, 3, 4), dtype=np.int64)), TypeError, "hidden must have a real"),
+    (dict(hidden=np.ones(())), ValueError, "hidden must have at least 1 dimension"),
+    (dict(hidden=[1.0, 2.0]), TypeError, "hidden must be an array"),
+    (dict(bias=np.zeros(4)), ValueError, r"bias must have shape \(5,\)"),
+    (dict(bias=np.zeros((1, 5))), ValueError, r"bias must have shape \(5,\)"),
+    (dict(bias=np.zeros(5, dtype=np.float32)), TypeError, "bias must have the hidden"),
+    (dict(target=np.zeros((3, 2), dtype=np.int64)), ValueError,
+     r"target of class indices must have shape \(2, 3\) \(hidden's shape"),
+    (dict(target=np.zeros((2, 3, 4))), ValueError,
+     r"soft target \(probabilities\) must have shape \(2, 3, 5\)"),
+    (dict(target=np.full((2, 3), 5)), ValueError, "target holds class index 5"),
+    (dict(weight=np.ones(4)), ValueError, r"weight must have shape \(5,\)"),
+    (dict(ignore_index=1.5), TypeError, "ignore_index must be a Python int"),
+    (dict(label_smoothing=2.0), ValueError, "label_smoothing must be finite and in"),
+    (dict(reduction="avg"), ValueError, "reduction must be one of"),
+    (dict(chunk_size=0), ValueError, "chunk_size must be a positive int"),
+    (dict(base=1.0), ValueError, "base must be a finite number > 1"),
+    (dict(axis=1), TypeError, "unexpected keyword argument 'axis'"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_inputs_are_refused_naming_the_argument(change, error, message):
+    args = {"hidden": _H, "classifier": _W, "target": _Y, **change}
+    positional = [args.pop(name) for name in ("hidden", "classifier", "target")]
+    with pytest.raises(error, match=message):
+        el.linear_cross_entropy(*positional, **args)
+    with pytest.raises(error, match=message):
+        el.linear_value_and_grad(el.linear_cross_entropy, *positional, **args)
+
+
+def test_bad_calls_name_the_function():
+    with pytest.raises(TypeError, match="linear_cross_entropy"):
+        el.linear_cross_entropy(_H, _W)
+    with pytest.raises(TypeError, match="loss_fn must be one of entroloss's linear-head"):
+        el.linear_value_and_grad(el.cross_entropy, _H, _W, _Y)
+    with pytest.raises(TypeError, match="takes hidden, classifier and target"):
+        el.linear_value_and_grad(el.linear_min_ent, _H, _W)
+
+
+@pytest.mark.parametrize("torch_backend", backend_params(["torch"]))
+def test_torch_refusals(torch_backend):
+    import torch
+
+    h = torch_backend.asarray(_H).requires_grad_()
+    w = torch_backend.asarray(_W)
+    soft = torch_backend.asarray(np.full((2, 3, 5), 0.2)).requires_grad_()
+    with pytest.raises(ValueError, match="target requires grad"):
+        el.linear_cross_entropy(h, w, soft)
+    weight = torch_backend.asarray(np.ones(5)).requires_grad_()
+    with pytest.raises(ValueError, match="weight requires grad"):
+        el.linear_cross_entropy(h, w, torch_backend.asarray(_Y), weight=weight)
+    value = el.linear_cross_entropy(h, w, torch_backend.asarray(_Y))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(value, h, create_graph=True)
+
+
+# --- framework specifics ---------------------------------------------------------------------
+
+
+def test_torch_forms_only_the_gradients_wanted_and_backward_twice(torch_backend):
+    """A frozen hidden state gets no gradient (none is formed); a second backward after
+    retain_graph=True recomputes what the first handed out."""
+    lc = linear_case("mix_ent", "index", "mean", salt="torch")
+    value, grads = expected(lc, {})
+    h, w, target, options = on_backend(lc, torch_backend)
+    w.requires_grad_()
+    loss = el.linear_mix_ent(h, w, target, **options, chunk_size=2)
+    loss.backward(retain_graph=True)
+    assert h.grad is None
+    assert_close(w.grad, grads["classifier"], torch_backend, "float64")
+    w.grad = None
+    (2 * loss).backward()
+    assert_close(w.grad, 2 * grads["classifier"], torch_backend, "float64")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_jax_under_jit(jax_backend, reduction):
+    import jax
+
+    lc = linear_case("focal", "ignore", reduction, salt="jit")
+    value, grads = expected(lc, {})
+    h, w, target, options = on_backend(lc, jax_backend)
+
+    def total(h, w):
+        return el.linear_focal(h, w, target, **options, chunk_size=2).sum()
+
+    got = jax.jit(jax.grad(total, argnums=(0, 1)))(h, w)
+    assert_close(jax.jit(total)(h, w), np.sum(value), jax_backend, "float64")
+    assert_close(got[0], grads["hidden"], jax_backend, "float64")
+    assert_close(got[1], grads["classifier"], jax_backend, "float64")
+
+
+def test_default_chunk_size_fits_the_budget():
+    """chunk_size=None: as many rows as keep a chunk's logits within 64 MiB."""
+    assert linear.default_chunk_size(32768, 4) == 512
+    assert linear.default_chunk_size(256_000, 4) == 65
+    assert linear.default_chunk_size(10**9, 4) == 1
+    call = _linear._PUBLIC[el.linear_min_ent]((_H, _W, _Y), {})
+    assert call.spec.chunk_size == linear.LOGITS_BUDGET_BYTES // (5 * 8)
+
+
+def test_docstring_examples():
+    result = doctest.testmod(_linear, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 7 and result.failed == 0
