@@ -76,14 +76,13 @@ def on_host(x: Any) -> bool:
     return compat.is_array_api_strict_namespace(compat.array_namespace(x))
 
 
-def bounds(x: Any) -> tuple[int, int]:
-    """The least and the largest entry of an integer array, as Python ints (one pass where
+def bounds(x: Any) -> tuple[Any, Any]:
+    """The least and the largest entry of an integer array, as 0-d arrays (one pass where
     the library has a fused min-max)."""
     if library(x) == "torch":
-        low, high = sys.modules["torch"].aminmax(x)
-        return int(low), int(high)
+        return tuple(sys.modules["torch"].aminmax(x))
     xp = namespace(x)
-    return int(xp.min(x)), int(xp.max(x))
+    return xp.min(x), xp.max(x)
 
 
 def is_dtype(xp: Any, x: Any, kind: str) -> bool:

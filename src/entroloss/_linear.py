@@ -112,8 +112,7 @@ def _static_options(definition: LossDef, o: dict) -> dict:
     eps = 1e-6
     if definition.takes_eps:
         eps = check.real_option("eps", o["eps"], low=0.0, low_open=True, what="> 0")
-    if not isinstance(o["validate"], bool):
-        raise TypeError(f"validate must be True or False, got {type(o['validate']).__name__}")
+    check.check_validate(o["validate"])
     return dict(gamma=gamma, eps=eps, reduction=check.check_reduction(o["reduction"]),
                 chunk_size=check.check_chunk_size(o["chunk_size"]),
                 ignore_index=check.check_ignore_index(o["ignore_index"]),
@@ -136,12 +135,12 @@ def _prepare(definition: LossDef, hidden: Any, classifier: Any, target: Any, o: 
         raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
     if not soft and ignore_index is not None:
         check.ignore_index_fits(xp, target, ignore_index)
-    validate = o["validate"]
-    weight = check.class_weight(xp, hidden, o["weight"], num_classes, validate)
+    reads = check.reads_data(check.check_validate(o["validate"]), hidden)  # no device sync
+    weight = check.class_weight(xp, hidden, o["weight"], num_classes, reads)
     read = scalars or (lambda xp_, h, v: _api._scalars(xp_, h, definition, o, v))
-    values, learnt = read(xp, hidden, validate)
+    values, learnt = read(xp, hidden, reads)
     indices_checked = False
-    if validate and check.is_concrete(target):
+    if reads and check.is_concrete(target):
         if soft:
             check.soft_rows(xp, target, target.ndim - 1)
         else:

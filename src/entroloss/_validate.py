@@ -258,10 +258,9 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
     (so the loss may skip its own out-of-range handling)."""
     if math.prod(target.shape) == 0:
         return True
-    if is_concrete(target):
-        low, high = _arrays.bounds(target)
-        if 0 <= low and high < num_classes:  # the common case: one reduction, one read
-            return True
+    low, high = _arrays.bounds(target)
+    if is_concrete(low) and 0 <= int(low) and int(high) < num_classes:
+        return True  # the common case: one fused reduction, two reads
     outside = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         outside = outside & (target != ignore_index)

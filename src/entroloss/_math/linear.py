@@ -256,6 +256,8 @@ def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> A
     plain losses give them (NaN x the sum's zeros would be NaN)."""
     if spec.reduction != "mean":
         return cotangent
+    if isinstance(denominator, float):  # known without the data (no weights, nothing ignored)
+        return cotangent / denominator if denominator > 0 else cotangent * 0.0
     positive = denominator > 0
     return xp.where(positive, cotangent / xp.where(positive, denominator, 1.0), 0.0)
 
