@@ -106,14 +106,20 @@ def _adapter(logits: Any) -> Any:
     return backends.adapter_for(logits)
 
 
-def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepared:
-    """Check every argument (the loss's own options first), then build the spec."""
+def _own_options(definition: LossDef, o: dict) -> tuple[float, float]:
+    """``(gamma, eps)``: the loss's own, checked, or the values its entry fixes."""
     gamma = definition.gamma
     if gamma is None:
         gamma = check.real_option("gamma", o["gamma"], low=0.0, what=">= 0")
     eps = 1e-6
     if definition.takes_eps:
         eps = check.real_option("eps", o["eps"], low=0.0, low_open=True, what="> 0")
+    return gamma, eps
+
+
+def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepared:
+    """Check every argument (the loss's own options first), then build the spec."""
+    gamma, eps = _own_options(definition, o)
     xp = check.namespace_of_logits(logits)
     axis = check.normalize_axis(o["axis"], logits.ndim)
     num_classes = logits.shape[axis]

@@ -106,12 +106,7 @@ def _target_kind(xp: Any, hidden: Any, target: Any, num_classes: int) -> bool:
 
 def _static_options(definition: LossDef, o: dict) -> dict:
     """The options that are plain Python values, checked as the plain loss checks them."""
-    gamma = definition.gamma
-    if gamma is None:
-        gamma = check.real_option("gamma", o["gamma"], low=0.0, what=">= 0")
-    eps = 1e-6
-    if definition.takes_eps:
-        eps = check.real_option("eps", o["eps"], low=0.0, low_open=True, what="> 0")
+    gamma, eps = _api._own_options(definition, o)
     check.check_validate(o["validate"])
     return dict(gamma=gamma, eps=eps, reduction=check.check_reduction(o["reduction"]),
                 chunk_size=check.check_chunk_size(o["chunk_size"]),
