@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 
 from .passes import safe_divide
 from .positions import gradients, loss_terms
-from .primitives import Kernels, compute_dtype, device, is_writeable
+from .._arrays import is_writeable
+from .primitives import Kernels, compute_dtype, device
 from .spec import Scalars, Spec
 
 __all__ = ["Head", "HeadGradients", "LOGITS_BUDGET_BYTES", "default_chunk_size", "forward",

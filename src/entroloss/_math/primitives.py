@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .._arrays import device, is_writeable  # noqa: F401  (type dispatch; imports no framework)
+from .._arrays import device  # type dispatch; imports no framework
 
 __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
            "finite_log_p", "compute_dtype", "ln", "device"]
