@@ -232,7 +232,7 @@ def cross_entropy(
       The loss in the logits' namespace, dtype and device; shape ``()`` or, with
       ``reduction="none"``, the logits' shape minus the class axis.
 
-    Example (uniform logits over 4 classes give ``ln 4``, or 2 bits)::
+    Example (uniform logits over 4 classes give ``ln 4``, or 2 bits; ``logsumexp = ln 4``)::
 
       >>> import numpy as np, entroloss as el
       >>> logits = np.zeros((3, 4))
@@ -240,6 +240,9 @@ def cross_entropy(
       1.3863
       >>> print(float(el.cross_entropy(logits, np.array([0, 2, 3]), base=2)))
       2.0
+      >>> # the z-loss adds 0.5 logsumexp(z)^2 = 0.5 (ln 4)^2
+      >>> print(round(float(el.cross_entropy(logits, np.array([0, 2, 3]), z_loss=0.5)), 4))
+      2.3472
 
     References: ``torch.nn.functional.cross_entropy``; A. Garg, "Cross entropy" (2020),
     on cross entropy as entropy plus KL divergence and as the negative log likelihood.
