@@ -173,6 +173,7 @@ def test_a_huge_cap_is_no_cap_and_a_zero_z_loss_is_off(loss):
     assert zero == off and np.array_equal(g_zero["logits"], g_off["logits"])
 
 
+@pytest.mark.parametrize("backend", EXPLICIT)
 def test_a_masked_class_stays_masked_under_the_cap(backend):
     """-inf is capped to -inf, not to -cap: the loss is that of the other classes, and the
     masked class gets no gradient."""
