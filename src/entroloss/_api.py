@@ -36,7 +36,7 @@ Reduction = Literal["mean", "sum", "none"]
 
 # The keywords every loss takes, beyond its own (LossDef.option_names).
 COMMON_OPTIONS = ("axis", "weight", "ignore_index", "label_smoothing", "reduction", "validate",
-                  "chunk_size")
+                  "chunk_size", "softcap", "z_loss")
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ def _own_options(definition: LossDef, o: dict) -> tuple[float, float]:
 def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepared:
     """Check every argument (the loss's own options first), then build the spec."""
     gamma, eps = _own_options(definition, o)
+    softcap, z_loss = check.logit_options(o["softcap"], o["z_loss"])
     xp = check.namespace_of_logits(logits)
     axis = check.normalize_axis(o["axis"], logits.ndim)
     num_classes = logits.shape[axis]
@@ -150,7 +151,8 @@ def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepare
     spec = _math.Spec(axis=axis, soft=soft, reduction=reduction, gamma=gamma,
                       regularizer=definition.regularizer, eps=eps,
                       label_smoothing=label_smoothing, ignore_index=ignore_index,
-                      indices_checked=indices_checked, chunk_size=chunk_size)
+                      indices_checked=indices_checked, chunk_size=chunk_size,
+                      softcap=softcap, z_loss=z_loss)
     return _Prepared(xp, spec, logits, target, weight, scalars, learnt)
 
 
@@ -186,6 +188,8 @@ def cross_entropy(
     reduction: Reduction = "mean",
     validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Array:
     """Cross entropy between ``softmax(logits)`` and the target, as torch computes it.
 
@@ -216,12 +220,19 @@ def cross_entropy(
         the logits is then the gradient plus a few ``chunk_size × C`` temporaries, for
         very large vocabularies (the same numbers, about one more pass over the logits).
         ``None`` processes all positions at once.
+      softcap: soft-cap the logits before anything else, ``z -> softcap * tanh(z /
+        softcap)`` (Gemma 2), a Python number > 0; ``None`` leaves them as they are. A
+        ``-inf`` logit (a masked class) stays ``-inf``.
+      z_loss: add ``z_loss * s * logsumexp(z)^2`` (PaLM's z-loss, of the capped logits;
+        ``s`` the class weight of the target, 1 for soft targets) at every counted
+        position, a Python number >= 0; it is reduced with the loss ("mean" divides it
+        by the same denominator), 0 at ignored positions. ``0.0`` adds nothing.
 
     Returns:
       The loss in the logits' namespace, dtype and device; shape ``()`` or, with
       ``reduction="none"``, the logits' shape minus the class axis.
 
-    Example (uniform logits over 4 classes give ``ln 4``, or 2 bits)::
+    Example (uniform logits over 4 classes give ``ln 4``, or 2 bits; ``logsumexp = ln 4``)::
 
       >>> import numpy as np, entroloss as el
       >>> logits = np.zeros((3, 4))
@@ -229,6 +240,9 @@ def cross_entropy(
       1.3863
       >>> print(float(el.cross_entropy(logits, np.array([0, 2, 3]), base=2)))
       2.0
+      >>> # the z-loss adds 0.5 logsumexp(z)^2 = 0.5 (ln 4)^2
+      >>> print(round(float(el.cross_entropy(logits, np.array([0, 2, 3]), z_loss=0.5)), 4))
+      2.3472
 
     References: ``torch.nn.functional.cross_entropy``; A. Garg, "Cross entropy" (2020),
     on cross entropy as entropy plus KL divergence and as the negative log likelihood.
@@ -252,6 +266,8 @@ def min_ent(
     reduction: Reduction = "mean",
     validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Array:
     """MIN-ENT: cross entropy plus the entropy of the prediction.
 
@@ -294,6 +310,8 @@ def mix_ent(
     reduction: Reduction = "mean",
     validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Array:
     """MIX-ENT: cross entropy plus the reverse cross entropy ``H(p) + KL(p || q)``.
 
@@ -305,7 +323,8 @@ def mix_ent(
     The regularizer is the paper's "minimum-entropy term plus a K-L term with target and
     prediction swapped"; ``eps`` keeps the log of a one-hot target finite. The paper's own
     code is not public: this is the definition this package commits to (see the math
-    page). With ``reverse_weight=0`` this is `cross_entropy` exactly.
+    page). With ``reverse_weight=0`` this is `cross_entropy` exactly. Other arguments as
+    in `cross_entropy`.
 
     Example (uniform logits over 4 classes, one-hot target:
     ``R = -(log(1+eps) + 3 log(eps)) / 4``)::
@@ -334,6 +353,8 @@ def focal(
     reduction: Reduction = "mean",
     validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Array:
     """Focal loss over the target distribution.
 
@@ -369,6 +390,8 @@ def adaptive_ce(
     reduction: Reduction = "mean",
     validate: bool | Literal["eager"] = True,
     chunk_size: int | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Array:
     """The linearly adaptive cross entropy ``-(1 - p_y) log p_y``.
 
@@ -431,17 +454,23 @@ def value_and_grad(loss_fn: Callable[..., Array], logits: Array, target: Array, 
 # --- the primitives ------------------------------------------------------------------------
 
 
-def _logits_in_compute_dtype(x: Any, axis: Any) -> tuple:
+def _logits_in_compute_dtype(x: Any, axis: Any, softcap: Any) -> tuple:
+    """The namespace, the logits in the compute dtype (soft-capped with ``softcap``, as
+    the losses cap them) and the axis, normalised."""
+    softcap, _ = check.logit_options(softcap, 0.0)
     xp = check.namespace_of_logits(x)
     axis = check.normalize_axis(axis, x.ndim)
-    return xp, xp.astype(x, _math.compute_dtype(xp, x.dtype)), axis
+    z = xp.astype(x, _math.compute_dtype(xp, x.dtype))
+    return xp, z if softcap is None else _math.soft_cap(xp, z, softcap), axis
 
 
-def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e) -> Array:
+def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e,
+            softcap: float | None = None) -> Array:
     """Entropy of ``softmax(logits)`` along ``axis``: ``-sum_c p_c log p_c / ln b``.
 
     Finite for ``-inf`` (masked) logits; differentiable through each framework's own
-    autograd. Lies in ``[0, log_b C]``.
+    autograd. Lies in ``[0, log_b C]``. ``softcap`` caps the logits first, as in
+    `cross_entropy`, so that this is the entropy of the distribution a capped loss trains.
 
     Example::
 
@@ -449,7 +478,7 @@ def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e) -
       >>> print(el.entropy(np.array([[0.0, 0.0], [0.0, -np.inf]]), base=2))
       [1. 0.]
     """
-    xp, z, axis = _logits_in_compute_dtype(logits, axis)
+    xp, z, axis = _logits_in_compute_dtype(logits, axis, softcap)
     base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True,
                               any_base=True)
     h = _math.entropy(xp, z, axis)
@@ -458,8 +487,9 @@ def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e) -
     return xp.astype(h / _math.ln(xp, base), logits.dtype)
 
 
-def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
-    """``x - logsumexp(x)`` along ``axis``, stable for large and ``-inf`` entries.
+def log_softmax(x: Array, /, *, axis: int = -1, softcap: float | None = None) -> Array:
+    """``x - logsumexp(x)`` along ``axis``, stable for large and ``-inf`` entries;
+    ``softcap`` caps ``x`` first, as in `cross_entropy`.
 
     Example::
 
@@ -467,12 +497,13 @@ def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
       >>> print(np.exp(el.log_softmax(np.array([0.0, np.log(3.0)]))))
       [0.25 0.75]
     """
-    xp, z, axis = _logits_in_compute_dtype(x, axis)
+    xp, z, axis = _logits_in_compute_dtype(x, axis, softcap)
     return xp.astype(_math.log_softmax(xp, z, axis), x.dtype)
 
 
-def softmax(x: Array, /, *, axis: int = -1) -> Array:
-    """``exp(log_softmax(x))`` along ``axis``.
+def softmax(x: Array, /, *, axis: int = -1, softcap: float | None = None) -> Array:
+    """``exp(log_softmax(x))`` along ``axis``; ``softcap`` caps ``x`` first, as in
+    `cross_entropy` (the distribution a capped loss trains, e.g. to sample from).
 
     Example::
 
@@ -480,5 +511,5 @@ def softmax(x: Array, /, *, axis: int = -1) -> Array:
       >>> print(el.softmax(np.array([0.0, np.log(3.0)])))
       [0.25 0.75]
     """
-    xp, z, axis = _logits_in_compute_dtype(x, axis)
+    xp, z, axis = _logits_in_compute_dtype(x, axis, softcap)
     return xp.astype(_math.softmax(xp, z, axis), x.dtype)

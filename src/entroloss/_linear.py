@@ -107,8 +107,10 @@ def _target_kind(xp: Any, hidden: Any, target: Any, num_classes: int) -> bool:
 def _static_options(definition: LossDef, o: dict) -> dict:
     """The options that are plain Python values, checked as the plain loss checks them."""
     gamma, eps = _api._own_options(definition, o)
+    softcap, z_loss = check.logit_options(o["softcap"], o["z_loss"])
     check.check_validate(o["validate"])
-    return dict(gamma=gamma, eps=eps, reduction=check.check_reduction(o["reduction"]),
+    return dict(gamma=gamma, eps=eps, softcap=softcap, z_loss=z_loss,
+                reduction=check.check_reduction(o["reduction"]),
                 chunk_size=check.check_chunk_size(o["chunk_size"]),
                 ignore_index=check.check_ignore_index(o["ignore_index"]),
                 label_smoothing=check.real_option("label_smoothing", o["label_smoothing"],
@@ -157,7 +159,7 @@ def _as_rows(xp: Any, definition: LossDef, static: dict, soft: bool, indices_che
                       regularizer=definition.regularizer, eps=static["eps"],
                       label_smoothing=static["label_smoothing"],
                       ignore_index=static["ignore_index"], indices_checked=indices_checked,
-                      chunk_size=chunk_size)
+                      chunk_size=chunk_size, softcap=static["softcap"], z_loss=static["z_loss"])
     target = xp.reshape(target, (rows, classes) if soft else (rows,))
     keep = None
     if check.is_concrete(target) and _arrays.library(hidden) != "jax":
@@ -273,7 +275,7 @@ linear_focal = _make(_losses.FOCAL, "0.7798")
 
 # --- the entropy: MIN-ENT's regularizer alone, per position ---------------------------------
 
-_ENTROPY_DEFAULTS = {"bias": None, "base": math.e, "chunk_size": None}
+_ENTROPY_DEFAULTS = {"bias": None, "base": math.e, "chunk_size": None, "softcap": None}
 
 
 def _prepare_entropy(args: tuple, options: dict) -> LinearCall:
@@ -296,19 +298,21 @@ def _prepare_entropy(args: tuple, options: dict) -> LinearCall:
         return _math.Scalars(0.0, math.e, 1.0, base), learnt
 
     plain = dict(weight=None, ignore_index=None, label_smoothing=0.0, reduction="none",
-                 validate=True, bias=o["bias"], chunk_size=o["chunk_size"])
+                 validate=True, bias=o["bias"], chunk_size=o["chunk_size"],
+                 softcap=o["softcap"], z_loss=0.0)
     return _prepare(_losses.MIN_ENT, hidden, classifier, dummy, plain, scalars)
 
 
 def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: Any = math.e,
-                   chunk_size: int | None = None) -> Any:
+                   chunk_size: int | None = None, softcap: float | None = None) -> Any:
     """Entropy of ``softmax(hidden @ classifier.T + bias)`` per position, in base
     ``base``, without building the logits (the entropy bonus of RL fine-tuning).
 
     Shapes as in `linear_cross_entropy`; returns ``hidden.shape[:-1]`` in the hidden
     states' dtype. Differentiable with respect to ``hidden``, ``classifier``, ``bias``
     and a 0-d array ``base`` (> 0, != 1) through torch autograd and ``jax.grad``, and
-    explicitly with `linear_value_and_grad` (the gradient of the sum).
+    explicitly with `linear_value_and_grad` (the gradient of the sum). ``softcap`` caps
+    the logits first, as in `linear_cross_entropy`.
 
     Example (a zero classifier: uniform over 4 classes, 2 bits)::
 
@@ -317,7 +321,7 @@ def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: A
       [2. 2.]
     """
     call = _prepare_entropy((hidden, classifier), dict(bias=bias, base=base,
-                                                        chunk_size=chunk_size))
+                                                        chunk_size=chunk_size, softcap=softcap))
     return _result(call, _adapter(hidden).loss(call))
 
 

@@ -92,6 +92,15 @@ def real_option(name: str, value: Any, *, low: float | None = None, high: float 
     return value
 
 
+def logit_options(softcap: Any, z_loss: Any) -> tuple[float | None, float]:
+    """``(softcap, z_loss)``, static Python numbers (part of the spec, so not arrays):
+    the cap ``None`` (off) or finite and > 0, the z-loss's weight finite and >= 0."""
+    if softcap is not None:
+        softcap = real_option("softcap", softcap, low=0.0, low_open=True,
+                              what="> 0 (or None: no cap)")
+    return softcap, real_option("z_loss", z_loss, low=0.0, what=">= 0")
+
+
 def check_reduction(reduction: Any) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

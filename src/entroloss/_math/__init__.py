@@ -23,8 +23,9 @@ autograd; none of them re-derives anything. ``docs/math.md`` derives every gradi
 """
 
 from .passes import backward, forward
-from .primitives import GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, softmax
+from .primitives import (GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, soft_cap,
+                         softmax)
 from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["Spec", "Scalars", "Residuals", "Gradients", "Kernels", "GENERIC", "forward", "backward",
-           "log_softmax", "softmax", "entropy", "compute_dtype", "ln"]
+           "log_softmax", "softmax", "entropy", "soft_cap", "compute_dtype", "ln"]

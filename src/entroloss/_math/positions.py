@@ -12,7 +12,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import terms
-from .primitives import Kernels, compute_dtype, finite_log_p, in_dtype, ln
+from .primitives import Kernels, compute_dtype, finite_log_p, in_dtype, ln, soft_cap, soft_cap_with_slope
 from .spec import Scalars, Spec
 from .target import Target
 
@@ -65,6 +65,8 @@ def read_target(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, sca
 def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, weight: Any,
                scalars: Scalars) -> PerPosition:
     z = classes_last(xp, spec, logits, compute_dtype(xp, logits.dtype))
+    if spec.softcap is not None:
+        z = soft_cap(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, tuple(logits.shape), target, weight, scalars, z.dtype)
     top, norm = kernels.row_stats(xp, z)
     # log p in full only where a term reads every class; else only at the target
@@ -80,6 +82,8 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, 
         reg = terms.REGULARIZERS[spec.regularizer].value(xp, kernels, spec, tgt, finite, log_p_y)
         scaled = reg if tgt.scale is None else tgt.scale * reg
         loss = loss + scaled * (s.reg_weight / ln(xp, s.reg_base))
+    if spec.z_loss:
+        loss = loss + terms.z_loss_value(xp, spec, tgt, top, norm)
     if tgt.valid is not None:
         loss = xp.where(tgt.valid, loss, 0.0)
         main = xp.where(tgt.valid, main, 0.0)
@@ -97,17 +101,23 @@ def gradients(xp: Any, kernels: Kernels, spec: Spec, shape: tuple, z: Any, top: 
     ``dl/dz`` classes last in ``z``'s dtype; a scalar's gradient None where it is a
     Python float, summed over the positions unless ``per_position``; ``dl/dt`` (classes
     last) for a soft target when ``want_target``, else None. ``z`` is the logits with
-    classes last, ``shape`` the logits' own layout."""
+    classes last, not capped (the cap is redone here), ``shape`` the logits' own layout."""
+    slope = None
+    if spec.softcap is not None:
+        z, slope = soft_cap_with_slope(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, shape, target, weight, scalars, z.dtype)
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
     if tgt.invalid is not None:  # an unchecked out-of-range index: a NaN row, not a number
         g_pos = xp.where(tgt.invalid, math.nan, g_pos)
     c_main, c_reg, d_scalars = _coefficients(xp, tgt, s, main, reg, g_pos, per_position)
+    c_z = terms.z_loss_p_coef(xp, spec, tgt, top, norm, g_pos) if spec.z_loss else None
     if tgt.sparse:
-        dz = _onehot_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg)
+        dz = _onehot_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg, c_z)
     else:
-        dz = _dense_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg)
+        dz = _dense_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg, c_z)
+    if slope is not None:  # the chain rule through the cap
+        dz = dz * slope
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, 0.0)
     d_target = None
@@ -143,7 +153,7 @@ def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: 
 
 
 def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
-                     norm: Any, reg: Any, c_main: Any, c_reg: Any) -> Any:
+                     norm: Any, reg: Any, c_main: Any, c_reg: Any, c_z: Any) -> Any:
     regularizer = terms.REGULARIZERS.get(spec.regularizer)
     log_p_y = None  # cross entropy's gradient does not read p_y
     if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
@@ -151,18 +161,22 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c_main)
     if regularizer is not None:
         grad = terms.combine(grad, regularizer.gradient_onehot(xp, spec, reg, log_p_y, c_reg))
+    if c_z is not None:  # the z-loss's gradient is a multiple of p: one more coefficient
+        grad = grad._replace(p_coef=grad.p_coef + c_z)
     return kernels.softmax_affine(xp, z, top, norm, grad.p_coef[..., None], tgt.index,
                                   grad.onehot_coef, grad.log_p_coef)
 
 
 def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
-                    norm: Any, reg: Any, c_main: Any, c_reg: Any) -> Any:
+                    norm: Any, reg: Any, c_main: Any, c_reg: Any, c_z: Any) -> Any:
     lp = finite_log_p(xp, kernels.log_p(xp, z, top, norm))
     p = xp.exp(lp)
     dz = c_main[..., None] * terms.main_gradient_dense(xp, spec, tgt, lp, p)
     if spec.regularizer is not None:
         regularizer = terms.REGULARIZERS[spec.regularizer]
         dz = dz + c_reg[..., None] * regularizer.gradient_dense(xp, spec, tgt, lp, p, reg)
+    if c_z is not None:
+        dz = dz + c_z[..., None] * p
     return dz
 
 

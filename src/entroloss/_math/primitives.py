@@ -20,7 +20,7 @@ from typing import Any, Callable
 from .._arrays import device  # type dispatch; imports no framework
 
 __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
-           "finite_log_p", "compute_dtype", "ln", "device"]
+           "finite_log_p", "soft_cap", "soft_cap_with_slope", "compute_dtype", "ln", "device"]
 
 
 
@@ -79,6 +79,25 @@ def row_stats(xp: Any, z: Any) -> tuple[Any, Any]:
     """``(row_max, log_norm)`` per row, so that ``log p = (z - row_max) - log_norm``."""
     top = row_max(xp, z)
     return top, log_norm(xp, sum_exp_shifted(xp, z, top))
+
+
+def soft_cap(xp: Any, z: Any, cap: float) -> Any:
+    """``cap * tanh(z / cap)`` (Gemma 2's logit soft-capping): the logits squashed
+    smoothly into ``(-cap, cap)``, nearly the identity for ``|z| << cap``. A -inf logit
+    stays -inf, so that a class masked before the loss stays masked (its limit, -cap,
+    would give it probability again). NaN stays NaN."""
+    return _capped(xp, z, cap, xp.tanh(z / cap))
+
+
+def soft_cap_with_slope(xp: Any, z: Any, cap: float) -> tuple[Any, Any]:
+    """:func:`soft_cap` and its derivative ``1 - tanh(z / cap)^2`` (0 at +-inf), from one
+    tanh: the backward redoes the cap on the raw logits it keeps."""
+    t = xp.tanh(z / cap)
+    return _capped(xp, z, cap, t), 1.0 - t * t
+
+
+def _capped(xp: Any, z: Any, cap: float, t: Any) -> Any:
+    return xp.where(z == -math.inf, -math.inf, cap * t)
 
 
 def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:

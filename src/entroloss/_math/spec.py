@@ -15,7 +15,8 @@ class Spec:
 
     ``axis`` is normalised to a non-negative int. ``regularizer`` is ``None``,
     ``"entropy"`` or ``"reverse"``. ``soft`` says the target holds a probability vector
-    per position rather than a class index.
+    per position rather than a class index. ``softcap`` and ``z_loss`` are off at
+    ``None`` and ``0.0``, and then cost nothing.
     """
 
     axis: int
@@ -28,6 +29,8 @@ class Spec:
     ignore_index: int | None = None
     indices_checked: bool = False  # validation read the class indices: all in range
     chunk_size: int | None = None  # rows per chunk: bounded memory (see chunks.py)
+    softcap: float | None = None  # logits -> softcap * tanh(logits / softcap), first
+    z_loss: float = 0.0  # + s * z_loss * logsumexp(capped logits)^2 per counted position
 
 
 class Scalars(NamedTuple):

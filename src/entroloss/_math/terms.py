@@ -8,7 +8,9 @@ Per position, natural log, with ``p = softmax(z)`` and the target's ``w * q``:
   ``v_c = w_c q_c p_c f'(p_c)``, ``f(p) = -(1 - p)^gamma log p``;
 - entropy ``H = -sum_c p_c log p_c`` (MIN-ENT): ``dH/dz = -p (log p + H)``;
 - reverse cross entropy ``R = sum_c p_c a_c``, ``a_c = -log(q_c + eps)`` (MIX-ENT):
-  ``dR/dz = p (a - R)``.
+  ``dR/dz = p (a - R)``;
+- the z-loss ``Z = s * z_loss * lse^2``, ``lse = logsumexp(z)`` (PaLM), added to any loss
+  with ``z_loss > 0``: ``dZ/dz = 2 s z_loss lse p``.
 
 Soft targets also get gradients with respect to ``q`` (``*_gradient_q``):
 ``dF/dq_c = w_c f(p_c)``, ``dR/dq_c = -p_c / (q_c + eps)``; H does not read q.
@@ -193,6 +195,25 @@ def reverse_gradient_q(xp: Any, spec: Spec, target: Target, p: Any) -> Any:
     """``dR/dq_c = -p_c / (q_c + eps)``; 0 where p_c = 0."""
     inside = xp.where(target.q == 0, spec.eps, target.q + spec.eps)  # eps kept in Python
     return xp.where(p == 0, 0.0, -(p / inside))
+
+
+# --- the z-loss (PaLM) ------------------------------------------------------------------------
+
+
+def z_loss_value(xp: Any, spec: Spec, target: Target, top: Any, norm: Any) -> Any:
+    """``s * z_loss * lse^2`` per position, ``lse = row_max + log_norm`` (the row statistics
+    the loss has anyway); ``s`` the class weight of the target, as for the regularizer, so
+    that a weighted mean stays a weighted mean of the z-loss too."""
+    lse = (top + norm)[..., 0]
+    value = spec.z_loss * (lse * lse)
+    return value if target.scale is None else target.scale * value
+
+
+def z_loss_p_coef(xp: Any, spec: Spec, target: Target, top: Any, norm: Any, g_pos: Any) -> Any:
+    """``coef`` of ``coef * p``, the z-loss's share of ``dl/dz`` (``dlse/dz = p``), for the
+    per-position cotangent ``g_pos``."""
+    coef = (2.0 * spec.z_loss) * g_pos * (top + norm)[..., 0]
+    return coef if target.scale is None else coef * target.scale
 
 
 class Regularizer(NamedTuple):

@@ -31,7 +31,8 @@ __all__ = ["loss", "gradient", "central_differences", "resolve_options", "STEP"]
 # say how a loss is computed, not what: accepted, so one options dict serves both the
 # public function and the reference, and ignored.
 COMMON = {"axis": -1, "weight": None, "ignore_index": None, "label_smoothing": 0.0,
-          "reduction": "mean", "validate": True, "chunk_size": None}
+          "reduction": "mean", "validate": True, "chunk_size": None, "softcap": None,
+          "z_loss": 0.0}
 FOCAL_GAMMA = 2.0  # the public default of ``focal(gamma=...)``, the one loss taking gamma
 EPS = 1e-6  # the public default of ``mix_ent(eps=...)``
 STEP = 1e-6  # the central-difference step of ``gradient``
@@ -64,8 +65,14 @@ def resolve_options(name: str, **options: Any) -> dict:
     return out
 
 
+def _soft_cap(v: float, cap: float) -> float:
+    """Gemma 2's ``cap * tanh(v / cap)``; -inf (a masked class) stays -inf."""
+    return -math.inf if v == -math.inf else cap * math.tanh(v / cap)
+
+
 def _position_terms(z, y, t, *, weight, label_smoothing, gamma, eps):
-    """(F_gamma, H, R, s) for one position: z logits, y class index or None, t soft target."""
+    """(F_gamma, H, R, s, logsumexp(z)) for one position: z logits, y class index or None,
+    t soft target."""
     num = len(z)
     top = max(z)
     if top == -math.inf:
@@ -86,7 +93,7 @@ def _position_terms(z, y, t, *, weight, label_smoothing, gamma, eps):
             focal -= w[c] * q[c] * (1 - p[c]) ** gamma * log_p[c]
     ent = -sum(p[c] * log_p[c] for c in range(num) if p[c] > 0)
     rev = -sum(p[c] * math.log(q[c] + eps) for c in range(num))
-    return focal, ent, rev, s
+    return focal, ent, rev, s, lse
 
 
 def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
@@ -106,17 +113,21 @@ def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
     losses, counted = [], 0.0
     for i in range(rows.shape[0]):
         zi = [float(v) for v in rows[i]]
+        if o["softcap"] is not None:
+            zi = [_soft_cap(v, o["softcap"]) for v in zi]
         if not soft and o["ignore_index"] is not None and int(targets[i]) == o["ignore_index"]:
             losses.append(0.0)
             continue
         y, t = (None, [float(v) for v in targets[i]]) if soft else (int(targets[i]), None)
-        focal, ent, rev, s = _position_terms(
+        focal, ent, rev, s, lse = _position_terms(
             zi, y, t, weight=o["weight"], label_smoothing=o["label_smoothing"],
             gamma=o["gamma"], eps=o["eps"])
         value = o["ce_weight"] * focal / math.log(o["ce_base"])
         if o["regularizer"] is not None:
             reg = ent if o["regularizer"] == "entropy" else rev
             value += s * o["reg_weight"] * reg / math.log(o["reg_base"])
+        if o["z_loss"]:  # PaLM's z-loss, weighted by s as the regularizer is
+            value += s * o["z_loss"] * lse**2
         losses.append(value)
         counted += s
     out = np.array(losses, dtype=np.float64).reshape(z.shape[:-1])
