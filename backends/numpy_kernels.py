@@ -23,7 +23,10 @@ def row_stats(xp: Any, z: Any) -> tuple:
 
 
 def take_along_last(xp: Any, z: Any, index: Any) -> Any:
-    return np.take_along_axis(z, index, axis=-1)
+    if not z.flags.c_contiguous:  # a moved class axis: its rows would be a copy
+        return np.take_along_axis(z, index, axis=-1)
+    rows, at = _target_entries(z, index)  # one fancy index; take_along_axis builds several
+    return rows[at].reshape(index.shape)
 
 
 def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:

@@ -27,6 +27,7 @@ __all__ = ["loss", "value_and_grad", "CrossEntropyLoss", "MinEntLoss", "MixEntLo
            "AdaptiveCELoss", "FocalLoss"]
 
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
+_RESIDUALS = len(_math.Residuals._fields)
 _KERNELS = kernels_for(xp)  # loaded with the adapter: torch.compile cannot trace an import
 
 
@@ -37,21 +38,14 @@ class _Loss(torch.autograd.Function):
         with _no_autocast(logits.device.type):  # computed in the dtypes _math decides
             value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS)
         ctx.spec, ctx.logits_dtype = spec, logits.dtype
-        ctx.floats = _math.Scalars(*(None if torch.is_tensor(v) else v for v in scalars))
-        # tensors go through save_for_backward; the rest (None, a Python denominator) as is
-        ctx.constants = _math.Residuals(*(None if torch.is_tensor(r) else r for r in residuals))
-        ctx.save_for_backward(target, weight, *(r if torch.is_tensor(r) else None for r in residuals),
-                              *(v if torch.is_tensor(v) else None for v in scalars))
+        _keep(ctx, (target, weight, *residuals, *scalars))
         return value
 
     @staticmethod
     def backward(ctx, grad):
-        target, weight, *saved = ctx.saved_tensors
-        count = len(ctx.constants)
-        residuals = _math.Residuals(*(c if t is None else t
-                                      for t, c in zip(saved[:count], ctx.constants)))
-        tensors = saved[count:]
-        scalars = _math.Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
+        target, weight, *kept = _kept(ctx)
+        residuals = _math.Residuals(*kept[:_RESIDUALS])
+        scalars = _math.Scalars(*kept[_RESIDUALS:])
         want_target = ctx.needs_input_grad[2]
         kernels = _KERNELS
         with _no_autocast(grad.device.type):
@@ -69,6 +63,20 @@ class _Loss(torch.autograd.Function):
                           for d, want, v in zip(grads.scalars, wanted, scalars))
         d_target = grads.target.to(target.dtype) if want_target else None
         return None, grads.logits, d_target, None, *d_scalars
+
+
+def _keep(ctx: Any, values: tuple) -> None:
+    """The tensors among ``values`` through ``save_for_backward`` (version checks,
+    saved-tensor hooks), the rest (None, Python numbers) on ``ctx`` as they are."""
+    ctx.tensor_at = tuple(map(torch.is_tensor, values))
+    ctx.constants = tuple(None if tensor else v for tensor, v in zip(ctx.tensor_at, values))
+    ctx.save_for_backward(*(v for tensor, v in zip(ctx.tensor_at, values) if tensor))
+
+
+def _kept(ctx: Any) -> list:
+    """The values given to :func:`_keep`, in their order."""
+    saved = iter(ctx.saved_tensors)
+    return [next(saved) if tensor else c for tensor, c in zip(ctx.tensor_at, ctx.constants)]
 
 
 def _no_autocast(device_type: str) -> Any:

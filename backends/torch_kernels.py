@@ -52,7 +52,9 @@ def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tens
     else:
         factor = finite_log_p(xp, log_p(xp, z, top, norm)).mul_(log_p_coef.unsqueeze(-1)).add_(p_coef)
         out.mul_(factor.div_(torch.exp(norm)))
-    return out.scatter_add_(-1, index, onehot_coef.unsqueeze(-1).to(out.dtype))
+    if onehot_coef.dtype != out.dtype:
+        onehot_coef = onehot_coef.to(out.dtype)
+    return out.scatter_add_(-1, index, onehot_coef.unsqueeze(-1))
 
 
 KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,

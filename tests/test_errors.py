@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from entroloss import _losses, _math
+from entroloss import _api, _losses, _math
 from tests.helpers.cases import LOSSES
 from tests.helpers.platforms import needs
 
@@ -17,7 +17,10 @@ from tests.helpers.platforms import needs
 @pytest.fixture(autouse=True)
 def no_work(monkeypatch):
     """Any loss evaluation reached during these tests is a failure of 'before any work'."""
+    refuse_work(monkeypatch)
 
+
+def refuse_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("loss work started before the bad input was refused")
 
@@ -216,3 +219,29 @@ def _strict_array(values):
     import array_api_strict as xp
 
     return xp.asarray(values)
+
+
+def test_a_call_seen_before_still_reads_its_data(backend, ok, loss, monkeypatch):
+    """A repeated call takes its static part from a cache (keyed on the options' values
+    and the arrays' type, dtype, shape and device): the checks that read the data and
+    those of options given as arrays still run on every call, before any work."""
+    monkeypatch.undo()
+    eager = dict(validate="eager")  # the data is read on every device
+    weight = backend.asarray(np.ones(3))
+    for target in ok[1:]:
+        loss(ok[0], target, **eager)
+        loss(ok[0], target, weight=weight, **eager)
+    refuse_work(monkeypatch)
+    raises(ValueError, "class index 3", loss, ok[0], backend.asarray(np.array([0, 3, 2, 1])), **eager)
+    raises(ValueError, "sum to 1", loss, ok[0], backend.asarray(np.full((4, 3), 0.3)), **eager)
+    raises(ValueError, "weight", loss, ok[0], ok[1], weight=backend.asarray(np.array([1.0, -1, 1])),
+           **eager)
+    raises(ValueError, "weight", loss, ok[0], ok[1], weight=backend.asarray(np.ones(4)), **eager)
+    raises(ValueError, "reduction", loss, ok[0], ok[1], reduction="avg", **eager)
+
+
+def test_the_cache_of_static_parts_stays_bounded(monkeypatch):
+    monkeypatch.undo()
+    for rows in range(1, 2 * _api._STATIC_CALLS_MAX):
+        el.cross_entropy(np.zeros((rows, 2)), np.zeros(rows, dtype=np.int64))
+    assert 0 < len(_api._STATIC_CALLS) <= _api._STATIC_CALLS_MAX

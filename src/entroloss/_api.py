@@ -8,13 +8,15 @@ adapter of the logits' library evaluates ``_math.forward`` (and its backward).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Literal, NamedTuple, TypeVar
 
-from . import _losses, _math
+from . import _arrays, _losses, _math
 from . import _validate as check
 from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
 
@@ -39,8 +41,7 @@ COMMON_OPTIONS = ("axis", "weight", "ignore_index", "label_smoothing", "reductio
                   "chunk_size", "softcap", "z_loss")
 
 
-@dataclass(frozen=True)
-class _Prepared:
+class _Prepared(NamedTuple):
     """A validated call: everything an adapter needs, plus which scalars are arrays."""
 
     xp: Any
@@ -86,7 +87,7 @@ def _define(definition: LossDef) -> Callable[[F], F]:
         public = _Public(definition, defaults)
 
         def loss(logits: Any, target: Any, /, **options: Any) -> Any:
-            p = _prepare(definition, logits, target, public.options(options))
+            p = _prepare_cached(definition, logits, target, public.options(options))
             return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars)
 
         # Python's own errors (a missing target, a third positional) name the loss
@@ -142,18 +143,24 @@ def _prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepare
     reads = check.reads_data(validate, logits)
     weight = check.class_weight(xp, logits, o["weight"], num_classes, reads)
     scalars, learnt = _scalars(xp, logits, definition, o, reads)
-    indices_checked = False
-    if reads and check.is_concrete(target):
-        if soft:
-            check.soft_rows(xp, target, axis)
-        else:
-            indices_checked = check.class_indices(xp, target, num_classes, ignore_index)
+    indices_checked = _read_target(xp, target, soft, axis, num_classes, ignore_index, reads)
     spec = _math.Spec(axis=axis, soft=soft, reduction=reduction, gamma=gamma,
                       regularizer=definition.regularizer, eps=eps,
                       label_smoothing=label_smoothing, ignore_index=ignore_index,
                       indices_checked=indices_checked, chunk_size=chunk_size,
                       softcap=softcap, z_loss=z_loss)
     return _Prepared(xp, spec, logits, target, weight, scalars, learnt)
+
+
+def _read_target(xp: Any, target: Any, soft: bool, axis: int, num_classes: int,
+                 ignore_index: int | None, reads: bool) -> bool:
+    """The target's data checks (where ``reads``); True if the class indices were read."""
+    if not (reads and check.is_concrete(target)):
+        return False
+    if soft:
+        check.soft_rows(xp, target, axis)
+        return False
+    return check.class_indices(xp, target, num_classes, ignore_index)
 
 
 def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, reads: bool) -> tuple:
@@ -172,6 +179,91 @@ def _scalars(xp: Any, logits: Any, definition: LossDef, o: dict, reads: bool) ->
             learnt[name] = slot
         values.append(value)
     return _math.Scalars(*values), learnt
+
+
+# --- the static part of a call, cached ------------------------------------------------------
+
+# What _prepare checks and builds from Python values and from the arrays' type, dtype,
+# shape and device alone, kept under a key of exactly those: a repeated call (a training
+# loop) then runs only the checks that read data. Any option takes part in the key by
+# its value, so that a new option needs nothing here.
+_STATIC_CALLS: dict = {}
+_STATIC_CALLS_MAX = 256  # cleared when full: shapes that vary without end cannot grow it
+_PYTHON_VALUES = frozenset({bool, int, float, str, type(None)})
+_ARRAY = object()  # an option given as an array: its checks run on every call
+
+
+class _Static(NamedTuple):
+    """The part of a prepared call its key determines."""
+
+    xp: Any
+    spec: _math.Spec
+    scalars: _math.Scalars  # rebuilt per call where a weight or base is an array
+    reads: bool  # the data checks run (validate and the sync policy)
+    arrays: bool  # an option (class weights, a weight or base) is an array
+
+
+def _prepare_cached(definition: LossDef, logits: Any, target: Any, o: dict) -> _Prepared:
+    """:func:`_prepare`, the static part from the cache where this key was seen before."""
+    key = _static_key(definition, logits, target, o)
+    static = None if key is None else _STATIC_CALLS.get(key)
+    if static is not None:
+        return _bind(definition, static, logits, target, o)
+    p = _prepare(definition, logits, target, o)
+    if key is not None and p.target is target:  # (a converted target is converted each call)
+        if len(_STATIC_CALLS) >= _STATIC_CALLS_MAX:
+            _STATIC_CALLS.clear()
+        arrays = any(part is _ARRAY for part in key)
+        reads = check.reads_data(o["validate"], logits)
+        _STATIC_CALLS[key] = _Static(p.xp, p.spec, p.scalars, reads, arrays)
+    return p
+
+
+def _static_key(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple | None:
+    """The key of a call's static part; None where it is not cached: an argument that is
+    neither an array nor a Python value (its checks will say what is wrong), or inside
+    torch.compile, which must not trace a mutation of the cache."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_compiling():
+        return None
+    try:
+        key = [definition.name, *_described(logits), *_described(target)]
+    except (AttributeError, TypeError):
+        return None
+    for value in o.values():
+        kind = type(value)
+        if kind in _PYTHON_VALUES:
+            key += (kind, value)  # the type too: True and 1 are checked differently
+        elif hasattr(value, "shape"):
+            key.append(_ARRAY)
+        else:
+            return None
+    key = tuple(key)
+    try:
+        hash(key)  # a device or dtype of a library that does not hash them
+    except TypeError:
+        return None
+    return key
+
+
+def _described(x: Any) -> tuple:
+    return type(x), x.dtype, tuple(x.shape), _arrays.device(x)
+
+
+def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dict) -> _Prepared:
+    """A call whose static part is known: the checks that read its data, in
+    :func:`_prepare`'s order, and the arrays' own checks."""
+    xp, spec, reads = static.xp, static.spec, static.reads
+    num_classes = logits.shape[spec.axis]
+    weight, scalars, learnt = o["weight"], static.scalars, {}
+    if static.arrays:
+        weight = check.class_weight(xp, logits, weight, num_classes, reads)
+        scalars, learnt = _scalars(xp, logits, definition, o, reads)
+    indices_checked = _read_target(xp, target, spec.soft, spec.axis, num_classes,
+                                   spec.ignore_index, reads)
+    if indices_checked != spec.indices_checked:
+        spec = dataclasses.replace(spec, indices_checked=indices_checked)
+    return _Prepared(xp, spec, logits, target, weight, scalars, learnt)
 
 
 @_define(_losses.CROSS_ENTROPY)
@@ -440,7 +532,7 @@ def value_and_grad(loss_fn: Callable[..., Array], logits: Array, target: Array, 
     if public is None:
         names = ", ".join(d.name for d in _losses.LOSSES)
         raise TypeError(f"loss_fn must be one of entroloss's losses ({names}), got {loss_fn!r}")
-    p = _prepare(public.definition, logits, target, public.options(options))
+    p = _prepare_cached(public.definition, logits, target, public.options(options))
     from entroloss.backends import explicit
 
     run = getattr(_adapter(p.logits), "value_and_grad", explicit.value_and_grad)

@@ -46,8 +46,11 @@ def namespace(x: Any) -> Any:
 
 
 def device(x: Any) -> Any:
-    if library(x) == "torch":
+    which = library(x)
+    if which == "torch":
         return x.device
+    if which == "numpy":
+        return "cpu"  # array-api-compat's answer for every NumPy array
     return compat.device(x)
 
 
@@ -79,8 +82,11 @@ def on_host(x: Any) -> bool:
 def bounds(x: Any) -> tuple[Any, Any]:
     """The least and the largest entry of an integer array, as 0-d arrays (one pass where
     the library has a fused min-max)."""
-    if library(x) == "torch":
+    which = library(x)
+    if which == "torch":
         return tuple(sys.modules["torch"].aminmax(x))
+    if which == "numpy":
+        return x.min(), x.max()
     xp = namespace(x)
     return xp.min(x), xp.max(x)
 

@@ -56,13 +56,16 @@ def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any
     position, unreduced, with ``per_position``) and, with ``want_target``, a soft target
     (in the compute dtype)."""
     r = Residuals(*residuals)
-    if isinstance(cotangent, (int, float)):
-        g = xp.asarray(cotangent, dtype=r.main.dtype, device=device(r.main))
-    else:  # an array (torch keeps its autograd history when differentiating the backward)
-        g = in_dtype(xp, cotangent, r.main.dtype)
+    # an array cotangent keeps torch's autograd history (differentiating the backward)
+    g = float(cotangent) if isinstance(cotangent, (int, float)) else in_dtype(xp, cotangent, r.main.dtype)
     if r.denominator is not None:
         g = safe_divide(xp, g, r.denominator)
-    g_pos = xp.reshape(g, r.main.shape) if spec.reduction == "none" else xp.broadcast_to(g, r.main.shape)
+    if isinstance(g, float):  # one array of the positions' shape, not three steps to it
+        g_pos = xp.full(r.main.shape, g, dtype=r.main.dtype, device=device(r.main))
+    elif spec.reduction == "none":
+        g_pos = xp.reshape(g, r.main.shape)
+    else:
+        g_pos = xp.broadcast_to(g, r.main.shape)
     options = dict(want_target=want_target, per_position=per_position)
     if chunks.applies(spec, math.prod(r.main.shape)):
         return chunks.gradients_chunked(xp, kernels, spec, r, target, weight, scalars, g_pos,

@@ -12,7 +12,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import terms
-from .primitives import Kernels, compute_dtype, finite_log_p, in_dtype, ln, soft_cap, soft_cap_with_slope
+from .primitives import Kernels, compute_dtype, in_dtype, ln, soft_cap, soft_cap_with_slope
 from .spec import Scalars, Spec
 from .target import Target
 
@@ -157,7 +157,7 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     regularizer = terms.REGULARIZERS.get(spec.regularizer)
     log_p_y = None  # cross entropy's gradient does not read p_y
     if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
-        log_p_y = finite_log_p(xp, tgt.log_p_at_target(kernels, z, top, norm))
+        log_p_y = kernels.finite_log_p(xp, tgt.log_p_at_target(kernels, z, top, norm))
     grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c_main)
     if regularizer is not None:
         grad = terms.combine(grad, regularizer.gradient_onehot(xp, spec, reg, log_p_y, c_reg))
@@ -169,7 +169,7 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
 
 def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
                     norm: Any, reg: Any, c_main: Any, c_reg: Any, c_z: Any) -> Any:
-    lp = finite_log_p(xp, kernels.log_p(xp, z, top, norm))
+    lp = kernels.finite_log_p(xp, kernels.log_p(xp, z, top, norm))
     p = xp.exp(lp)
     dz = c_main[..., None] * terms.main_gradient_dense(xp, spec, tgt, lp, p)
     if spec.regularizer is not None:

@@ -94,11 +94,12 @@ def focal_slopes(xp: Any, finite_lp: Any, gamma: float) -> Any:
     one_minus_p = -xp.expm1(finite_lp)
     p_log_p = xp.exp(finite_lp) * finite_lp
     if gamma == 1:
-        tail = p_log_p
-    else:
-        positive = one_minus_p > 0
-        safe = xp.where(positive, one_minus_p, 1.0)
-        tail = xp.where(positive, p_log_p * safe ** (gamma - 1), 0.0)
+        return p_log_p - one_minus_p
+    if gamma >= 2:  # (1-p)^(gamma-1) and its slope are finite: no guards needed
+        return (gamma * p_log_p - one_minus_p) * one_minus_p ** (gamma - 1)
+    positive = one_minus_p > 0
+    safe = xp.where(positive, one_minus_p, 1.0)
+    tail = xp.where(positive, p_log_p * safe ** (gamma - 1), 0.0)
     return gamma * tail - focal_factor(xp, finite_lp, gamma)
 
 
