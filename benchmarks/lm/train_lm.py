@@ -139,7 +139,7 @@ def gradients_at_start(stream: torch.Tensor, args) -> dict:
 def held_out_cross_entropy(model: CausalLM, stream: torch.Tensor, args) -> float:
     """Mean next-token cross entropy (nats) over the first ``eval_windows`` windows of the
     held-out text, by torch's own ``F.cross_entropy`` on the logits: the same yardstick
-    for both runs, whatever they were trained with."""
+    for every run, whatever it was trained with."""
     count = min(args.eval_windows, (len(stream) - 1) // args.seq)
     starts = torch.arange(count) * args.seq
     total = 0.0
