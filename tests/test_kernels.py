@@ -23,6 +23,12 @@ FIELDS = [f.name for f in dataclasses.fields(_math.Kernels)]
 DTYPES = ("float64", "float32")
 # the same formula, but a vectorised sum may round differently in the last bits
 TOLERANCE = {"float64": dict(rtol=1e-12, atol=1e-300), "float32": dict(rtol=2e-6, atol=1e-30)}
+# |z / CAP| < 1 on the finite rows: the slope 1 - t^2 is far from 0, where one ulp of tanh
+# between two libraries would be a large relative difference
+CAP = 3.0
+# the caller's logits, which the backward keeps and caps again
+NEVER_WRITE = {"soft_cap", "soft_cap_with_slope"}
+CAP_FIELDS = ("soft_cap", "soft_cap_with_slope", "times_slope")
 
 
 def _namespace(name: str):
@@ -62,6 +68,8 @@ def _arguments(xp, data: dict) -> dict:
     top, norm = primitives.row_stats(xp, z)
     finite = primitives.finite_log_p(xp, primitives.log_p(xp, z, top, norm))
     affine = (z, top, norm, data["p_coef"], data["index"], data["onehot_coef"])
+    moved = xp.permute_dims(z, tuple(reversed(range(z.ndim))))  # not C-contiguous
+    slope = primitives.soft_cap_with_slope(xp, z, CAP)[1]
     return {
         "row_stats": [(z,)],
         "take_along_last": [(z, data["index"])],
@@ -70,6 +78,9 @@ def _arguments(xp, data: dict) -> dict:
         "sum_p_log_p": [(finite,)],
         "mass_off_target": [(finite, data["index"])],
         "softmax_affine": [affine, affine + (data["log_p_coef"],)],
+        "soft_cap": [(z, CAP), (moved, CAP)],
+        "soft_cap_with_slope": [(z, CAP), (moved, CAP)],
+        "times_slope": [(z, slope)],  # dz with inf and NaN, slope 0 where z is infinite
     }
 
 
@@ -77,18 +88,34 @@ def _arguments(xp, data: dict) -> dict:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("namespace", sorted(KERNEL_TABLES))
 def test_every_kernel_equals_its_definition_on_hard_rows(namespace, dtype, shape):
-    xp, to_xp, to_numpy = _namespace(namespace)
-    table = kernels_for(xp)
+    table = kernels_for(_namespace(namespace)[0])
     assert isinstance(table, _math.Kernels) and table is not _math.GENERIC
+    _check_table(namespace, table, dtype, shape, FIELDS)
+
+
+def test_torch_cap_kernels_off_numpy_equal_their_definitions(monkeypatch):
+    """On CPU the torch table caps through NumPy; on other devices and under torch.compile
+    through torch's own ops, which this runs on CPU."""
+    pytest.importorskip("torch")
+    from entroloss.backends import torch_kernels
+
+    monkeypatch.setattr(torch_kernels, "_through_numpy", lambda z: False)
+    for dtype in DTYPES:
+        _check_table("array_api_compat.torch", torch_kernels.KERNELS, dtype, (8, 5), CAP_FIELDS)
+
+
+def _check_table(namespace: str, table, dtype: str, shape: tuple, fields) -> None:
+    xp, to_xp, to_numpy = _namespace(namespace)
     data = {k: to_xp(v) for k, v in _hard_rows(shape, dtype).items()}
     with np.errstate(invalid="ignore", over="ignore"):  # the inf and NaN rows
         cases = _arguments(xp, data)
         assert sorted(cases) == sorted(FIELDS), "a primitive of Kernels has no case here"
-        for name in FIELDS:
+        for name in fields:
             native = getattr(table, name)  # a field the table leaves out is the definition
             for args in cases[name]:
                 # kernels may write into an argument (finite_log_p does): give them copies
-                copies = tuple(to_xp(np.array(to_numpy(a))) for a in args)
+                copies = tuple(to_xp(np.array(to_numpy(a))) if hasattr(a, "shape") else a
+                               for a in args)
                 want = getattr(_math.GENERIC, name)(xp, *args)
                 expected = [to_numpy(w) for w in want] if isinstance(want, tuple) else to_numpy(want)
                 got = native(xp, *copies)
@@ -96,6 +123,11 @@ def test_every_kernel_equals_its_definition_on_hard_rows(namespace, dtype, shape
                 for a, b in pairs:
                     np.testing.assert_allclose(to_numpy(a), b, equal_nan=True,
                                                err_msg=f"{namespace} {name}", **TOLERANCE[dtype])
+                if name in NEVER_WRITE:
+                    for copy, arg in zip(copies, args):
+                        if hasattr(arg, "shape"):
+                            np.testing.assert_array_equal(to_numpy(copy), to_numpy(arg),
+                                                          err_msg=f"{namespace} {name} wrote its input")
 
 
 def test_a_table_names_only_known_primitives():

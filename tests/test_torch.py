@@ -148,7 +148,9 @@ def test_torch_compile_fullgraph_matches_eager():
     base = torch.tensor(2.0, requires_grad=True)
 
     def step(z, y, base):
-        return el.min_ent(z, y, entropy_weight=0.3, entropy_base=base, label_smoothing=0.1)
+        # softcap: compiled, the cap kernels take torch's ops; eager, NumPy's on CPU
+        return el.min_ent(z, y, entropy_weight=0.3, entropy_base=base, label_smoothing=0.1,
+                          softcap=4.0)
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     got = compiled(z, y, base)

@@ -12,7 +12,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import terms
-from .primitives import Kernels, compute_dtype, in_dtype, ln, soft_cap, soft_cap_with_slope
+from .primitives import Kernels, compute_dtype, in_dtype, ln
 from .spec import Scalars, Spec
 from .target import Target
 
@@ -66,7 +66,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, 
                scalars: Scalars) -> PerPosition:
     z = classes_last(xp, spec, logits, compute_dtype(xp, logits.dtype))
     if spec.softcap is not None:
-        z = soft_cap(xp, z, spec.softcap)
+        z = kernels.soft_cap(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, tuple(logits.shape), target, weight, scalars, z.dtype)
     top, norm = kernels.row_stats(xp, z)
     # log p in full only where a term reads every class; else only at the target
@@ -104,7 +104,7 @@ def gradients(xp: Any, kernels: Kernels, spec: Spec, shape: tuple, z: Any, top: 
     classes last, not capped (the cap is redone here), ``shape`` the logits' own layout."""
     slope = None
     if spec.softcap is not None:
-        z, slope = soft_cap_with_slope(xp, z, spec.softcap)
+        z, slope = kernels.soft_cap_with_slope(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, shape, target, weight, scalars, z.dtype)
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
@@ -117,7 +117,7 @@ def gradients(xp: Any, kernels: Kernels, spec: Spec, shape: tuple, z: Any, top: 
     else:
         dz = _dense_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg, c_z)
     if slope is not None:  # the chain rule through the cap
-        dz = dz * slope
+        dz = kernels.times_slope(xp, dz, slope)
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, 0.0)
     d_target = None

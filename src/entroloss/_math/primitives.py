@@ -100,6 +100,11 @@ def _capped(xp: Any, z: Any, cap: float, t: Any) -> Any:
     return xp.where(z == -math.inf, -math.inf, cap * t)
 
 
+def times_slope(xp: Any, dz: Any, slope: Any) -> Any:
+    """``dz * slope``: the chain rule through the cap, ``dl/dz_raw = dl/dz_capped * slope``."""
+    return dz * slope
+
+
 def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
     """``(z - row_max) - log_norm``: the maximum subtracted first keeps log p exact for
     logits with a large common offset (``z - logsumexp(z)`` would lose it to rounding)."""
@@ -162,7 +167,10 @@ class Kernels:
     """One library's implementation of each primitive (fields default to the array-API
     definitions above). A kernel takes the namespace first, as the definitions do, and
     returns the same values; it may write into buffers it allocated itself, and
-    ``finite_log_p`` may overwrite its argument (the forward passes it a fresh log p).
+    ``finite_log_p`` may overwrite its argument (the forward passes it a fresh log p), as
+    may ``times_slope`` its ``dz`` (a gradient ``positions.gradients`` has just built).
+    ``soft_cap`` and ``soft_cap_with_slope`` never write into ``z``: it is the caller's
+    logits, which the backward keeps and caps again.
     An unknown field is a ``TypeError``, so a misspelt kernel cannot silently go unused.
     """
 
@@ -173,6 +181,9 @@ class Kernels:
     sum_p_log_p: Callable = sum_p_log_p
     mass_off_target: Callable = mass_off_target
     softmax_affine: Callable = softmax_affine
+    soft_cap: Callable = soft_cap
+    soft_cap_with_slope: Callable = soft_cap_with_slope
+    times_slope: Callable = times_slope
 
 
 GENERIC = Kernels()  # the definitions themselves: what every other namespace runs
