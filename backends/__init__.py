@@ -17,6 +17,7 @@ from typing import Any
 
 from entroloss import _arrays
 from entroloss._math import GENERIC, Kernels
+from entroloss._math.primitives import learn_dtypes
 
 # The native kernel tables, by the array-api-compat namespace they serve: module of this
 # package and the name of its table. Every other namespace runs the generic definitions.
@@ -34,6 +35,7 @@ def kernels_for(xp: Any) -> Kernels:
     if table is None:
         where = KERNEL_TABLES.get(name)
         table = GENERIC if where is None else _load_table(*where)
+        learn_dtypes(xp)
         _loaded[name] = table
     return table
 

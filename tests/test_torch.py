@@ -164,6 +164,31 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(grad_b, base.grad)
 
 
+_FIRST_CALL_COMPILED = """
+import torch, entroloss as el
+z = torch.randn(16, 7, requires_grad=True)
+y = torch.randint(0, 7, (16,))
+step = torch.compile(lambda z, y: el.min_ent(z, y, entropy_weight=0.3, softcap=4.0),
+                     fullgraph=True, backend="aot_eager")
+step(z, y).backward()  # the process's first call of entroloss: inside the trace
+z2 = z.detach().clone().requires_grad_()
+el.min_ent(z2, y, entropy_weight=0.3, softcap=4.0).backward()
+torch.testing.assert_close(z.grad, z2.grad)
+print("ok")
+"""
+
+
+def test_torch_compile_fullgraph_as_the_first_call_of_a_process():
+    # the first call fills the per-namespace tables; inside the trace that was a side
+    # effect dynamo refused (the test above passes anyway once anything ran eagerly)
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _FIRST_CALL_COMPILED], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
 def test_modules_match_the_functions():
     z = torch.randn(8, 5, dtype=torch.float64)
     y = torch.randint(0, 5, (8,))

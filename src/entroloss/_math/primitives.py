@@ -28,6 +28,15 @@ _HALVES: dict = {}  # namespace name -> its half-precision dtypes
 _INDEX_DTYPE: dict = {}  # namespace name -> its default indexing dtype
 
 
+def learn_dtypes(xp: Any) -> None:
+    """Fill the two tables above for ``xp`` now. The backends call this when they load a
+    namespace's kernels, outside any trace: a first write into them inside torch.compile
+    is a side effect in the autograd.Function's traced forward, which dynamo refuses
+    (fullgraph) when nothing had run eagerly before."""
+    compute_dtype(xp, xp.float32)
+    index_dtype(xp)
+
+
 def compute_dtype(xp: Any, dtype: Any) -> Any:
     """float32 for the half precisions (their exp, log and sums lose too much), else
     ``dtype`` itself. (No ``dtype == None`` test: NumPy reads dtype(None) as float64.)"""
