@@ -516,3 +516,59 @@ def test_default_chunk_size_fits_the_budget():
 def test_docstring_examples():
     result = doctest.testmod(_linear, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 7 and result.failed == 0
+
+
+# --- entroloss bench --linear ------------------------------------------------------------------
+
+
+def test_bench_linear_compares_like_with_like():
+    """Each pair of ``entroloss bench --linear`` computes one number twice: the linear-head
+    loss (in chunks that do not divide the rows) and the naive one on the whole logits
+    (torch; JAX's naive losses are ``entroloss bench``'s own, tested in test_bench.py)."""
+    from entroloss.tools import bench_linear
+    from entroloss.tools.platforms import available
+
+    platforms, _ = available("torch", "cpu")
+    if not platforms:
+        pytest.skip("torch is not installed")
+    p, library = platforms[0], "torch"
+    args = bench_linear.inputs(p, (12, 4, 10))
+    for loss in bench_linear.LOSSES:
+        ours = bench_linear.linear_fn(loss, 5)(*args)
+        naive = bench_linear.naive_fn(loss, library)(*args)
+        np.testing.assert_allclose(p.to_numpy(ours), p.to_numpy(naive), rtol=1e-5, err_msg=loss)
+
+
+def test_bench_linear_command_line(capsys, monkeypatch):
+    """``entroloss bench --linear --json`` on JAX (nothing in a subprocess), two of the
+    three losses (fewer compilations): a row per loss at the shape asked for, the ratios
+    those of the figures."""
+    pytest.importorskip("jax")
+    import json
+
+    from entroloss.__main__ import main
+    from entroloss.tools import bench_linear
+
+    monkeypatch.setattr(bench_linear, "LOSSES", ("cross_entropy", "entropy"))
+    code = main(["bench", "--linear", "--backend", "jax", "--device", "cpu", "--head",
+                 "64x8x32", "--chunk-size", "16", "--repeats", "1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["ok"]
+    assert [r["loss"] for r in out["rows"]] == ["cross_entropy", "entropy"]
+    for r in out["rows"]:
+        assert r["shape"] == [64, 8, 32] and r["chunk_size"] == 16
+        assert r["time_ratio"] == pytest.approx(r["linear_s"] / r["naive_s"])
+        assert r["memory_ratio"] == pytest.approx(r["linear_mib"] / r["naive_mib"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--linear", "--head", "12x3"], "is not NxHxC"),
+    (["bench", "--linear", "--head", "0x3x4"], "must be at least 1"),
+    (["bench", "--head", "2x3x4"], "--head applies to bench --linear only"),
+])
+def test_bench_linear_refuses_bad_arguments(argv, message, capsys):
+    from entroloss.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -233,7 +233,7 @@ def _in_chunks(xp: Any, x: Any, step: int, count: int) -> Any:
     return xp.reshape(x, (count, step) + tuple(x.shape[1:]))
 
 
-def whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classes: int,
+def _whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classes: int,
                       dtype: Any) -> Any:
     """The mean's divisor over all rows at once, by ``Target.mean_denominator``: for class
     indices it reads the index, ``ignore_index`` and the class weights only (one number
@@ -308,7 +308,7 @@ def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: An
     carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
     carry, (losses, d_hidden) = scan(body, carry, chunks)
     loss = xp.reshape(losses, (step * count,))[:rows]
-    denominator = whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
+    denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
     if carry is None:
         return loss, denominator, None
     d_w, d_b, d_s = carry

@@ -225,7 +225,7 @@ def _torch_memory(p, loss: str, steps: dict, shape: tuple, chunk_size) -> tuple:
 
 
 def run(library=None, device=None, *, shape=DEFAULT_SHAPE, chunk_size=DEFAULT_CHUNK,
-        repeats=3, losses=LOSSES, progress=None) -> tuple[list, list]:
+        repeats=3, losses=None, progress=None) -> tuple[list, list]:
     """(a `HeadRow` per platform x loss, [(platform id, why it is skipped)]): torch and
     JAX only (the other libraries have no autograd to compare with);
     ``progress(i, total, label)`` before each pair and once at the end."""
@@ -233,6 +233,7 @@ def run(library=None, device=None, *, shape=DEFAULT_SHAPE, chunk_size=DEFAULT_CH
     missing += [(p.id, "the linear-head comparison runs on torch and JAX")
                 for p in platforms if p.library not in LIBRARIES]
     usable = [p for p in platforms if p.library in LIBRARIES]
+    losses = LOSSES if losses is None else losses
     total, rows = len(usable) * len(losses), []
     for p in usable:
         args = inputs(p, shape)
