@@ -19,11 +19,11 @@ def loss(call: Any) -> Any:
                           call.weight, call.scalars, keep=call.keep)[0]
 
 
-def value_and_grad(call: Any, add: Any = linear.add_product) -> tuple:
+def value_and_grad(call: Any, add: Any = linear.add_product, scan: Any = None) -> tuple:
     xp = call.xp
     value, denominator, grads = linear.forward(
         xp, kernels_for(xp), call.spec, call.head, call.hidden, call.target, call.weight,
-        call.scalars, with_grads=True, keep=call.keep, add=add)
+        call.scalars, with_grads=True, keep=call.keep, add=add, scan=scan)
     if call.spec.reduction == "mean":
         grads = linear.scale(xp, grads, linear.cotangent_factor(xp, call.spec, 1.0, denominator))
     return value, grads

@@ -3,9 +3,11 @@
 The forward rule (run only under differentiation) forms the gradients of the sum while
 each chunk of logits is in hand for reductions "mean" and "sum", and the backward rule
 scales them by the cotangent; for "none" the backward recomputes each chunk for its
-per-row cotangents. Works under ``jax.jit`` (the chunks are a Python loop, unrolled at
-trace time, which XLA schedules side by side: no memory saving under ``jit`` yet, see
-docs/linear.md). The static part of a call (the spec, the weights or bases given as Python
+per-row cotangents. Traced (under ``jax.jit``, ``vmap``, ...) the chunks are one
+``lax.scan`` body over equal chunks: a Python loop would be unrolled at trace time and XLA
+would schedule the unrolled chunks side by side, keeping all their temporaries. Eager, on
+concrete arrays, they stay a Python loop (a scan there would be traced and compiled
+anew at every call), whose chunks are freed as it goes. The static part of a call (the spec, the weights or bases given as Python
 floats) is non-differentiable; ``hidden``, ``classifier``, ``bias`` and weights or bases
 given as arrays are differentiated; the target and the class weights are constants.
 Ignored rows are computed and masked (the target is not read under tracing).
@@ -22,6 +24,11 @@ import jax.numpy as jnp
 from entroloss._math import GENERIC, Scalars, compute_dtype, linear
 
 
+def _scan(x: Any) -> Any:
+    """``lax.scan`` for traced inputs, None (the Python loop) for concrete ones."""
+    return jax.lax.scan if isinstance(x, jax.core.Tracer) else None
+
+
 def _merge(floats: Scalars, arrays: Scalars) -> Scalars:
     return Scalars(*(f if a is None else a for f, a in zip(floats, arrays)))
 
@@ -30,7 +37,7 @@ def _merge(floats: Scalars, arrays: Scalars) -> Scalars:
 def _loss(spec, floats, hidden, classifier, bias, target, weight, arrays):
     head = linear.Head(classifier, bias)
     return linear.forward(jnp, GENERIC, spec, head, hidden, target, weight,
-                          _merge(floats, arrays))[0]
+                          _merge(floats, arrays), scan=_scan(hidden))[0]
 
 
 def _forward(spec, floats, hidden, classifier, bias, target, weight, arrays):
@@ -38,7 +45,7 @@ def _forward(spec, floats, hidden, classifier, bias, target, weight, arrays):
     inputs = (hidden, classifier, bias, target, weight, arrays)
     fused = spec.reduction != "none"
     value, denominator, grads = linear.forward(jnp, GENERIC, spec, head, hidden, target, weight,
-                                               scalars, with_grads=fused)
+                                               scalars, with_grads=fused, scan=_scan(hidden))
     return value, (inputs, denominator, grads)
 
 
@@ -49,7 +56,8 @@ def _backward(spec, floats, residuals, cotangent):
         grads = linear.scale(jnp, grads, linear.cotangent_factor(jnp, spec, g, denominator))
     else:
         grads = linear.backward(jnp, GENERIC, spec, linear.Head(classifier, bias), hidden,
-                                target, weight, _merge(floats, arrays), g, denominator)
+                                target, weight, _merge(floats, arrays), g, denominator,
+                                scan=_scan(hidden))
     like = lambda d, x: None if x is None else d.astype(x.dtype)
     d_arrays = Scalars(*(like(d, a) for d, a in zip(grads.scalars, arrays)))
     return (like(grads.hidden, hidden), like(grads.classifier, classifier),
@@ -69,4 +77,4 @@ def loss(call: Any) -> Any:
 def value_and_grad(call: Any) -> tuple:
     from . import explicit_linear
 
-    return explicit_linear.value_and_grad(call)
+    return explicit_linear.value_and_grad(call, scan=_scan(call.hidden))

@@ -4,6 +4,12 @@ The same results with fewer full-size temporaries, each a pass over memory and, 
 fresh pages to fault in. They run only inside the ``autograd.Function`` of
 ``backends/torch.py`` (and under ``no_grad`` in ``value_and_grad``), where torch's
 autograd does not differentiate them, so writing in place is safe.
+
+The two kernels that need ``exp(log p)`` next to ``log p`` (``sum_p_log_p``, and
+``softmax_affine`` with a ``log p`` term: MIN-ENT's entropy) take a contiguous input a block
+of rows at a time, so that the second temporary is of a block's size rather than the
+input's: the chunk of logits and one buffer of its size, as for cross entropy. Every row
+is computed by the same operations as whole.
 """
 
 from __future__ import annotations
@@ -17,6 +23,32 @@ import torch
 from entroloss._math import Kernels
 
 from . import numpy_kernels
+
+# The most elements (4 MiB of float32) a block of rows holds at once.
+BLOCK_ELEMENTS = 2**20
+
+
+def _row_blocks(x: torch.Tensor) -> list | None:
+    """Slices of the rows of ``x`` seen as ``(rows, classes)``, at most ``BLOCK_ELEMENTS``
+    each; None where there would be one block only, or ``x`` cannot be seen so without a
+    copy (not contiguous: the class axis moved last)."""
+    if x.ndim < 2 or not x.is_contiguous() or x.numel() <= BLOCK_ELEMENTS:
+        return None
+    classes = max(x.shape[-1], 1)
+    step = max(1, BLOCK_ELEMENTS // classes)
+    return [slice(a, a + step) for a in range(0, x.numel() // classes, step)]
+
+
+def _block_buffer(rows: torch.Tensor, blocks: list) -> torch.Tensor:
+    """One block's temporary, written by every block in turn (out=): a fresh one a block
+    would leave the allocator's freed blocks resident."""
+    return rows.new_empty((blocks[0].stop - blocks[0].start, rows.shape[1]))
+
+
+def _by_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-position array ``(..., 1)`` or ``(...)`` as rows ``(rows, 1)`` of ``like``."""
+    column = x if x.ndim == like.ndim else x.unsqueeze(-1)
+    return column.expand(like.shape[:-1] + (1,)).reshape(-1, 1)
 
 
 def row_stats(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +74,17 @@ def mass_off_target(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor) -> to
 
 
 def sum_p_log_p(xp: Any, finite_lp: torch.Tensor) -> torch.Tensor:
-    return torch.exp(finite_lp).mul_(finite_lp).sum(dim=-1)
+    blocks = _row_blocks(finite_lp)
+    if blocks is None:
+        return torch.exp(finite_lp).mul_(finite_lp).sum(dim=-1)
+    rows = finite_lp.view(-1, finite_lp.shape[-1])
+    out = rows.new_empty(rows.shape[0])
+    buffer = _block_buffer(rows, blocks)
+    for block in blocks:
+        part = rows[block]
+        room = buffer[: part.shape[0]]
+        torch.sum(torch.exp(part, out=room).mul_(part), dim=-1, out=out[block])
+    return out.view(finite_lp.shape[:-1])
 
 
 def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
@@ -53,11 +95,29 @@ def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tens
     if log_p_coef is None:
         out.mul_(p_coef / torch.exp(norm))
     else:
-        factor = finite_log_p(xp, log_p(xp, z, top, norm)).mul_(log_p_coef.unsqueeze(-1)).add_(p_coef)
-        out.mul_(factor.div_(torch.exp(norm)))
+        _times_log_p_factor(xp, out, z, top, norm, p_coef, log_p_coef)
     if onehot_coef.dtype != out.dtype:
         onehot_coef = onehot_coef.to(out.dtype)
     return out.scatter_add_(-1, index, onehot_coef.unsqueeze(-1))
+
+
+def _times_log_p_factor(xp: Any, out: torch.Tensor, z: torch.Tensor, top: torch.Tensor,
+                        norm: torch.Tensor, p_coef: torch.Tensor, log_p_coef: torch.Tensor) -> None:
+    """``out *= (p_coef + log_p_coef * log p) / exp(norm)``, a block of rows at a time."""
+    blocks = _row_blocks(z) if out.is_contiguous() else None
+    if blocks is None:
+        factor = finite_log_p(xp, log_p(xp, z, top, norm)).mul_(log_p_coef.unsqueeze(-1)).add_(p_coef)
+        out.mul_(factor.div_(torch.exp(norm)))
+        return
+    rows, out_rows = z.view(-1, z.shape[-1]), out.view(-1, z.shape[-1])
+    top, norm = _by_row(top, z), _by_row(norm, z)
+    p_coef, log_p_coef = _by_row(p_coef, z), _by_row(log_p_coef, z)
+    buffer = _block_buffer(rows, blocks)
+    for b in blocks:
+        part = rows[b]
+        factor = torch.sub(part, top[b], out=buffer[: part.shape[0]]).sub_(norm[b])  # log p
+        finite_log_p(xp, factor).mul_(log_p_coef[b]).add_(p_coef[b])
+        out_rows[b].mul_(factor.div_(torch.exp(norm[b])))
 
 
 def soft_cap(xp: Any, z: torch.Tensor, cap: float) -> torch.Tensor:

@@ -138,3 +138,18 @@ def test_a_table_names_only_known_primitives():
 def test_namespaces_without_a_table_run_the_definitions():
     strict = pytest.importorskip("array_api_strict")
     assert kernels_for(strict) is _math.GENERIC
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (2, 8, 5)], ids=["rows", "2d-positions"])
+def test_torch_kernels_in_row_blocks_equal_their_definitions(monkeypatch, shape):
+    """torch's sum_p_log_p and softmax_affine take a large input a block of rows at a
+    time (one temporary of a block's size): with blocks of three rows, the last one
+    shorter, the same numbers on the hard rows as the definitions."""
+    torch = pytest.importorskip("torch")
+    from entroloss.backends import torch_kernels
+
+    monkeypatch.setattr(torch_kernels, "BLOCK_ELEMENTS", 15)
+    blocks = torch_kernels._row_blocks(torch.zeros(shape))
+    assert blocks is not None and len(blocks) == -(-(len(np.zeros(shape).reshape(-1, 5))) // 3)
+    for dtype in DTYPES:
+        test_every_kernel_equals_its_definition_on_hard_rows("array_api_compat.torch", dtype, shape)

@@ -69,6 +69,19 @@ def shape(text: str) -> tuple[int, int]:
     return n, c
 
 
+def head_shape(text: str) -> tuple[int, int, int]:
+    """``"NxHxC"`` -> ``(N, H, C)``, each >= 1."""
+    parts = text.lower().split("x")
+    try:
+        n, h, c = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NxHxC (tokens x features x classes), e.g. 1024x128x8192") from None
+    if min(n, h, c) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: tokens, features and classes must be at least 1")
+    return n, h, c
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``entroloss``: every option with a help text, choices where they exist."""
     parser = argparse.ArgumentParser(
@@ -150,11 +163,29 @@ def _add_bench(commands) -> None:
                        help='one JSON object on stdout: "ok", what ran, the machine, a row per '
                        "timing, the memory figures and the skipped platforms; no progress "
                        "on stderr")
+    _add_bench_linear(bench)
+
+
+def _add_bench_linear(bench) -> None:
+    bench.add_argument("--linear", action="store_true",
+                       help="instead: the linear-head losses (linear cross entropy, MIN-ENT, "
+                       "entropy) against the naive loss on hidden @ W.T + b, torch and JAX: "
+                       "forward+backward time (median of at most 5 --repeats) and memory "
+                       "(torch CPU peak resident beyond the inputs; JAX XLA temp bytes)")
+    bench.add_argument("--head", type=head_shape, metavar="NxHxC",
+                       help="with --linear: N tokens, H features, C classes (default: "
+                       "1024x128x8192, in chunks of --chunk-size rows, default 256)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench" and args.linear:
+        from .tools import bench_linear
+
+        return bench_linear.main(args)
     if args.command == "bench":
+        if args.head:
+            build_parser().error("--head applies to bench --linear only")
         from .tools import bench
 
         return bench.main(args)

@@ -29,6 +29,7 @@ from .positions import gradients, loss_terms
 from .._arrays import is_writeable
 from .primitives import Kernels, compute_dtype, device
 from .spec import Scalars, Spec
+from .target import Target
 
 __all__ = ["Head", "HeadGradients", "LOGITS_BUDGET_BYTES", "default_chunk_size", "forward",
            "backward", "scale"]
@@ -163,9 +164,13 @@ def _into(accumulator: _Accumulator, xp: Any, kernels: Kernels, row_spec: Spec, 
 
 
 def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
-           weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, add: Any) -> tuple:
+           weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, add: Any,
+           scan: Any = None) -> tuple:
     """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
     its gradients. Returns ``(loss per row, the mean's denominator, HeadGradients)``."""
+    if scan is not None:
+        return _scanned_sweep(xp, kernels, spec, head, hidden, target, weight, scalars, g_rows,
+                              wants, scan)
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, head, dtype)  # one cast of the classifier, not one a chunk
     row_spec = replace(spec, chunk_size=None)
@@ -187,6 +192,132 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, targe
     grads = None if accumulator is None else accumulator.result(head)
     mean = spec.reduction == "mean"
     return xp.concat(losses), denominator if mean else None, grads
+
+
+# --- equal chunks through a loop primitive (jax.lax.scan) -----------------------------------
+#
+# A compiler that sees a Python loop unrolled schedules its chunks side by side (XLA keeps
+# every chunk's temporaries alive at once); one loop body over equal chunks is compiled
+# once and run in turn. The rows are padded to whole chunks with rows that count nothing:
+# zero hidden states, a target whose terms are finite (so that they times their zero
+# cotangent are exactly 0), a zero cotangent; their losses are dropped after the loop and
+# the mean's divisor is taken over the real rows before it.
+
+
+def _whole_chunks(spec: Spec, rows: int) -> tuple[int, int]:
+    """``(rows per chunk, chunks)``; no chunk longer than the rows (no padding for one)."""
+    step = min(spec.chunk_size, max(rows, 1))
+    return step, -(-max(rows, 1) // step)
+
+
+def _padded(xp: Any, x: Any, rows: int, fill: Any) -> Any:
+    if rows == x.shape[0]:
+        return x
+    tail = xp.full((rows - x.shape[0],) + tuple(x.shape[1:]), fill, dtype=x.dtype,
+                   device=device(x))
+    return xp.concat([x, tail])
+
+
+def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, rows: int) -> Any:
+    """A padded row's target: no mass (soft), or the class of the largest bias (0 without
+    one), whose log p at a zero hidden state is finite even where other classes are
+    masked with -inf."""
+    padded = _padded(xp, target, rows, 0)
+    if spec.soft or head.bias is None or rows == target.shape[0]:
+        return padded
+    real = xp.arange(rows, device=device(target)) < target.shape[0]
+    return xp.where(real, padded, xp.astype(xp.argmax(head.bias), target.dtype))
+
+
+def _in_chunks(xp: Any, x: Any, step: int, count: int) -> Any:
+    return xp.reshape(x, (count, step) + tuple(x.shape[1:]))
+
+
+def _whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classes: int,
+                      dtype: Any) -> Any:
+    """The mean's divisor over all rows at once, by ``Target.mean_denominator``: for class
+    indices it reads the index, ``ignore_index`` and the class weights only (one number
+    per row), so the smoothing, whose dense ``q`` would be of the logits' size, is left
+    out; for a soft target it is the number of rows."""
+    if spec.reduction != "mean":
+        return None
+    rows = target.shape[0]
+    if spec.soft:
+        return float(rows)
+    tgt = Target(xp, replace(spec, label_smoothing=0.0), target,
+                 None if weight is None else xp.astype(weight, dtype, copy=False),
+                 (rows, num_classes), dtype)
+    return tgt.mean_denominator(xp.zeros((rows,), dtype=dtype, device=device(target)))
+
+
+def _zero_grads(xp: Any, head: Head, scalars: Scalars, wants: Wants, dtype: Any) -> tuple:
+    """The loop's carry: the classifier's and the bias's gradients and the scalars'."""
+    where = device(head.classifier)
+    classes, features = head.classifier.shape
+    d_w = xp.zeros((classes, features), dtype=dtype, device=where) if wants.classifier else None
+    d_b = (xp.zeros((classes,), dtype=dtype, device=where)
+           if wants.bias and head.bias is not None else None)
+    d_s = Scalars(*(xp.zeros((), dtype=dtype, device=where) if learnt else None
+                    for learnt in scalars.learnt()))
+    return d_w, d_b, d_s
+
+
+def _plus(total: Any, part: Any) -> Any:
+    return None if total is None else total + part
+
+
+def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, weight: Any,
+                scalars: Scalars, wants: Wants, dtype: Any) -> Any:
+    """One chunk as a loop body: ``(carry, (h, t, g)) -> (carry, (loss, d_hidden))``."""
+    row_spec = replace(spec, chunk_size=None)
+
+    def body(carry: tuple, chunk: tuple) -> tuple:
+        h_rows, t_rows, g_chunk = chunk
+        h_rows = _counted(xp, spec, xp.astype(h_rows, dtype, copy=False), t_rows)
+        z = _logits(xp, h_rows, wide, dtype)
+        per = loss_terms(xp, kernels, row_spec, z, t_rows, weight, scalars)
+        if g_chunk is None:
+            return carry, (per.loss, None)
+        dz, d_scalars, _ = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
+                                     per.log_norm, per.main, per.reg, t_rows, weight, scalars,
+                                     g_chunk)
+        d_w, d_b, d_s = carry
+        d_rows = dz @ wide.classifier if wants.hidden else None
+        if d_w is not None:
+            d_w = d_w + xp.matrix_transpose(dz) @ h_rows
+        d_b = _plus(d_b, xp.sum(dz, axis=0))
+        d_s = Scalars(*(_plus(t, d) for t, d in zip(d_s, d_scalars)))
+        return (d_w, d_b, d_s), (per.loss, d_rows)
+
+    return body
+
+
+def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
+                   weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, scan: Any) -> tuple:
+    """:func:`_sweep` as one ``scan(body, carry, chunks) -> (carry, stacked)`` over
+    equal chunks (``jax.lax.scan``'s contract)."""
+    dtype = compute_dtype(xp, hidden.dtype)
+    wide = _in_compute_dtype(xp, head, dtype)
+    rows = hidden.shape[0]
+    step, count = _whole_chunks(spec, rows)
+    chunks = (_in_chunks(xp, _padded(xp, hidden, step * count, 0), step, count),
+              _in_chunks(xp, _padded_target(xp, spec, target, head, step * count), step, count),
+              None if g_rows is None else _in_chunks(xp, _padded(xp, g_rows, step * count, 0),
+                                                     step, count))
+    body = _chunk_body(xp, kernels, spec, wide, weight, scalars, wants, dtype)
+    carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
+    carry, (losses, d_hidden) = scan(body, carry, chunks)
+    loss = xp.reshape(losses, (step * count,))[:rows]
+    denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
+    if carry is None:
+        return loss, denominator, None
+    d_w, d_b, d_s = carry
+    if d_hidden is not None:
+        d_hidden = xp.astype(xp.reshape(d_hidden, (step * count, hidden.shape[1]))[:rows, :],
+                             hidden.dtype, copy=False)
+    cast = lambda g, x: None if g is None else xp.astype(g, x.dtype, copy=False)
+    return loss, denominator, HeadGradients(d_hidden, cast(d_w, head.classifier),
+                                            cast(d_b, head.bias), d_s)
 
 
 # --- ignored rows: left out of the matmuls when the target can be read ---------------------
@@ -233,18 +364,19 @@ def _reduce(xp: Any, spec: Spec, loss: Any, denominator: Any) -> Any:
 
 def forward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
             weight: Any, scalars: Scalars, *, with_grads: bool = False, wants: Wants = Wants(),
-            keep: Any = None, add: Any = add_product) -> tuple:
+            keep: Any = None, add: Any = add_product, scan: Any = None) -> tuple:
     """``(value, denominator, grads)``: the reduced loss in the hidden states' dtype (per
     row with "none"); the mean's divisor (else None); with ``with_grads`` the
     :class:`HeadGradients` of the *sum* of the per-row losses (else None), for
-    :func:`scale` to finish."""
+    :func:`scale` to finish. With ``scan`` (``jax.lax.scan``'s contract) the chunks are
+    one loop body over equal chunks rather than a Python loop."""
     rows = hidden.shape[0]
     h, t = _select(xp, keep, hidden, target)
     g_rows = None
     if with_grads:
         g_rows = xp.ones((h.shape[0],), dtype=compute_dtype(xp, hidden.dtype), device=device(h))
     loss, denominator, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows,
-                                      wants, add)
+                                      wants, add, scan)
     value = _reduce(xp, spec, _spread(xp, keep, rows, loss), denominator)
     if grads is not None:
         grads = grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
@@ -273,7 +405,8 @@ def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
 
 def backward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
              weight: Any, scalars: Scalars, cotangent: Any, denominator: Any, *,
-             wants: Wants = Wants(), keep: Any = None, add: Any = add_product) -> HeadGradients:
+             wants: Wants = Wants(), keep: Any = None, add: Any = add_product,
+             scan: Any = None) -> HeadGradients:
     """The gradients of ``sum(cotangent * loss)``, recomputing every chunk's logits: for
     a per-row cotangent (reduction "none"), or where the forward formed none."""
     rows = hidden.shape[0]
@@ -285,5 +418,6 @@ def backward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, tar
                                                  dtype), denominator)
         g_rows = xp.broadcast_to(g, (rows,))
     h, t, g_rows = _select(xp, keep, hidden, target, g_rows)
-    _, _, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows, wants, add)
+    _, _, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows, wants, add,
+                         scan)
     return grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
