@@ -581,7 +581,8 @@ def linear_cases(draw, backend):
     classifier = rng.normal(scale=draw(st.sampled_from([0.5, 2.0])), size=(num_classes, features))
     bias = rng.normal(size=num_classes) if draw(st.booleans()) else None
     logits = hidden @ classifier.T + (0.0 if bias is None else bias)
-    return LinearExample(Case(plain.loss, logits, target, options), hidden, classifier, bias, arrays)
+    case = Case(plain.loss, logits, target, options)
+    return LinearExample(case, hidden, classifier, bias, arrays)
 
 
 def _plain_on_the_logits(example: LinearExample) -> tuple:

@@ -217,7 +217,8 @@ for name, (loss, target, fixed, (scalar, start)) in cases.items():
     t = jax.device_put(jnp.asarray(target), batch)
     hs = jax.device_put(jnp.asarray(h), batch)
     v, g = step(hs, *(jax.device_put(jnp.asarray(a), replicated) for a in (w, b, s)), t)
-    ref_v, ref = el.linear_value_and_grad(fn, h, w, target, bias=b, chunk_size=3, **{scalar: s}, **fixed)
+    ref_v, ref = el.linear_value_and_grad(fn, h, w, target, bias=b, chunk_size=3,
+                                          **{scalar: s}, **fixed)
     ref_g = [ref["hidden"], ref["classifier"], ref["bias"], ref[scalar]]
     report[name] = dict(
         value=float(v), value_one_process=float(np.sum(ref_v)),
