@@ -9,6 +9,8 @@
 - ``helpers/cases.py``: the grid of random cases over every loss, target and option;
 - ``helpers/reliability.py``: every way a backend differentiates, and the known rounding
   error that test_fuzz.py and test_extremes.py allow;
+- ``helpers/distributed.py``: the global-mean recipe, the DDP ranks (spawned once for
+  test_distributed.py and test_linear_distributed.py) and JAX on several host devices;
 - the float64 reference and the one finite-difference helper ship with the package, as
   ``entroloss.tools.reference`` (``entroloss verify`` uses them too).
 """

@@ -7,75 +7,25 @@ when class weights or ``ignore_index`` are used. Each rank must therefore divide
 local ``"sum"`` by the *global* ``D``; the per-rank ``"mean"`` averaged over ranks is a
 different (and, with a fully ignored shard, NaN) quantity. These tests prove the global
 form equals one process on the whole batch, value and gradients, and that the naive one
-does not. The recipe (``mean_denominator``, ``ddp_mean``) is in docs/reliability.md.
+does not. The recipe (``mean_denominator``, ``ddp_mean``, in ``tests.helpers.distributed``) is in
+docs/reliability.md.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 import entroloss as el
 from tests.helpers.cases import LOSSES
+from tests.helpers.distributed import WORLD, ddp_mean, needs_gloo, run_jax_script
+from tests.helpers.distributed import ddp_results as shared_ddp_results
 from tests.helpers.platforms import needs
-
-
-def _why_no_gloo() -> str | None:
-    try:
-        import torch.distributed as dist
-    except ImportError as error:
-        return f"torch is not installed ({error})"
-    if not dist.is_available() or not dist.is_gloo_available():
-        return "torch.distributed with gloo is not available"
-    return None
-
-
-_NO_GLOO = _why_no_gloo()
-needs_gloo = pytest.mark.skipif(_NO_GLOO is not None, reason=_NO_GLOO or "")
-
-# --- the recipe of docs/reliability.md ------------------------------------------------------
-
-
-def mean_denominator(logits, target, *, axis=-1, weight=None, ignore_index=None):
-    """This shard's share of "mean"'s denominator D (torch's rule), as a tensor: the
-    summed class weight of its counted positions, or its number of positions for soft
-    targets."""
-    import torch
-
-    if target.is_floating_point():  # soft targets: one per position
-        return torch.tensor(target.numel() / logits.shape[axis], dtype=logits.dtype,
-                            device=logits.device)
-    counted = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    if weight is None:
-        return counted.sum().to(logits.dtype)
-    return torch.where(counted, weight[torch.where(counted, target, 0)], 0).sum().to(logits.dtype)
-
-
-def ddp_mean(loss_fn, logits, target, /, **options):
-    """``loss_fn(..., reduction="mean")`` over the global batch, for a model wrapped in
-    DistributedDataParallel (which averages gradients over ranks): the local sum divided
-    by the all-reduced D, times the world size."""
-    import torch.distributed as dist
-
-    denominator = mean_denominator(logits, target, axis=options.get("axis", -1),
-                                   weight=options.get("weight"),
-                                   ignore_index=options.get("ignore_index")).detach()
-    dist.all_reduce(denominator)  # the global D, on every rank
-    local_sum = loss_fn(logits, target, reduction="sum", **options)
-    return local_sum * dist.get_world_size() / denominator
-
 
 # --- torch DistributedDataParallel, gloo, two processes --------------------------------------
 
-WORLD = 2
 FEATURES, CLASSES, BATCH = 5, 4, 12
 
 
@@ -110,79 +60,43 @@ def _options(torch, options, w):
     return {k: (torch.tensor(w) if k == "weight" else v) for k, v in options.items()}
 
 
-def _ddp_worker(rank, port, out_dir):
+def ddp_job(rank):
     """One rank: for each case and each way of reducing, a DDP backward on its half of the
-    batch; writes the synchronised gradients and the globally reduced value."""
+    batch; the synchronised gradients and the globally reduced value."""
     import torch
     import torch.distributed as dist
 
-    if sys.platform.startswith("linux"):  # keep gloo's own connections on the loopback
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    from datetime import timedelta
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        x, y, soft, w = _ddp_data()
-        part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        results = {}
-        for name, (loss, kind, options) in DDP_CASES.items():
-            fn = getattr(el, loss)
-            opts = _options(torch, options, w)
-            target = torch.tensor(y[part] if kind == "index" else soft[part])
-            for mode in ("sum", "global-mean", "local-mean"):
-                model = torch.nn.parallel.DistributedDataParallel(_model(torch))
-                logits = model(torch.tensor(x[part]))
-                if mode == "sum":  # DDP averages gradients: scale by the world size
-                    local = fn(logits, target, reduction="sum", **opts)
-                    objective, value = local * WORLD, local.detach().clone()
-                elif mode == "global-mean":
-                    objective = ddp_mean(fn, logits, target, **opts)
-                    value = objective.detach() / WORLD
-                else:  # the naive per-rank mean
-                    objective = fn(logits, target, reduction="mean", **opts)
-                    value = objective.detach() / WORLD
-                objective.backward()
-                dist.all_reduce(value)  # the loss over the whole batch, as logged
-                results[f"{name}|{mode}"] = {
-                    "value": float(value),
-                    "grads": [p.grad.numpy().tolist() for p in model.parameters()],
-                }
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    x, y, soft, w = _ddp_data()
+    part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    results = {}
+    for name, (loss, kind, options) in DDP_CASES.items():
+        fn = getattr(el, loss)
+        opts = _options(torch, options, w)
+        target = torch.tensor(y[part] if kind == "index" else soft[part])
+        for mode in ("sum", "global-mean", "local-mean"):
+            model = torch.nn.parallel.DistributedDataParallel(_model(torch))
+            logits = model(torch.tensor(x[part]))
+            if mode == "sum":  # DDP averages gradients: scale by the world size
+                local = fn(logits, target, reduction="sum", **opts)
+                objective, value = local * WORLD, local.detach().clone()
+            elif mode == "global-mean":
+                objective = ddp_mean(fn, logits, target, **opts)
+                value = objective.detach() / WORLD
+            else:  # the naive per-rank mean
+                objective = fn(logits, target, reduction="mean", **opts)
+                value = objective.detach() / WORLD
+            objective.backward()
+            dist.all_reduce(value)  # the loss over the whole batch, as logged
+            results[f"{name}|{mode}"] = {
+                "value": float(value),
+                "grads": [p.grad.numpy().tolist() for p in model.parameters()],
+            }
+    return results
 
 
 @pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("ddp")
-    # gloo's rendezvous can die of a signal on a loaded machine ("terminate called without
-    # an active exception" in its transport threads, before any loss runs): such a start is
-    # tried again on a fresh port. A Python error in a rank is not retried.
-    for attempt in range(3):
-        context = mp.start_processes(_ddp_worker, args=(_free_port(), str(out)), nprocs=WORLD,
-                                     join=False, start_method="spawn")
-        deadline = time.monotonic() + 120
-        try:
-            while not context.join(timeout=1):
-                if time.monotonic() > deadline:
-                    for process in context.processes:
-                        process.kill()
-                    pytest.fail("the DDP ranks did not finish within 120 s")
-            break
-        except mp.ProcessExitedException as died:
-            if died.signal_name is None or attempt == 2:
-                raise
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+def ddp_results():
+    return shared_ddp_results("tests.test_distributed:ddp_job")
 
 
 def _single_process(torch, fn, logits, target, opts, reduction):
@@ -339,12 +253,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def jax_sharded():
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JAX_PLATFORMS": "cpu",
-           "JAX_ENABLE_X64": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out = subprocess.run([sys.executable, "-c", JAX_SHARDED], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_jax_script(JAX_SHARDED, devices=4)
 
 
 @needs("jax")

@@ -14,7 +14,11 @@ Properties:
 - ``entropy`` lies in ``[0, log_b C]``, ``softmax`` rows sum to 1, ``log_softmax <= 0``;
 - adding a constant to a position's logits changes neither the loss nor its gradient;
 - each position's logit gradient sums to 0 over the classes (cross entropy, as asked, and
-  every other loss, since each is shift invariant).
+  every other loss, since each is shift invariant);
+- the linear-head losses (``linear_<loss>``) equal the plain loss on
+  ``hidden @ classifier.T + bias``, value and the gradients of hidden, classifier, bias and
+  the learnt scalars (float64; NumPy, torch, JAX jitted), on the plain examples' targets and
+  options with H, a bias or not, and ``chunk_size`` drawn.
 
 Tolerances: the dtype's (``tests.helpers.assertions.tolerance``), relative to the size of
 the terms that may cancel, plus a few ulps of those terms
@@ -22,9 +26,11 @@ the terms that may cancel, plus a few ulps of those terms
 
 Profiles (hypothesis settings profiles, chosen by ``ENTROLOSS_FUZZ``):
 - ``quick`` (default, CI): derandomized; per backend 40 examples of the reference
-  property (16 on JAX) and 10 of each other one (5 on JAX); well under a minute;
+  property (16 on JAX), 20 of the linear head's (8 on JAX) and 10 of each other one (5 on
+  JAX); well under a minute;
 - ``long``: ``ENTROLOSS_FUZZ=long``, random; per backend 2,500 examples of the reference
-  property and 250 of each other one: 14,000 examples on the four CPU backends. Add
+  property, 300 of the linear head's and 250 of each other one: 14,900 examples on the
+  four CPU backends. Add
   ``--hypothesis-show-statistics`` to see the counts; docs/reliability.md records the
   last run.
 ``ENTROLOSS_FUZZ_EXAMPLES=n`` sets the examples per property and backend of either
@@ -41,6 +47,7 @@ import os
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -52,6 +59,7 @@ from entroloss import _losses
 from entroloss.tools import reference
 from tests.helpers.assertions import tolerance
 from tests.helpers.cases import Case, scalar_names
+from tests.helpers.platforms import backend_params
 from tests.helpers.reliability import (LOSSES, coefficient_scale, compute_ulp, known_error,
                                        reference_loss)
 
@@ -71,6 +79,7 @@ FUZZ = settings.get_profile(f"entroloss-{PROFILE}")
 BUDGET = {
     "reference": (40, 2500),
     "property": (10, 250),
+    "linear": (20, 300),
 }
 
 
@@ -89,6 +98,8 @@ REPORT = os.environ.get("ENTROLOSS_FUZZ_REPORT")  # a file to append one JSON li
 
 def _describe(example) -> tuple:
     """(loss, dtype, target kind, reduction) of an example, for the report."""
+    if isinstance(example, LinearExample):
+        example = (example.case, "float64")
     while isinstance(example, tuple) and not isinstance(example[0], Case):
         example = example[0]
     case, dtype = example[0], example[1]
@@ -143,14 +154,15 @@ def _base(draw, dtype):
 
 @st.composite
 def fuzz_cases(draw, backend, *, non_negative=False, grid=False,
-               losses=LOSSES):
+               losses=LOSSES, dtypes=None):
     """One example: (Case in float64, dtype, names of the scalars passed as 0-d arrays).
+    ``dtypes``: those drawn from (default: all of the backend's).
 
     Every base is > 1 (as the losses require). ``non_negative``: every weight >= 0. ``grid``: logits
     on a dyadic grid, small enough that adding an integer constant is exact in the dtype.
     """
     loss = draw(st.sampled_from(losses))
-    dtype = draw(st.sampled_from(backend.dtypes))
+    dtype = draw(st.sampled_from(dtypes or backend.dtypes))
     kind = draw(st.sampled_from(["index", "soft", "ignore"]))
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
     num_classes = draw(st.integers(1, 7))
@@ -533,3 +545,122 @@ def test_gradient_rows_sum_to_zero(backend):
 
     run_given(backend, "property", st.one_of(
         fuzz_cases(backend, losses=("cross_entropy",)), fuzz_cases(backend)), check)
+
+
+# --- the linear-head losses ------------------------------------------------------------------
+
+
+@dataclass
+class LinearExample:
+    """A linear-head call in float64: the hidden states ``(*positions, H)``, the head, and a
+    plain example's target (classes last) and options (no ``axis``)."""
+
+    case: Case  # the plain example, its logits replaced by hidden @ classifier.T + bias
+    hidden: np.ndarray
+    classifier: np.ndarray
+    bias: np.ndarray | None
+    arrays: tuple  # the scalars passed as 0-d arrays
+
+
+@st.composite
+def linear_cases(draw, backend):
+    """The plain losses' strategy (shapes with N = 0 and C = 1, targets, every option,
+    chunk_size), in float64, with the classes moved last and the logits made by a head:
+    H in 1..5, a bias or not, logits of a few sizes."""
+    plain, _, arrays = draw(fuzz_cases(backend, dtypes=("float64",)))
+    options = dict(plain.options)
+    axis = options.pop("axis", -1) % plain.logits.ndim
+    target = plain.target
+    if target.dtype.kind == "f":
+        target = np.moveaxis(target, axis, -1)
+    positions = np.moveaxis(plain.logits, axis, -1).shape[:-1]
+    num_classes = plain.logits.shape[axis]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    features = draw(st.integers(1, 5))
+    hidden = rng.normal(scale=draw(st.sampled_from([0.1, 1.0, 3.0])), size=positions + (features,))
+    classifier = rng.normal(scale=draw(st.sampled_from([0.5, 2.0])), size=(num_classes, features))
+    bias = rng.normal(size=num_classes) if draw(st.booleans()) else None
+    logits = hidden @ classifier.T + (0.0 if bias is None else bias)
+    case = Case(plain.loss, logits, target, options)
+    return LinearExample(case, hidden, classifier, bias, arrays)
+
+
+def _plain_on_the_logits(example: LinearExample) -> tuple:
+    """The plain loss's value on the logits (NumPy), and its gradients carried back to the
+    head by the chain rule."""
+    case = example.case
+    options = {**case.options, **{n: np.asarray(case.options[n]) for n in example.arrays}}
+    value, grads = el.value_and_grad(getattr(el, case.loss), case.logits, case.target, **options)
+    dz = grads.pop("logits").reshape(-1, case.logits.shape[-1])
+    features = example.hidden.shape[-1]
+    grads["hidden"] = (dz @ example.classifier).reshape(example.hidden.shape)
+    grads["classifier"] = dz.T @ example.hidden.reshape(-1, features)
+    if example.bias is not None:
+        grads["bias"] = dz.sum(axis=0)
+    return value, grads
+
+
+def _linear_paths(backend, example: LinearExample) -> list:
+    """``[(path, value, grads)]`` of the linear-head loss on ``backend``: the explicit
+    ``linear_value_and_grad`` and, on torch, autograd."""
+    case = example.case
+    fn = getattr(el, f"linear_{case.loss}")
+    soft = case.target.dtype.kind == "f"
+    h, w = backend.asarray(example.hidden), backend.asarray(example.classifier)
+    target = backend.asarray(case.target, "float64") if soft else backend.asarray(case.target)
+    options = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v
+               for k, v in case.options.items() if k not in example.arrays}
+    learnt = {n: backend.asarray(np.float64(case.options[n])) for n in example.arrays}
+    if example.bias is not None:
+        learnt["bias"] = backend.asarray(example.bias)
+    if backend.library == "jax":
+        out = _linear_jitted(fn, h, w, target, options, learnt)
+    else:
+        value, grads = el.linear_value_and_grad(fn, h, w, target, **options, **learnt)
+        out = [("linear_value_and_grad", value, grads)]
+    if backend.library == "torch":
+        leaves = {n: t.clone().requires_grad_(True) for n, t in
+                  {"hidden": h, "classifier": w, **learnt}.items()}
+        value = fn(leaves["hidden"], leaves["classifier"], target, **options,
+                   **{n: leaves[n] for n in learnt})
+        value.sum().backward()
+        out.append(("torch.autograd", value.detach(), {n: t.grad for n, t in leaves.items()}))
+    return [(path, backend.to_numpy(v), {n: backend.to_numpy(g) for n, g in grads.items()})
+            for path, v, grads in out]
+
+
+def _linear_jitted(fn, hidden, classifier, target, options, learnt) -> list:
+    """JAX: ``linear_value_and_grad`` and ``jax.grad``, both under one ``jax.jit``."""
+    import jax
+
+    def paths(leaves):
+        h, w = leaves.pop("hidden"), leaves.pop("classifier")
+        explicit = el.linear_value_and_grad(fn, h, w, target, **options, **leaves)
+        total = lambda a: fn(a["hidden"], a["classifier"], target, **options,
+                             **{n: a[n] for n in learnt}).sum()
+        auto = jax.grad(total)({"hidden": h, "classifier": w, **leaves})
+        return explicit, fn(h, w, target, **options, **leaves), auto
+
+    (value, grads), auto_value, auto = jax.jit(paths)(
+        {"hidden": hidden, "classifier": classifier, **learnt})
+    return [("linear_value_and_grad", value, grads), ("jax.grad", auto_value, auto)]
+
+
+@pytest.mark.parametrize("backend", backend_params(["numpy", "torch", "jax"]))
+def test_linear_head_equals_the_plain_loss_on_its_logits(backend):
+    """Value and the gradients of hidden, classifier, bias and the learnt scalars, float64;
+    the rounding of the logits' matmuls differs between the two, so within float64's
+    tolerance of the largest entry, not bit for bit."""
+    def check(example):
+        expected, expected_grads = _plain_on_the_logits(example)
+        magnitude = _magnitude(example.case)
+        for path, value, grads in _linear_paths(backend, example):
+            assert_matches(value, expected, magnitude, "float64", f"{path} value")
+            assert set(grads) == set(expected_grads), path
+            if np.any(np.isnan(expected)):  # a NaN mean (D = 0): as test_matches_reference
+                continue
+            for name, g in grads.items():
+                scale = np.max(np.abs(expected_grads[name]), initial=0.0)
+                assert_matches(g, expected_grads[name], scale, "float64", f"{path} d/d{name}")
+
+    run_given(backend, "linear", linear_cases(backend), check)
