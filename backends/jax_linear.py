@@ -7,19 +7,24 @@ per-row cotangents. Traced (under ``jax.jit``, ``vmap``, ...) the chunks are one
 ``lax.scan`` body over equal chunks: a Python loop would be unrolled at trace time and XLA
 would schedule the unrolled chunks side by side, keeping all their temporaries. Eager, on
 concrete arrays, they stay a Python loop (a scan there would be traced and compiled
-anew at every call), whose chunks are freed as it goes. The static part of a call (the spec, the weights or bases given as Python
-floats) is non-differentiable; ``hidden``, ``classifier``, ``bias`` and weights or bases
-given as arrays are differentiated; the target and the class weights are constants.
-Ignored rows are computed and masked (the target is not read under tracing).
+anew at every call), whose chunks are freed as it goes. The static part of a call (the
+spec, the weights or bases given as Python floats) is non-differentiable; ``hidden``,
+``classifier``, ``bias``, a soft target and weights or bases given as arrays are
+differentiated (class indices have no gradient; the class weights are constants). The
+rules see which inputs are differentiated (``symbolic_zeros``), so that a soft target's
+gradient, of the target's size, is formed only when it is asked for. Ignored rows are
+computed and masked (the target is not read under tracing).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from entroloss._math import GENERIC, Scalars, compute_dtype, linear
 
@@ -40,31 +45,47 @@ def _loss(spec, floats, hidden, classifier, bias, target, weight, arrays):
                           _merge(floats, arrays), scan=_scan(hidden))[0]
 
 
-def _forward(spec, floats, hidden, classifier, bias, target, weight, arrays):
+@jax.tree_util.register_static
+@dataclass(frozen=True)
+class _Static:
+    """What the forward rule tells the backward rule without an array (no leaves)."""
+
+    wants: linear.Wants
+
+
+def _forward(spec, floats, *primals):
+    unwrap = lambda attribute: jax.tree.map(lambda p: getattr(p, attribute), primals)
+    inputs = hidden, classifier, bias, target, weight, arrays = unwrap("value")
+    wants = linear.Wants(target=spec.soft and unwrap("perturbed")[3])
     head, scalars = linear.Head(classifier, bias), _merge(floats, arrays)
-    inputs = (hidden, classifier, bias, target, weight, arrays)
     fused = spec.reduction != "none"
     value, denominator, grads = linear.forward(jnp, GENERIC, spec, head, hidden, target, weight,
-                                               scalars, with_grads=fused, scan=_scan(hidden))
-    return value, (inputs, denominator, grads)
+                                               scalars, with_grads=fused, wants=wants,
+                                               scan=_scan(hidden))
+    return value, (inputs, denominator, grads, _Static(wants))
 
 
 def _backward(spec, floats, residuals, cotangent):
-    (hidden, classifier, bias, target, weight, arrays), denominator, grads = residuals
+    (hidden, classifier, bias, target, weight, arrays), denominator, grads, static = residuals
+    if isinstance(cotangent, SymbolicZero):
+        cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
     g = cotangent.astype(compute_dtype(jnp, cotangent.dtype))
     if grads is not None:
         grads = linear.scale(jnp, grads, linear.cotangent_factor(jnp, spec, g, denominator))
     else:
         grads = linear.backward(jnp, GENERIC, spec, linear.Head(classifier, bias), hidden,
                                 target, weight, _merge(floats, arrays), g, denominator,
-                                scan=_scan(hidden))
+                                wants=static.wants, scan=_scan(hidden))
     like = lambda d, x: None if x is None else d.astype(x.dtype)
     d_arrays = Scalars(*(like(d, a) for d, a in zip(grads.scalars, arrays)))
+    # None is a zero cotangent: right for class indices (no gradient) and for a soft
+    # target that is not differentiated (its gradient was not formed)
+    d_target = None if grads.target is None else grads.target.astype(target.dtype)
     return (like(grads.hidden, hidden), like(grads.classifier, classifier),
-            like(grads.bias, bias), None, None, d_arrays)
+            like(grads.bias, bias), d_target, None, d_arrays)
 
 
-_loss.defvjp(_forward, _backward)
+_loss.defvjp(_forward, _backward, symbolic_zeros=True)
 
 
 def loss(call: Any) -> Any:

@@ -5,8 +5,8 @@ the sum while each chunk of logits is in hand (three matmuls a chunk, as the nai
 forward plus backward), and the first backward scales them by the cotangent in place and
 hands them out (a second backward, after ``retain_graph=True``, recomputes them). With
 "none" the backward recomputes each chunk for its per-row cotangents. Gradients reach
-``hidden``, ``classifier``, ``bias`` and every weight or base passed as a tensor; a soft
-target is a constant. Double backward (``create_graph=True``) is refused for now: the
+``hidden``, ``classifier``, ``bias``, a soft target that requires grad and every weight or
+base passed as a tensor. Double backward (``create_graph=True``) is refused for now: the
 backward is not itself written as differentiable torch operations.
 """
 
@@ -33,7 +33,7 @@ class _LinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, grad_mode, hidden, classifier, bias, target, weight, *scalars):
         needs = ctx.needs_input_grad
-        wants = linear.Wants(needs[2], needs[3], needs[4])
+        wants = linear.Wants(needs[2], needs[3], needs[4], target=needs[5])
         fused = grad_mode and any(needs) and call.spec.reduction != "none"
         head, values = linear.Head(classifier, bias), Scalars(*scalars)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -66,11 +66,12 @@ class _LinearLoss(torch.autograd.Function):
         wanted = ctx.needs_input_grad[_FIRST_SCALAR:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype) for d, want, v in
                           zip(grads.scalars, wanted, call.scalars))
-        return (None, None, grads.hidden, grads.classifier, grads.bias, None, None, *d_scalars)
+        return (None, None, grads.hidden, grads.classifier, grads.bias, grads.target, None,
+                *d_scalars)
 
 
 def _scale_in_place(grads: linear.HeadGradients, factor: Any) -> linear.HeadGradients:
-    for g in (grads.hidden, grads.classifier, grads.bias):
+    for g in (grads.hidden, grads.classifier, grads.bias, grads.target):
         if g is not None:
             g.mul_(factor)  # a 0-d factor keeps g's dtype
     return grads._replace(scalars=Scalars(*(None if d is None else d * factor
@@ -88,12 +89,8 @@ def _recompute(ctx: Any, grad: Any) -> linear.HeadGradients:
 def loss(call: Any) -> Any:
     if call.weight is not None and call.weight.requires_grad:
         raise ValueError("weight requires grad, but entroloss differentiates the hidden states, "
-                         "the classifier, the bias and the weights and bases, not the class "
-                         "weights; pass weight.detach()")
-    if call.target.requires_grad:
-        raise ValueError("target requires grad, but the linear-head losses treat a soft target "
-                         "as a constant (its gradient would be of the logits' size); pass "
-                         "target.detach()")
+                         "the classifier, the bias, a soft target and the weights and bases, "
+                         "not the class weights; pass weight.detach()")
     head = call.head
     return _LinearLoss.apply(call, torch.is_grad_enabled(), call.hidden, head.classifier,
                              head.bias, call.target, call.weight, *call.scalars)

@@ -200,7 +200,8 @@ _DOC = """The linear-head form of `{name}`: the loss of ``hidden @ classifier.T 
       classifier: ``(C, H)``, torch's ``nn.Linear`` weight layout; the hidden states'
         library, device and dtype.
       target: class indices of shape ``hidden.shape[:-1]``, or probabilities
-        ``hidden.shape[:-1] + (C,)`` (treated as constants: no gradient reaches them).
+        ``hidden.shape[:-1] + (C,)`` (differentiated by torch autograd and ``jax.grad``,
+        as in the plain losses).
       bias: ``(C,)`` or None.
       chunk_size: rows of logits per chunk; ``None`` takes as many as fit in 64 MiB in
         the compute dtype (``entroloss._math.linear.LOGITS_BUDGET_BYTES``), at least one.

@@ -12,6 +12,10 @@ Precision: the logits, their row statistics and every gradient are accumulated i
 compute dtype (float32 for float16/bfloat16 inputs: the classifier is cast once, each
 chunk of hidden rows as it is used); the gradients are returned in their inputs' dtypes.
 
+A soft target's gradient (``Wants.target``) is ``positions.gradients``' ``dl/dt`` of each
+chunk, written back by rows as the hidden states' is: of the target's own size ``(N, C)``,
+no memory of the logits' size beyond the target's.
+
 Gradients are linear in the per-row cotangent, so when the cotangent is one number
 (reductions "mean" and "sum") the gradients of the *sum* of the losses can be formed in
 the forward while each chunk is in hand (``with_grads``) and scaled by the cotangent
@@ -52,15 +56,18 @@ class Wants(NamedTuple):
     hidden: bool = True
     classifier: bool = True
     bias: bool = True
+    target: bool = False  # a soft target's; of the target's own size (N, C)
 
 
 class HeadGradients(NamedTuple):
-    """Gradients of ``sum(cotangent * loss)``; None where not wanted (or no bias)."""
+    """Gradients of ``sum(cotangent * loss)``; None where not wanted (or no bias, or a
+    target of class indices)."""
 
     hidden: Any
     classifier: Any
     bias: Any
     scalars: Scalars
+    target: Any = None
 
 
 def default_chunk_size(num_classes: int, itemsize: int) -> int:
@@ -93,33 +100,52 @@ def add_product(xp: Any, total: Any, a: Any, b: Any) -> Any:
     return total
 
 
+def _rows_out(xp: Any, like: Any) -> Any:
+    """Where a gradient of ``like``'s shape is written a chunk of rows at a time: an
+    empty array, or a list of the chunks to concatenate where the namespace does not
+    write in place."""
+    return (xp.empty(like.shape, dtype=like.dtype, device=device(like))
+            if is_writeable(like) else [])
+
+
+def _write_rows(out: Any, rows: slice, values: Any) -> None:
+    if isinstance(out, list):
+        out.append(values)
+    else:
+        out[rows, ...] = values
+
+
+def _rows_result(xp: Any, out: Any) -> Any:
+    return xp.concat(out) if isinstance(out, list) else out
+
+
 class _Accumulator:
     """The gradients being formed, one chunk of rows at a time."""
 
     def __init__(self, xp: Any, hidden: Any, head: Head, dtype: Any, wants: Wants,
-                 add: Any) -> None:
+                 add: Any, target: Any) -> None:
         self.xp, self.wants, self.add, self.dtype = xp, wants, add, hidden.dtype
         where = device(hidden)
         classes, features = head.classifier.shape
-        self.hidden: Any = None
-        if wants.hidden:
-            self.hidden = (xp.empty(hidden.shape, dtype=hidden.dtype, device=where)
-                           if is_writeable(hidden) else [])
+        self.hidden = _rows_out(xp, hidden) if wants.hidden else None
+        self.target = _rows_out(xp, target) if wants.target else None
+        self.target_dtype = target.dtype
         self.classifier = (xp.zeros((classes, features), dtype=dtype, device=where)
                            if wants.classifier else None)
         self.bias = (xp.zeros((classes,), dtype=dtype, device=where)
                      if wants.bias and head.bias is not None else None)
         self.scalars: list = []
 
-    def take(self, rows: slice, h_rows: Any, dz: Any, head: Head, d_scalars: Scalars) -> None:
-        """Multiply one chunk's ``dl/dz (n, C)`` into the gradients."""
+    def take(self, rows: slice, h_rows: Any, dz: Any, head: Head, d_scalars: Scalars,
+             d_target: Any) -> None:
+        """Multiply one chunk's ``dl/dz (n, C)`` into the gradients; its ``dl/dt`` (a soft
+        target's, else None) is the target's gradient for these rows as it is."""
         xp = self.xp
         if self.hidden is not None:
-            d_rows = xp.astype(dz @ head.classifier, self.dtype, copy=False)
-            if isinstance(self.hidden, list):
-                self.hidden.append(d_rows)
-            else:
-                self.hidden[rows, :] = d_rows
+            _write_rows(self.hidden, rows,
+                        xp.astype(dz @ head.classifier, self.dtype, copy=False))
+        if self.target is not None:
+            _write_rows(self.target, rows, xp.astype(d_target, self.target_dtype, copy=False))
         if self.classifier is not None:
             self.classifier = self.add(xp, self.classifier, xp.matrix_transpose(dz), h_rows)
         if self.bias is not None:
@@ -128,13 +154,12 @@ class _Accumulator:
 
     def result(self, head: Head) -> HeadGradients:
         xp = self.xp
-        d_hidden = self.hidden
-        if isinstance(d_hidden, list):
-            d_hidden = xp.concat(d_hidden)
+        d_hidden = None if self.hidden is None else _rows_result(xp, self.hidden)
+        d_target = None if self.target is None else _rows_result(xp, self.target)
         d_w = None if self.classifier is None else xp.astype(self.classifier,
                                                              head.classifier.dtype, copy=False)
         d_b = None if self.bias is None else xp.astype(self.bias, head.bias.dtype, copy=False)
-        return HeadGradients(d_hidden, d_w, d_b, _sum_scalars(self.scalars))
+        return HeadGradients(d_hidden, d_w, d_b, _sum_scalars(self.scalars), d_target)
 
 
 def _sum_scalars(parts: list) -> Scalars:
@@ -157,10 +182,11 @@ def _into(accumulator: _Accumulator, xp: Any, kernels: Kernels, row_spec: Spec, 
           z: Any, h_rows: Any, per: Any, t_rows: Any, weight: Any, scalars: Scalars,
           g_rows: Any, wide: Head) -> None:
     """One chunk's ``dl/dz``, multiplied into the gradients."""
-    dz, d_scalars, _ = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
-                                 per.log_norm, per.main, per.reg, t_rows, weight, scalars,
-                                 g_rows[rows])
-    accumulator.take(rows, h_rows, dz, wide, d_scalars)
+    dz, d_scalars, d_target = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
+                                        per.log_norm, per.main, per.reg, t_rows, weight,
+                                        scalars, g_rows[rows],
+                                        want_target=accumulator.target is not None)
+    accumulator.take(rows, h_rows, dz, wide, d_scalars, d_target)
 
 
 def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
@@ -168,13 +194,15 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, targe
            scan: Any = None) -> tuple:
     """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
     its gradients. Returns ``(loss per row, the mean's denominator, HeadGradients)``."""
+    wants = wants._replace(target=wants.target and spec.soft)
     if scan is not None:
         return _scanned_sweep(xp, kernels, spec, head, hidden, target, weight, scalars, g_rows,
                               wants, scan)
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, head, dtype)  # one cast of the classifier, not one a chunk
     row_spec = replace(spec, chunk_size=None)
-    accumulator = None if g_rows is None else _Accumulator(xp, hidden, head, dtype, wants, add)
+    accumulator = (None if g_rows is None
+                   else _Accumulator(xp, hidden, head, dtype, wants, add, target))
     losses, denominator = [], 0.0
     for rows in _chunks(spec, hidden.shape[0]):
         t_rows = target[rows, ...]
@@ -268,7 +296,8 @@ def _plus(total: Any, part: Any) -> Any:
 
 def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, weight: Any,
                 scalars: Scalars, wants: Wants, dtype: Any) -> Any:
-    """One chunk as a loop body: ``(carry, (h, t, g)) -> (carry, (loss, d_hidden))``."""
+    """One chunk as a loop body: ``(carry, (h, t, g)) -> (carry, (loss, d_hidden,
+    d_target))``."""
     row_spec = replace(spec, chunk_size=None)
 
     def body(carry: tuple, chunk: tuple) -> tuple:
@@ -277,17 +306,19 @@ def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, weight: Any,
         z = _logits(xp, h_rows, wide, dtype)
         per = loss_terms(xp, kernels, row_spec, z, t_rows, weight, scalars)
         if g_chunk is None:
-            return carry, (per.loss, None)
-        dz, d_scalars, _ = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
-                                     per.log_norm, per.main, per.reg, t_rows, weight, scalars,
-                                     g_chunk)
+            return carry, (per.loss, None, None)
+        dz, d_scalars, d_t = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
+                                       per.log_norm, per.main, per.reg, t_rows, weight, scalars,
+                                       g_chunk, want_target=wants.target)
         d_w, d_b, d_s = carry
         d_rows = dz @ wide.classifier if wants.hidden else None
         if d_w is not None:
             d_w = d_w + xp.matrix_transpose(dz) @ h_rows
         d_b = _plus(d_b, xp.sum(dz, axis=0))
         d_s = Scalars(*(_plus(t, d) for t, d in zip(d_s, d_scalars)))
-        return (d_w, d_b, d_s), (per.loss, d_rows)
+        if d_t is not None:
+            d_t = xp.astype(d_t, t_rows.dtype, copy=False)
+        return (d_w, d_b, d_s), (per.loss, d_rows, d_t)
 
     return body
 
@@ -306,18 +337,25 @@ def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: An
                                                      step, count))
     body = _chunk_body(xp, kernels, spec, wide, weight, scalars, wants, dtype)
     carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
-    carry, (losses, d_hidden) = scan(body, carry, chunks)
+    carry, (losses, d_hidden, d_target) = scan(body, carry, chunks)
     loss = xp.reshape(losses, (step * count,))[:rows]
     denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
     if carry is None:
         return loss, denominator, None
     d_w, d_b, d_s = carry
     if d_hidden is not None:
-        d_hidden = xp.astype(xp.reshape(d_hidden, (step * count, hidden.shape[1]))[:rows, :],
-                             hidden.dtype, copy=False)
+        d_hidden = xp.astype(_real_rows(xp, d_hidden, step * count, rows), hidden.dtype,
+                             copy=False)
+    if d_target is not None:  # in the target's dtype already, the padded rows dropped
+        d_target = _real_rows(xp, d_target, step * count, rows)
     cast = lambda g, x: None if g is None else xp.astype(g, x.dtype, copy=False)
     return loss, denominator, HeadGradients(d_hidden, cast(d_w, head.classifier),
-                                            cast(d_b, head.bias), d_s)
+                                            cast(d_b, head.bias), d_s, d_target)
+
+
+def _real_rows(xp: Any, stacked: Any, padded: int, rows: int) -> Any:
+    """A loop's per-chunk rows ``(chunks, step, K)`` as ``(rows, K)``, the padding off."""
+    return xp.reshape(stacked, (padded, stacked.shape[-1]))[:rows, :]
 
 
 # --- ignored rows: left out of the matmuls when the target can be read ---------------------
@@ -400,7 +438,7 @@ def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
     own dtype (NumPy and JAX would promote a float16 gradient times a float32 factor)."""
     times = lambda g: None if g is None else xp.astype(g * factor, g.dtype, copy=False)
     return HeadGradients(times(grads.hidden), times(grads.classifier), times(grads.bias),
-                         Scalars(*(times(d) for d in grads.scalars)))
+                         Scalars(*(times(d) for d in grads.scalars)), times(grads.target))
 
 
 def backward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
