@@ -210,7 +210,7 @@ for name, (loss, target, fixed, (scalar, start)) in cases.items():
     jfixed = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in fixed.items()}
 
     def total(h, w, b, s, t, fn=fn, jfixed=jfixed, scalar=scalar):
-        return fn(h, w, t, bias=b, chunk_size=3, **{scalar: s}, **jfixed).sum()
+        return fn(h, w, t, bias=b, chunk_size=4, **{scalar: s}, **jfixed).sum()
 
     step = jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2, 3)))
     s = np.asarray(start)

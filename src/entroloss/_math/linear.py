@@ -258,7 +258,12 @@ def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, rows: int) -> A
 
 
 def _in_chunks(xp: Any, x: Any, step: int, count: int) -> Any:
-    return xp.reshape(x, (count, step) + tuple(x.shape[1:]))
+    """``(count, step, ...)``: chunk ``j`` holds rows ``j, j + count, j + 2 count, ...``.
+    Strided, not contiguous, so that rows sharded in blocks over devices (data parallel)
+    stay sharded within every chunk: each device works on its own rows in each step of the
+    loop, and the hidden states' gradient comes back sharded as the hidden states were."""
+    strided = xp.reshape(x, (step, count) + tuple(x.shape[1:]))
+    return xp.moveaxis(strided, 1, 0)
 
 
 def _whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classes: int,
@@ -338,7 +343,7 @@ def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: An
     body = _chunk_body(xp, kernels, spec, wide, weight, scalars, wants, dtype)
     carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
     carry, (losses, d_hidden, d_target) = scan(body, carry, chunks)
-    loss = xp.reshape(losses, (step * count,))[:rows]
+    loss = _real_rows(xp, losses[..., None], step * count, rows)[:, 0]
     denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
     if carry is None:
         return loss, denominator, None
@@ -354,8 +359,10 @@ def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: An
 
 
 def _real_rows(xp: Any, stacked: Any, padded: int, rows: int) -> Any:
-    """A loop's per-chunk rows ``(chunks, step, K)`` as ``(rows, K)``, the padding off."""
-    return xp.reshape(stacked, (padded, stacked.shape[-1]))[:rows, :]
+    """A loop's per-chunk rows ``(chunks, step, K)`` (:func:`_in_chunks`'s order) as
+    ``(rows, K)``, the padding off."""
+    in_order = xp.moveaxis(stacked, 0, 1)
+    return xp.reshape(in_order, (padded, stacked.shape[-1]))[:rows, :]
 
 
 # --- ignored rows: left out of the matmuls when the target can be read ---------------------
