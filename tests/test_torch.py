@@ -213,7 +213,7 @@ def test_learnable_module_keeps_bases_above_one_and_learns():
     loss_fn = tmod.MinEntLoss(learnable=True, entropy_weight=0.5, entropy_base=2.0)
     scalars = loss_fn.scalars()
     assert math.isclose(float(scalars["entropy_base"].detach()), 2.0, rel_tol=1e-6)
-    assert math.isclose(float(scalars["entropy_weight"]), 0.5, rel_tol=1e-6)
+    assert math.isclose(float(scalars["entropy_weight"].detach()), 0.5, rel_tol=1e-6)
     params = dict(loss_fn.named_parameters())
     assert set(params) == {"raw_ce_weight", "raw_entropy_weight", "raw_ce_base", "raw_entropy_base"}
     opt = torch.optim.SGD(loss_fn.parameters(), lr=5.0)
