@@ -218,15 +218,15 @@ def test_learnable_module_keeps_bases_above_one_and_learns():
     assert set(params) == {"raw_ce_weight", "raw_entropy_weight", "raw_ce_base", "raw_entropy_base"}
     opt = torch.optim.SGD(loss_fn.parameters(), lr=5.0)
     z, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
-    before = float(loss_fn(z, y))
+    before = loss_fn(z, y).item()
     for _ in range(50):
         opt.zero_grad()
         loss_fn(z, y).backward()
         opt.step()
-    after = loss_fn.scalars()
-    assert float(loss_fn(z, y)) < before
-    assert all(float(after[n]) > 1 for n in ("ce_base", "entropy_base"))
-    assert all(float(after[n]) > 0 for n in ("ce_weight", "entropy_weight"))
+    after = {n: v.item() for n, v in loss_fn.scalars().items()}
+    assert loss_fn(z, y).item() < before
+    assert all(after[n] > 1 for n in ("ce_base", "entropy_base"))
+    assert all(after[n] > 0 for n in ("ce_weight", "entropy_weight"))
     with pytest.raises(ValueError, match="entropy_base"):
         tmod.MinEntLoss(learnable=True, entropy_base=0.5)
 
