@@ -47,12 +47,14 @@ def _load_table(module: str, attribute: str) -> Kernels:
     return table
 
 
-def adapter_for(logits: Any) -> Any:
-    which = _arrays.library(logits)
+def adapter_for(x: Any, *, linear: bool = False) -> Any:
+    """The adapter of ``x``'s library: of the plain losses (``x`` the logits), or with
+    ``linear`` of the linear-head losses (``x`` the hidden states)."""
+    which = _arrays.library(x)
     if which == "torch":
-        from . import torch as adapter
+        from . import torch as plain, torch_linear as head
     elif which == "jax":
-        from . import jax as adapter
+        from . import jax as plain, jax_linear as head
     else:
-        from . import explicit as adapter
-    return adapter
+        from . import explicit as plain, explicit_linear as head
+    return head if linear else plain

@@ -169,14 +169,9 @@ def _as_rows(xp: Any, definition: LossDef, static: dict, soft: bool, indices_che
 
 
 def _adapter(hidden: Any) -> Any:
-    which = _arrays.library(hidden)
-    if which == "torch":
-        from entroloss.backends import torch_linear as adapter
-    elif which == "jax":
-        from entroloss.backends import jax_linear as adapter
-    else:
-        from entroloss.backends import explicit_linear as adapter
-    return adapter
+    from entroloss import backends
+
+    return backends.adapter_for(hidden, linear=True)
 
 
 def _result(call: LinearCall, value: Any) -> Any:
