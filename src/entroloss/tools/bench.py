@@ -383,11 +383,11 @@ def _block(platform, value):
     platform.sync()
 
 
-def _interleaved(platform, fns: dict, repeats: int, budget_s: float) -> dict:
+def _interleaved(platform, fns: dict, repeats: int, budget_s: float, warm_ups: int = 2) -> dict:
     """Median seconds per call for each fn, measured A B C A B C ... after warm-up."""
     for fn in fns.values():  # warm-up: jit compilation and caches, not timed
-        _block(platform, fn())
-        _block(platform, fn())
+        for _ in range(warm_ups):
+            _block(platform, fn())
     times = {name: [] for name in fns}
     start = time.perf_counter()
     for r in range(repeats):

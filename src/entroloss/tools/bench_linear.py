@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import gc
 import json
-import statistics
+import math
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -133,19 +132,11 @@ def jax_step(fn, args: tuple):
 
 
 def _timed(p, steps: dict, repeats: int) -> dict:
-    """Median seconds per step, interleaved A B A B ..., after one warm-up each."""
-    from .bench import _block
+    """Median seconds per step, interleaved A B A B ..., after one warm-up each (a step
+    at the issue's shape takes seconds: no time budget cuts the repeats short)."""
+    from .bench import _interleaved
 
-    for step in steps.values():
-        _block(p, step())
-    times: dict = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            p.sync()
-            start = time.perf_counter()
-            _block(p, step())
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return _interleaved(p, steps, repeats, math.inf, warm_ups=1)
 
 
 # --- memory ----------------------------------------------------------------------------------
