@@ -18,7 +18,7 @@ import entroloss as el
 from entroloss import _linear
 from entroloss._math import linear
 from entroloss.tools.reference import central_differences
-from tests.helpers.assertions import assert_close, tolerance
+from tests.helpers.assertions import assert_close
 from tests.helpers.cases import GRID_ARGS, GRID_IDS, draw, scalar_names
 from tests.helpers.platforms import backend_dtype_params, backend_params
 

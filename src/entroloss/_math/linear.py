@@ -24,7 +24,6 @@ later: three matmuls per chunk in all, as the naive forward plus backward.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, NamedTuple
 
