@@ -19,12 +19,11 @@ import torch
 
 from entroloss import _math
 
-from . import kernels_for
-from .torch_modules import (AdaptiveCELoss, CrossEntropyLoss, FocalLoss, MinEntLoss,  # noqa: F401
-                            MixEntLoss)
+from . import kernels_for, torch_modules
 
-__all__ = ["loss", "value_and_grad", "CrossEntropyLoss", "MinEntLoss", "MixEntLoss",
-           "AdaptiveCELoss", "FocalLoss"]
+# the nn.Module losses, one per entry of the registry, importable from here too
+globals().update({name: getattr(torch_modules, name) for name in torch_modules.__all__})
+__all__ = ["loss", "value_and_grad", *torch_modules.__all__]
 
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _RESIDUALS = len(_math.Residuals._fields)

@@ -3,13 +3,14 @@ with the defaults of ``torch.nn.CrossEntropyLoss`` (a drop-in replacement for it
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 
 from entroloss import _losses
 
-__all__ = ["CrossEntropyLoss", "MinEntLoss", "MixEntLoss", "AdaptiveCELoss", "FocalLoss"]
+__all__ = [d.module for d in _losses.LOSSES]  # one class per entry of the registry, generated below
 
 
 def _inverse_softplus(y: float) -> float:
@@ -92,33 +93,48 @@ class _LossModule(torch.nn.Module):
         return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
-class CrossEntropyLoss(_LossModule):
-    """`entroloss.cross_entropy` as a module; `learnable=True` learns `base`."""
-
-    definition = _losses.CROSS_ENTROPY
-
-
-class MinEntLoss(_LossModule):
-    """`entroloss.min_ent` as a module; `learnable=True` learns `ce_weight`,
-    `entropy_weight`, `ce_base` and `entropy_base`."""
-
-    definition = _losses.MIN_ENT
-
-
-class MixEntLoss(_LossModule):
-    """`entroloss.mix_ent` as a module; `learnable=True` learns `ce_weight`,
-    `reverse_weight`, `ce_base` and `reverse_base`."""
-
-    definition = _losses.MIX_ENT
-
-
-class AdaptiveCELoss(_LossModule):
-    """`entroloss.adaptive_ce` as a module; `learnable=True` learns `base`."""
-
-    definition = _losses.ADAPTIVE_CE
+def _docstring(d: _losses.LossDef) -> str:
+    own = [f"    {s.name}: {s.doc}" for s in d.parameters]
+    own += [f"    {o.name}: {o.doc}" for o in d.options]
+    learnt = ", ".join(f"``{name}``" for name in d.scalars)
+    return "\n".join([
+        f"`entroloss.{d.name}` as a ``torch.nn.Module``: {d.summary}",
+        "",
+        "Conventions of ``torch.nn.CrossEntropyLoss``: the class weights may come first, "
+        "``ignore_index=-100`` (class-index targets), the classes along dimension 1 (0 for a "
+        "1-d input).",
+        "",
+        "Args:",
+        "    weight: class weights ``(C,)`` or None (a buffer of the module).",
+        *own,
+        "    ignore_index: class index whose positions are left out; None: none.",
+        f"    learnable: make {learnt} ``nn.Parameter``s (see the class `_LossModule`).",
+        f"    **options: any other keyword of `entroloss.{d.name}` (``label_smoothing``, "
+        "``reduction``, ``axis``, ...).",
+    ])
 
 
-class FocalLoss(_LossModule):
-    """`entroloss.focal` as a module (pass `gamma=`); `learnable=True` learns `base`."""
+def _signature(d: _losses.LossDef) -> inspect.Signature:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("weight", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default=None, annotation="torch.Tensor | None")]
+    params += [inspect.Parameter(s.name, kw, default=s.default, annotation="float")
+               for s in d.parameters]
+    params += [inspect.Parameter(o.name, kw, default=o.default, annotation="float")
+               for o in d.options]
+    params += [inspect.Parameter("ignore_index", kw, default=-100, annotation="int | None"),
+               inspect.Parameter("learnable", kw, default=False),
+               inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD)]
+    return inspect.Signature(params)
 
-    definition = _losses.FOCAL
+
+def _module(d: _losses.LossDef) -> type:
+    """The module class of registry entry ``d``."""
+    cls = type(d.module, (_LossModule,), {"definition": d, "__doc__": _docstring(d),
+                                          "__module__": __name__, "__qualname__": d.module})
+    cls.__signature__ = _signature(d)  # type: ignore[attr-defined]
+    return cls
+
+
+for _d in _losses.LOSSES:
+    globals()[_d.module] = _module(_d)

@@ -126,7 +126,7 @@ def section(tag: str, data: dict) -> list:
 
 
 def page(where: pathlib.Path = DOCS) -> None:
-    from entroloss.tools.bench import USER_BASELINES, timed_options
+    from entroloss.tools.baselines import USER_BASELINES, timed_options
     from entroloss._losses import LOSSES
 
     lines = ["# Benchmarks", "",

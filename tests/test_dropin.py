@@ -13,14 +13,10 @@ import pytest
 import entroloss as el
 from entroloss import _losses
 
-LOSS_CALLS = [  # (loss, options): every loss, with a regularizer on and a gamma < 1
-    (el.cross_entropy, {}),
-    (el.min_ent, {"entropy_weight": 0.5}),
-    (el.mix_ent, {"reverse_weight": 0.3, "eps": 1e-3}),
-    (el.adaptive_ce, {}),
-    (el.focal, {"gamma": 0.5}),
-    (el.focal, {"gamma": 2.0}),
-]
+# (loss, options): every loss with its registry example (a regularizer on; bases stay e),
+# and focal with a gamma < 1 too
+LOSS_CALLS = [(getattr(el, d.name), {k: v for k, v in d.example.items() if k not in d.bases})
+              for d in _losses.LOSSES] + [(el.focal, {"gamma": 0.5})]
 LOSS_IDS = [f"{fn.__name__}-{'-'.join(f'{k}{v}' for k, v in o.items())}" for fn, o in LOSS_CALLS]
 SATURATED = [[60.0, 0.0, 0.0, -5.0], [-30.0, 30.0, 0.0, 1.0], [1.0, 2.0, 3.0, -1.0],
              [200.0, 0.0, 0.0, 0.0]]

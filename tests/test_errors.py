@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from entroloss import _api, _losses, _math
+from entroloss import _api, _losses, _math, _prepare
 from tests.helpers.cases import LOSSES
 from tests.helpers.platforms import needs
 
@@ -242,6 +242,6 @@ def test_a_call_seen_before_still_reads_its_data(backend, ok, loss, monkeypatch)
 
 def test_the_cache_of_static_parts_stays_bounded(monkeypatch):
     monkeypatch.undo()
-    for rows in range(1, 2 * _api._STATIC_CALLS_MAX):
+    for rows in range(1, 2 * _prepare.STATIC_CALLS_MAX):
         el.cross_entropy(np.zeros((rows, 2)), np.zeros(rows, dtype=np.int64))
-    assert 0 < len(_api._STATIC_CALLS) <= _api._STATIC_CALLS_MAX
+    assert 0 < len(_prepare.STATIC_CALLS) <= _prepare.STATIC_CALLS_MAX

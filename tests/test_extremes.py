@@ -31,13 +31,9 @@ from tests.helpers.reliability import (LOSSES, compute_ulp, differentiate, known
 
 # every backend with every dtype it has
 EVERY_DTYPE = backend_dtype_params()
-OPTIONS = {  # every regularizer switched on, at values where each term matters
-    "cross_entropy": {},
-    "min_ent": {"entropy_weight": 0.3},
-    "mix_ent": {"reverse_weight": 0.1},
-    "adaptive_ce": {},
-    "focal": {"gamma": 2.0},
-}
+# every regularizer switched on, at values where each term matters: the registry's example
+# weights and options (its bases stay e)
+OPTIONS = {d.name: {k: v for k, v in d.example.items() if k not in d.bases} for d in _losses.LOSSES}
 _CACHE: dict = {}
 
 

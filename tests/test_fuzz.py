@@ -138,12 +138,8 @@ HALF = ("float16", "bfloat16")
 # A constant added to every logit: the losses must not lose precision to it.
 OFFSETS = {"float64": [0.0, -50.0, 1e3], "float32": [0.0, -50.0, 1e3], "float16": [0.0, -50.0],
            "bfloat16": [0.0, -50.0]}
-SCALAR_RANGES = {  # weights may be negative only where the math allows it (a penalty)
-    "ce_weight": (0.0, 3.0),
-    "entropy_weight": (-1.0, 3.0),
-    "reverse_weight": (0.0, 3.0),
-}
-assert set(SCALAR_RANGES) == {w for d in _losses.LOSSES for w in d.weights}, "a weight without a range"
+# weights may be negative only where the math allows it (a penalty): the registry's spans
+SCALAR_RANGES = {s.name: s.span for d in _losses.LOSSES for s in d.parameters if not s.is_base}
 
 
 def _base(draw, dtype):
@@ -234,10 +230,11 @@ def fuzz_cases(draw, backend, *, non_negative=False, grid=False,
             options[name] = draw(st.floats(0.0 if non_negative else low, high))
         if draw(st.booleans()):
             arrays.append(name)
-    if _losses.by_name(loss).takes_eps and draw(st.booleans()):
-        options["eps"] = 10.0 ** draw(st.floats(-30.0, -1.0))
-    if _losses.by_name(loss).gamma is None:  # focal: gamma is an option
-        options["gamma"] = draw(st.floats(0.0, 4.0))
+    for option in _losses.by_name(loss).options:  # focal's gamma, MIX-ENT's eps, ...
+        if option.name == "gamma" or draw(st.booleans()):
+            low, high = option.span
+            value = draw(st.floats(low, high))
+            options[option.name] = 10.0 ** value if option.log_span else value
     if draw(st.booleans()):  # a few rows at a time: the chunked forward and backward
         options["chunk_size"] = draw(st.integers(1, 4))
     return Case(loss, z, target, options), dtype, tuple(arrays)
@@ -429,15 +426,16 @@ def test_loss_is_non_negative_where_the_math_says_so(backend):
         fn = getattr(el, case.loss)
         logits, target, options, seen = _on_backend(backend, case, dtype, arrays)
         for path, value, _ in evaluate(backend, fn, logits, target, options, arrays):
-            if _losses.by_name(case.loss).regularizer != "reverse":  # all but MIX-ENT
+            r = reference.resolve_options(seen.loss, **seen.options)
+            least = 0.0 if r["regularizer"] is None else r["regularizer"].minimum(r)
+            if least == 0.0:  # CE and a regularizer >= 0 (the entropy, ...)
                 assert np.all(value[~np.isnan(value)] >= 0), (path, value)
                 continue
-            # R >= -log(1 + eps) since q <= 1, and CE, H >= 0: a position's loss is
-            # >= -s * c with s = w_y (1 for soft targets, 0 if ignored) and
-            # c = reverse_weight * log(1 + eps) / ln b; "sum" adds those, and "mean", a
+            # a regularizer >= least (MIX-ENT's R >= -log(1 + eps) since q <= 1) and
+            # CE >= 0: a position's loss is >= -s * c with s = w_y (1 for soft targets, 0
+            # if ignored) and c = -weight * least / ln b; "sum" adds those, and "mean", a
             # weighted average (over sum s), is >= -c
-            r = reference.resolve_options(seen.loss, **seen.options)
-            c = r["reg_weight"] * math.log1p(r["eps"]) / math.log(r["reg_base"])
+            c = -r["reg_weight"] * least / math.log(r["reg_base"])
             s = _position_weights(seen)
             bound = {"none": -c * s, "sum": -c * np.sum(s), "mean": -c}[case.options["reduction"]]
             bound = np.broadcast_to(bound, np.shape(value))

@@ -288,10 +288,10 @@ def test_ignored_rows_are_left_out_of_the_matmuls(backend):
     target = backend.asarray(np.array([3, -100, 0, -100, -100, 1]), "int64")
     h = backend.asarray(np.ones((6, 2)))
     w = backend.asarray(np.zeros((4, 2)))
-    call = _linear._PUBLIC[el.linear_cross_entropy]((h, w, target), {"ignore_index": -100})
+    call = _linear.PUBLIC[el.linear_cross_entropy]((h, w, target), {"ignore_index": -100})
     assert backend.to_numpy(call.keep).tolist() == [0, 2, 5]
     counted = backend.asarray(np.array([3, 2, 0, 1, 1, 1]), "int64")
-    everything = _linear._PUBLIC[el.linear_cross_entropy]((h, w, counted), {"ignore_index": -100})
+    everything = _linear.PUBLIC[el.linear_cross_entropy]((h, w, counted), {"ignore_index": -100})
     assert everything.keep is None
 
 
@@ -507,7 +507,7 @@ def test_default_chunk_size_fits_the_budget():
     assert linear.default_chunk_size(32768, 4) == 512
     assert linear.default_chunk_size(256_000, 4) == 65
     assert linear.default_chunk_size(10**9, 4) == 1
-    call = _linear._PUBLIC[el.linear_min_ent]((_H, _W, _Y), {})
+    call = _linear.PUBLIC[el.linear_min_ent]((_H, _W, _Y), {})
     assert call.spec.chunk_size == linear.LOGITS_BUDGET_BYTES // (5 * 8)
 
 

@@ -1,48 +1,34 @@
 """entroloss: classification losses written once against the Python array API standard.
 
-MIN-ENT, MIX-ENT, the linearly adaptive cross entropy, focal loss and cross entropy, on
-NumPy, CuPy, PyTorch, JAX and array-api-strict alike. The backend is chosen by the type
-of the logits; no framework is imported here.
+The losses are listed once, in the registry ``entroloss._losses.LOSSES``; each entry gives
+a function ``entroloss.<name>`` and its linear-head form ``entroloss.linear_<name>``,
+generated at import. They run on NumPy, CuPy, PyTorch, JAX and array-api-strict alike; the
+backend is chosen by the type of the logits, and no framework is imported here.
 """
 
-from ._api import (
-    adaptive_ce,
-    cross_entropy,
-    entropy,
-    focal,
-    log_softmax,
-    min_ent,
-    mix_ent,
-    softmax,
-    value_and_grad,
-)
-from ._linear import (
-    linear_adaptive_ce,
-    linear_cross_entropy,
-    linear_entropy,
-    linear_focal,
-    linear_min_ent,
-    linear_mix_ent,
-    linear_value_and_grad,
-)
+from typing import Any
+
+from . import _api, _linear
+from ._api import entropy, log_softmax, softmax, value_and_grad
+from ._linear import linear_entropy, linear_value_and_grad
+from ._losses import LOSSES as _LOSSES
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
-__all__ = [
-    "adaptive_ce",
-    "cross_entropy",
-    "entropy",
-    "focal",
-    "linear_adaptive_ce",
-    "linear_cross_entropy",
-    "linear_entropy",
-    "linear_focal",
-    "linear_min_ent",
-    "linear_mix_ent",
-    "linear_value_and_grad",
-    "log_softmax",
-    "min_ent",
-    "mix_ent",
-    "softmax",
-    "value_and_grad",
-]
+LOSS_NAMES: tuple[str, ...] = tuple(d.name for d in _LOSSES)  # the losses, in registry order
+
+for _d in _LOSSES:
+    globals()[_d.name] = getattr(_api, _d.name)
+    globals()[f"linear_{_d.name}"] = getattr(_linear, f"linear_{_d.name}")
+
+__all__ = sorted([
+    *LOSS_NAMES, *(f"linear_{name}" for name in LOSS_NAMES),
+    "LOSS_NAMES", "entropy", "linear_entropy", "linear_value_and_grad", "log_softmax",
+    "softmax", "value_and_grad",
+])
+
+
+def __getattr__(name: str) -> Any:
+    """The generated losses are set above; this tells type checkers that ``entroloss.<loss>``
+    exists without a hand list of the names."""
+    raise AttributeError(f"module 'entroloss' has no attribute {name!r}")

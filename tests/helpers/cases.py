@@ -71,10 +71,9 @@ def draw(loss: str, target_kind: str, reduction: str, salt: str = "") -> Case:
                 options[name] = float(rng.choice([2.0, 10.0, 1.5, 3.7]))  # a loss's base is > 1
             else:
                 options[name] = float(rng.uniform(0.1, 2.0))
-    if _losses.by_name(loss).takes_eps and rng.random() < 0.5:
-        options["eps"] = float(rng.choice([1e-3, 1e-8]))
-    if _losses.by_name(loss).gamma is None:  # focal: gamma is an option
-        options["gamma"] = float(rng.choice([0.5, 1.5, 2.0, 3.0]))
+    for option in _losses.by_name(loss).options:  # focal's gamma, MIX-ENT's eps, ...
+        if option.name == "gamma" or rng.random() < 0.5:
+            options[option.name] = float(rng.choice(option.samples))
     return Case(loss, logits, target, options)
 
 

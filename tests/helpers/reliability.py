@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 import entroloss as el
+from entroloss._losses import focal_bound
 from entroloss.tools import reference
 
 from .cases import LOSSES  # noqa: F401  (re-exported for the fuzz and extremes tests)
@@ -74,9 +75,9 @@ def rounded(backend, array: np.ndarray, dtype: str) -> np.ndarray:
 def coefficient_scale(kind: str, logits: np.ndarray, target: np.ndarray, options: dict) -> np.ndarray:
     """Per position, a bound on what multiplies a rounding error of ``log p`` (or ``p``)
     in the loss and its gradient: ``|ce_weight / ln ce_base| * S * (2 + gamma)`` with
-    ``S = sum_c w_c q_c``, plus the regularizer's ``|weight / ln base| * s`` times
-    ``log C + 2`` (entropy) or ``2 (1 - log eps)`` (reverse), times the cotangent (``1/D``
-    for "mean"). Ignored positions: 0."""
+    ``S = sum_c w_c q_c``, plus the regularizer's ``|weight / ln base| * s`` times its
+    term's ``bound`` in the registry (e.g. ``log C + 2`` for the entropy), times the
+    cotangent (``1/D`` for "mean"). Ignored positions: 0."""
     o = options
     axis = o.get("axis", -1)
     z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
@@ -97,12 +98,11 @@ def coefficient_scale(kind: str, logits: np.ndarray, target: np.ndarray, options
         s = w[safe]
     big_s = np.sum(np.abs(w * q), axis=-1)
     r = reference.resolve_options(kind, **o)
-    main = abs(r["ce_weight"] / math.log(r["ce_base"])) * big_s * (2 + r["gamma"])
+    main = abs(r["ce_weight"] / math.log(r["ce_base"])) * big_s * focal_bound(num, r)
     reg = 0.0
-    if r["regularizer"] == "entropy":
-        reg = abs(r["reg_weight"] / math.log(r["reg_base"])) * np.abs(s) * (math.log(num) + 2)
-    if r["regularizer"] == "reverse":
-        reg = abs(r["reg_weight"] / math.log(r["reg_base"])) * np.abs(s) * 2 * (1 - math.log(r["eps"]))
+    if r["regularizer"] is not None:  # each term's bound comes with the term (the registry)
+        reg = (abs(r["reg_weight"] / math.log(r["reg_base"])) * np.abs(s)
+               * r["regularizer"].bound(num, r))
     scale = np.where(counted, main + reg, 0.0)
     if o.get("reduction", "mean") == "mean":
         denominator = float(np.sum(np.where(counted, s if not soft else 1.0, 0.0)))

@@ -10,7 +10,7 @@ Combinations that are not available here are skipped with the reason.
 
 Every (backend, shape, dtype, loss, mode) gives one `Comparison`: entroloss ("ours"),
 the native cross entropy (``F.cross_entropy``; optax under ``jax.jit``; a hand-written
-NumPy/CuPy forward+backward) and the user's baseline (`USER_BASELINES`: the few lines a user
+NumPy/CuPy forward+backward) and the user's baseline (``baselines.py``: the few lines a user
 writes for that loss, with the same option values), per-call times in microseconds and the
 ratios of ours to each. The modes: torch ``eager``, ``compiled`` (``--compiled``: all three
 under ``torch.compile``) and ``eager, chunks of N`` (``--chunk-size``); JAX ``jit``;
@@ -34,46 +34,15 @@ import numpy as np
 
 import entroloss as el
 
-from .._losses import CROSS_ENTROPY, LOSSES, MIN_ENT, MIX_ENT, LossDef
+from .._losses import CROSS_ENTROPY, LOSSES
+from .baselines import (USER_BASELINES, bound, hand_written, jax_native_cross_entropy,
+                        jax_user_baseline, timed_options, torch_user_baseline)
 from .platforms import available
 from .progress import counter
 
 CPU_SHAPES = ((256, 10), (128, 100), (1024, 1000), (4096, 8192))
 GPU_SHAPES = ((256, 10), (128, 100), (1024, 1000), (4096, 8192), (8192, 32768))
 QUICK_SHAPES = ((256, 10), (512, 1000))
-
-# What a user writes instead of calling entroloss (issue 12), for the tables and the JSON;
-# lam, eps and gamma are the values `timed_options` gives our call.
-USER_BASELINES = {
-    "cross_entropy": "F.cross_entropy(z, y)",
-    "min_ent": "lp = F.log_softmax(z, -1); F.nll_loss(lp, y) + lam * (-(lp.exp() * lp).sum(-1)).mean()",
-    "mix_ent": "lp = F.log_softmax(z, -1); F.nll_loss(lp, y) + lam * (-(lp.exp() * "
-               "torch.log(F.one_hot(y, C) + eps)).sum(-1)).mean()",
-    "adaptive_ce": "lpy = F.log_softmax(z, -1).gather(-1, y[:, None])[:, 0]; "
-                   "(-(1 - lpy.exp()) ** 1 * lpy).mean()",
-    "focal": "lpy = F.log_softmax(z, -1).gather(-1, y[:, None])[:, 0]; "
-             "(-(1 - lpy.exp()) ** gamma * lpy).mean()",
-}
-
-
-def timed_options(loss: LossDef) -> dict:
-    """The options every timing of ``loss`` passes, ours and the baselines alike: the
-    registry's ``example`` weights, ``eps`` and ``gamma`` (MIN-ENT ``entropy_weight``, MIX-ENT
-    ``reverse_weight`` and ``eps``, focal ``gamma``); the logarithm bases stay e, as in the
-    user's compositions."""
-    keep = set(loss.weights) | {"eps", "gamma"}
-    return {k: v for k, v in loss.example.items() if k in keep}
-
-
-def _bound(loss: LossDef, **extra):
-    """``loss(z, y)`` with its `timed_options` and ``extra``."""
-    fn, options = getattr(el, loss.name), {**timed_options(loss), **extra}
-    return lambda z, y: fn(z, y, **options)
-
-
-def _gamma(loss: LossDef) -> float:
-    return timed_options(loss)["gamma"] if loss.gamma is None else loss.gamma
-
 
 @dataclass
 class Comparison:
@@ -107,146 +76,6 @@ class Comparison:
     floor_gbps: float | None = None
     step_vs_floor: float | None = None
     extra: dict = field(default_factory=dict)
-
-
-# --- the baselines ----------------------------------------------------------------------------
-
-
-def torch_user_baseline(loss: LossDef):
-    """``f(z, y)``: the user's torch composition for ``loss`` (`USER_BASELINES`)."""
-    import torch
-    import torch.nn.functional as F
-
-    o = timed_options(loss)
-    if loss is CROSS_ENTROPY:
-        return F.cross_entropy
-    if loss is MIN_ENT:
-        lam = o["entropy_weight"]
-
-        def min_ent(z, y):
-            lp = F.log_softmax(z, -1)
-            return F.nll_loss(lp, y) + lam * (-(lp.exp() * lp).sum(-1)).mean()
-        return min_ent
-    if loss is MIX_ENT:
-        lam, eps = o["reverse_weight"], o["eps"]
-
-        def mix_ent(z, y):
-            lp = F.log_softmax(z, -1)
-            C = z.shape[-1]
-            return F.nll_loss(lp, y) + lam * (-(lp.exp() * torch.log(F.one_hot(y, C) + eps)).sum(-1)).mean()
-        return mix_ent
-    gamma = _gamma(loss)
-
-    def focal(z, y):
-        lpy = F.log_softmax(z, -1).gather(-1, y[:, None])[:, 0]
-        return (-(1 - lpy.exp()) ** gamma * lpy).mean()
-    return focal
-
-
-def jax_native_cross_entropy():
-    """(name, ``f(z, y)``): optax's integer-label cross entropy, or the jnp composition
-    where optax is not installed."""
-    try:
-        import optax
-    except ImportError:
-        return "jnp cross entropy (jit)", jax_user_baseline(CROSS_ENTROPY, native=False)
-
-    def native(z, y):
-        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
-    return "optax (jit)", native
-
-
-def jax_user_baseline(loss: LossDef, native: bool = True):
-    """``f(z, y)``: the same compositions in jnp (cross entropy: optax's, if ``native``)."""
-    import jax
-    import jax.numpy as jnp
-
-    if loss is CROSS_ENTROPY and native:
-        return jax_native_cross_entropy()[1]
-    o = timed_options(loss)
-
-    def nll(lp, y):
-        return -jnp.take_along_axis(lp, y[:, None], axis=-1)[:, 0].mean()
-
-    if loss is CROSS_ENTROPY:
-        return lambda z, y: nll(jax.nn.log_softmax(z, -1), y)
-    if loss is MIN_ENT:
-        lam = o["entropy_weight"]
-
-        def min_ent(z, y):
-            lp = jax.nn.log_softmax(z, -1)
-            return nll(lp, y) + lam * (-(jnp.exp(lp) * lp).sum(-1)).mean()
-        return min_ent
-    if loss is MIX_ENT:
-        lam, eps = o["reverse_weight"], o["eps"]
-
-        def mix_ent(z, y):
-            lp = jax.nn.log_softmax(z, -1)
-            onehot = jax.nn.one_hot(y, z.shape[-1])
-            return nll(lp, y) + lam * (-(jnp.exp(lp) * jnp.log(onehot + eps)).sum(-1)).mean()
-        return mix_ent
-    gamma = _gamma(loss)
-
-    def focal(z, y):
-        lpy = jnp.take_along_axis(jax.nn.log_softmax(z, -1), y[:, None], axis=-1)[:, 0]
-        return (-(1 - jnp.exp(lpy)) ** gamma * lpy).mean()
-    return focal
-
-
-def minimal_cross_entropy(xp, z, y):
-    """The shortest correct mean cross entropy and its gradient: the NumPy/CuPy baseline."""
-    m = xp.max(z, axis=-1, keepdims=True)
-    e = xp.exp(z - m)
-    s = xp.sum(e, axis=-1, keepdims=True)
-    log_p_y = xp.take_along_axis(z - m, y[:, None], axis=-1)[:, 0] - xp.log(s[:, 0])
-    grad = e / s
-    grad[xp.arange(z.shape[0]), y] -= 1.0
-    return -xp.mean(log_p_y), grad / z.shape[0]
-
-
-def hand_written(xp, loss: LossDef, z, y, grad: bool = True):
-    """A hand-written NumPy/CuPy forward (and, if ``grad``, backward) of ``loss`` with its
-    `timed_options`: (mean loss, d loss / d z) or the mean loss alone."""
-    if loss is CROSS_ENTROPY:
-        value, g = minimal_cross_entropy(xp, z, y)
-        return (value, g) if grad else value
-    o = timed_options(loss)
-    n, rows = z.shape[0], xp.arange(z.shape[0])
-    shifted = z - xp.max(z, axis=-1, keepdims=True)
-    e = xp.exp(shifted)
-    total = xp.sum(e, axis=-1, keepdims=True)
-    if loss in (MIN_ENT, MIX_ENT):
-        lp = shifted - xp.log(total)
-        p = e / total
-        nll = -xp.mean(lp[rows, y])
-        if loss is MIN_ENT:
-            lam, a = o["entropy_weight"], lp
-        else:
-            onehot = xp.zeros_like(z)
-            onehot[rows, y] = 1.0
-            lam, a = o["reverse_weight"], xp.log(onehot + o["eps"])
-        term = -xp.sum(p * a, axis=-1)  # H(p), or R = -sum p log(onehot + eps)
-        value = nll + lam * xp.mean(term)
-        if not grad:
-            return value
-        g = p.copy()
-        g[rows, y] -= 1.0
-        if loss is MIN_ENT:
-            g -= lam * p * (lp + term[:, None])  # dH/dz = -p (log p + H)
-        else:
-            g -= lam * p * (a + term[:, None])  # dR/dz = -p (a - sum p a)
-        return value, g / n
-    gamma = _gamma(loss)
-    lpy = shifted[rows, y] - xp.log(total[:, 0])
-    py = xp.exp(lpy)
-    value = xp.mean(-(1 - py) ** gamma * lpy)
-    if not grad:
-        return value
-    # d l / d log p_y; d log p_y / dz = onehot - p
-    d = -(1 - py) ** gamma + gamma * (1 - py) ** (gamma - 1) * py * lpy
-    g = -(e / total) * d[:, None]
-    g[rows, y] += d
-    return value, g / n
 
 
 # --- candidates: name -> (forward, forward+backward) callables on prepared inputs ------------
@@ -307,7 +136,7 @@ def _torch_plan(p, logits, target, compiled, chunk_size, losses, compiled_losses
             fns[user] = _torch_pair(torch, torch_user_baseline(loss), logits, target)
         for mode, options in modes.items():
             ours = f"el.{loss.name}" + (f" chunks of {chunk_size}" if options else "")
-            fns[ours] = _torch_pair(torch, _bound(loss, **options), logits, target)
+            fns[ours] = _torch_pair(torch, bound(loss, **options), logits, target)
             plan.append((loss, mode, ours, "F.cross_entropy", user))
     count = list(fns)
     if compiled:
@@ -321,7 +150,7 @@ def _torch_plan(p, logits, target, compiled, chunk_size, losses, compiled_losses
             if user not in fns:
                 fns[user] = _compiled(torch, torch_user_baseline(loss), logits, target)
             ours = f"compiled el.{loss.name}"
-            fns[ours] = _compiled(torch, _bound(loss, validate=False), logits, target)
+            fns[ours] = _compiled(torch, bound(loss, validate=False), logits, target)
             plan.append((loss, "compiled", ours, native, user))
     fns["floor"] = (lambda: torch.empty_like(logits).copy_(logits),) * 2
     return fns, plan, {"floor": "floor", "count": count}
@@ -346,7 +175,7 @@ def _jax_plan(p, logits, target, losses):
         if user not in fns:
             fns[user] = pair(jax_user_baseline(loss))
         ours = f"el.{loss.name} (jit)"
-        fns[ours] = pair(_bound(loss))
+        fns[ours] = pair(bound(loss))
         plan.append((loss, "jit", ours, native, user))
     return fns, plan, {}
 

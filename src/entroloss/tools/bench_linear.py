@@ -73,7 +73,7 @@ def _names(loss: str, library: str) -> tuple[str, str]:
 
 def linear_fn(loss: str, chunk_size: int | None):
     import entroloss as el
-    from .bench import timed_options
+    from .baselines import timed_options
 
     if loss == "entropy":
         return lambda h, w, b, y: el.linear_entropy(h, w, bias=b, chunk_size=chunk_size).mean()
@@ -83,14 +83,14 @@ def linear_fn(loss: str, chunk_size: int | None):
 
 def naive_fn(loss: str, library: str):
     import entroloss as el
-    from . import bench
+    from . import baselines
 
     if loss == "entropy":
         plain = lambda z, y: el.entropy(z).mean()
     elif library == "torch":
-        plain = bench.torch_user_baseline(MIN_ENT if loss == "min_ent" else CROSS_ENTROPY)
+        plain = baselines.torch_user_baseline(MIN_ENT if loss == "min_ent" else CROSS_ENTROPY)
     else:
-        plain = bench.jax_user_baseline(MIN_ENT if loss == "min_ent" else CROSS_ENTROPY)
+        plain = baselines.jax_user_baseline(MIN_ENT if loss == "min_ent" else CROSS_ENTROPY)
     return lambda h, w, b, y: plain(h @ w.T + b, y)
 
 

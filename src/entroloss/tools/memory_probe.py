@@ -32,7 +32,7 @@ def candidate(which: str) -> tuple:
 
     import entroloss as el
     from entroloss._losses import by_name
-    from entroloss.tools.bench import timed_options
+    from entroloss.tools.baselines import timed_options
 
     which, _, chunk = which.partition(" chunks of ")  # "el.min_ent chunks of 512"
     chunking = {"chunk_size": int(chunk)} if chunk else {}

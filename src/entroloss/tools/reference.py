@@ -5,9 +5,10 @@ It shares no code with the package's math (``entroloss._math``, ``entroloss._api
 follows the definitions of ``docs/math.md`` literally (the sums as written, no stabilising
 rewrites beyond subtracting the row maximum), so an error in the package's vectorised math
 or its hand-derived gradients cannot hide in both. It reads only the declarative registry
-(``entroloss._losses``): which regularizer and focal exponent a loss has, and which public
-keywords name its weights and bases. Slow and simple on purpose: it is a yardstick, used by
-``entroloss verify`` and by the test suite.
+(``entroloss._losses``): which regularizer and focal exponent a loss has, which public
+keywords name its weights and bases; each term's formula comes with the term's entry there
+(``Term.reference``, plain Python next to the vectorised math it checks). Slow and simple
+on purpose: it is a yardstick, used by ``entroloss verify`` and by the test suite.
 
 Both functions take a loss by its public name and exactly the public keyword arguments,
 with the public defaults::
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._losses import SLOT_DEFAULTS, by_name
+from .._losses import SLOT_DEFAULTS, Position, by_name, focal_reference
 
 __all__ = ["loss", "gradient", "central_differences", "resolve_options", "STEP"]
 
@@ -33,8 +34,6 @@ __all__ = ["loss", "gradient", "central_differences", "resolve_options", "STEP"]
 COMMON = {"axis": -1, "weight": None, "ignore_index": None, "label_smoothing": 0.0,
           "reduction": "mean", "validate": True, "chunk_size": None, "softcap": None,
           "z_loss": 0.0}
-FOCAL_GAMMA = 2.0  # the public default of ``focal(gamma=...)``, the one loss taking gamma
-EPS = 1e-6  # the public default of ``mix_ent(eps=...)``
 STEP = 1e-6  # the central-difference step of ``gradient``
 
 
@@ -44,7 +43,8 @@ def resolve_options(name: str, **options: Any) -> dict:
 
         l = ce_weight * F_gamma / ln(ce_base)  +  s * reg_weight * G / ln(reg_base)
 
-    Returns a dict of ``ce_weight, ce_base, reg_weight, reg_base, regularizer, gamma, eps``
+    Returns a dict of ``ce_weight, ce_base, reg_weight, reg_base``, ``regularizer`` (the
+    registry's :class:`~entroloss._losses.Term` or None), ``gamma``, the loss's own options
     and the common options. A keyword the public function does not take is a
     ``TypeError``, as it is there."""
     definition = by_name(name)
@@ -56,10 +56,10 @@ def resolve_options(name: str, **options: Any) -> dict:
     out.update(SLOT_DEFAULTS)
     for public, slot in definition.scalars.items():
         out[slot] = float(options.get(public, definition.scalar_default(public)))
+    for option in definition.options:
+        out[option.name] = float(options.get(option.name, option.default))
     out["regularizer"] = definition.regularizer
-    out["gamma"] = (float(options.get("gamma", FOCAL_GAMMA)) if definition.gamma is None
-                    else definition.gamma)
-    out["eps"] = float(options.get("eps", EPS))
+    out["gamma"] = out["gamma"] if definition.gamma is None else definition.gamma
     if out["weight"] is not None:
         out["weight"] = [float(v) for v in np.asarray(out["weight"], dtype=np.float64)]
     return out
@@ -70,9 +70,9 @@ def _soft_cap(v: float, cap: float) -> float:
     return -math.inf if v == -math.inf else cap * math.tanh(v / cap)
 
 
-def _position_terms(z, y, t, *, weight, label_smoothing, gamma, eps):
-    """(F_gamma, H, R, s, logsumexp(z)) for one position: z logits, y class index or None,
-    t soft target."""
+def _position(z, y, t, o) -> tuple:
+    """(the position as the registry's terms read it, s, logsumexp(z)) for one position:
+    z logits, y class index or None, t soft target."""
     num = len(z)
     top = max(z)
     if top == -math.inf:
@@ -80,20 +80,15 @@ def _position_terms(z, y, t, *, weight, label_smoothing, gamma, eps):
     lse = top + math.log(sum(math.exp(v - top) for v in z))
     log_p = [v - lse for v in z]
     p = [math.exp(v) for v in log_p]
-    w = [1.0] * num if weight is None else list(weight)
+    w = [1.0] * num if o["weight"] is None else list(o["weight"])
+    smoothing = o["label_smoothing"]
     if t is None:
-        q = [(1 - label_smoothing) * (c == y) + label_smoothing / num for c in range(num)]
+        q = [(1 - smoothing) * (c == y) + smoothing / num for c in range(num)]
         s = w[y]
     else:
-        q = [(1 - label_smoothing) * t[c] + label_smoothing / num for c in range(num)]
+        q = [(1 - smoothing) * t[c] + smoothing / num for c in range(num)]
         s = 1.0
-    focal = 0.0
-    for c in range(num):
-        if w[c] * q[c] != 0:
-            focal -= w[c] * q[c] * (1 - p[c]) ** gamma * log_p[c]
-    ent = -sum(p[c] * log_p[c] for c in range(num) if p[c] > 0)
-    rev = -sum(p[c] * math.log(q[c] + eps) for c in range(num))
-    return focal, ent, rev, s, lse
+    return Position(p, log_p, q, w, o), s, lse
 
 
 def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
@@ -119,12 +114,10 @@ def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
             losses.append(0.0)
             continue
         y, t = (None, [float(v) for v in targets[i]]) if soft else (int(targets[i]), None)
-        focal, ent, rev, s, lse = _position_terms(
-            zi, y, t, weight=o["weight"], label_smoothing=o["label_smoothing"],
-            gamma=o["gamma"], eps=o["eps"])
-        value = o["ce_weight"] * focal / math.log(o["ce_base"])
+        position, s, lse = _position(zi, y, t, o)
+        value = o["ce_weight"] * focal_reference(position) / math.log(o["ce_base"])
         if o["regularizer"] is not None:
-            reg = ent if o["regularizer"] == "entropy" else rev
+            reg = o["regularizer"].reference(position)
             value += s * o["reg_weight"] * reg / math.log(o["reg_base"])
         if o["z_loss"]:  # PaLM's z-loss, weighted by s as the regularizer is
             value += s * o["z_loss"] * lse**2

@@ -1,0 +1,238 @@
+"""The one prepare pipeline of every loss, plain and linear-head: check every argument
+before any work, then build the static :class:`_math.Spec` of the call.
+
+A plain loss (:func:`prepare`) reads the logits' shape; a linear head (``_linear.py``)
+checks its hidden states and classifier, then runs the same steps against the shape its
+logits would have. The static part of a plain call is cached (:func:`prepare_cached`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, NamedTuple
+
+from . import _arrays, _math
+from . import _validate as check
+from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
+
+__all__ = ["COMMON", "Prepared", "prepare", "prepare_cached", "defaults", "with_defaults", "static_options",
+           "target_rules", "scalars", "read_target", "make_spec"]
+
+# The keywords every loss takes beyond its own, with their defaults, annotations (as the
+# signatures show them) and documentation (one line each; _docs.py writes the docstrings).
+COMMON: dict[str, tuple[Any, str]] = {
+    "axis": (-1, "int"),
+    "weight": (None, "Array | None"),
+    "ignore_index": (None, "int | None"),
+    "label_smoothing": (0.0, "float"),
+    "reduction": ("mean", "Literal['mean', 'sum', 'none']"),
+    "validate": (True, "bool | Literal['eager']"),
+    "chunk_size": (None, "int | None"),
+    "softcap": (None, "float | None"),
+    "z_loss": (0.0, "float"),
+}
+
+
+class Prepared(NamedTuple):
+    """A validated plain call: everything an adapter needs, plus which scalars are arrays."""
+
+    xp: Any
+    spec: _math.Spec
+    logits: Any
+    target: Any
+    weight: Any
+    scalars: _math.Scalars
+    learnt: dict  # public name -> slot, for the weights and bases given as arrays
+
+
+def defaults(definition: LossDef) -> dict:
+    """Every keyword of the plain loss with its default."""
+    return {**definition.defaults(), **{k: d for k, (d, _) in COMMON.items()}}
+
+
+def with_defaults(name: str, defaults: dict, given: dict) -> dict:
+    """``given`` over ``defaults``; a keyword the function does not take is Python's
+    ``TypeError``, naming the function."""
+    unknown = given.keys() - defaults.keys()
+    if unknown:
+        raise TypeError(f"{name}() got an unexpected keyword argument {min(unknown)!r}")
+    return {**defaults, **given}
+
+
+def static_options(definition: LossDef, o: dict) -> dict:
+    """The options that are Python values, checked (the loss's own first), as the fields
+    of the spec they become."""
+    own = {option.name: check.real_option(option.name, o[option.name], low=option.low,
+                                          low_open=option.low_open, what=option.rule)
+           for option in definition.options}
+    softcap, z_loss = check.logit_options(o["softcap"], o["z_loss"])
+    check.check_validate(o["validate"])
+    regularizer = definition.regularizer
+    return dict(
+        gamma=own.get("gamma", definition.gamma), eps=own.get("eps", 1e-6),
+        regularizer=None if regularizer is None else regularizer.name,
+        softcap=softcap, z_loss=z_loss,
+        reduction=check.check_reduction(o["reduction"]),
+        chunk_size=check.check_chunk_size(o["chunk_size"]),
+        ignore_index=check.check_ignore_index(o["ignore_index"]),
+        label_smoothing=check.real_option("label_smoothing", o["label_smoothing"], low=0.0,
+                                          high=1.0, what="in [0, 1]"))
+
+
+def target_rules(xp: Any, target: Any, soft: bool, ignore_index: int | None) -> None:
+    if soft and ignore_index is not None:
+        raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
+    if not soft and ignore_index is not None:
+        check.ignore_index_fits(xp, target, ignore_index)
+
+
+def scalars(xp: Any, x: Any, definition: LossDef, o: dict, reads: bool) -> tuple:
+    """The four scalars from the loss's public names (checked in slot order), and which
+    public names were given as arrays. ``x`` is the array the others must match."""
+    by_slot = {s.slot: s for s in definition.parameters}
+    values, learnt = [], {}
+    for slot in SLOTS:
+        scalar = by_slot.get(slot)
+        if scalar is None:
+            values.append(SLOT_DEFAULTS[slot])
+            continue
+        value = check.scalar_param(xp, x, scalar.name, o[scalar.name], base=scalar.is_base,
+                                   data_checks=reads)
+        if scalar.low is not None:
+            _at_least(scalar.name, value, scalar.low, reads)
+        if not isinstance(value, float):
+            learnt[scalar.name] = slot
+        values.append(value)
+    return _math.Scalars(*values), learnt
+
+
+def _at_least(name: str, value: Any, low: float, reads: bool) -> None:
+    if isinstance(value, float):
+        bad = value < low
+    else:  # an array is read only where the data checks run
+        bad = reads and check.is_concrete(value) and not bool(value >= low)
+    if bad:
+        raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
+
+
+def read_target(xp: Any, target: Any, soft: bool, axis: int, num_classes: int,
+                ignore_index: int | None, reads: bool) -> bool:
+    """The target's data checks (where ``reads``); True if the class indices were read."""
+    if not (reads and check.is_concrete(target)):
+        return False
+    if soft:
+        check.soft_rows(xp, target, axis)
+        return False
+    return check.class_indices(xp, target, num_classes, ignore_index)
+
+
+def make_spec(static: dict, *, axis: int, soft: bool, indices_checked: bool,
+              chunk_size: int | None = None) -> _math.Spec:
+    fields = {**static, "chunk_size": static["chunk_size"] if chunk_size is None else chunk_size}
+    return _math.Spec(axis=axis, soft=soft, indices_checked=indices_checked, **fields)
+
+
+def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
+    """Check every argument of a plain loss (its own options first), then build the spec."""
+    static = static_options(definition, o)
+    xp = check.namespace_of_logits(logits)
+    axis = check.normalize_axis(o["axis"], logits.ndim)
+    num_classes = logits.shape[axis]
+    if num_classes == 0:
+        raise ValueError(f"logits have 0 classes along axis {axis}; at least 1 is needed")
+    target = check.same_library(xp, logits, "target", target)
+    soft = check.target_kind(xp, logits, target, axis)
+    target_rules(xp, target, soft, static["ignore_index"])
+    reads = check.reads_data(o["validate"], logits)
+    weight = check.class_weight(xp, logits, o["weight"], num_classes, reads)
+    values, learnt = scalars(xp, logits, definition, o, reads)
+    indices_checked = read_target(xp, target, soft, axis, num_classes, static["ignore_index"],
+                                  reads)
+    spec = make_spec(static, axis=axis, soft=soft, indices_checked=indices_checked)
+    return Prepared(xp, spec, logits, target, weight, values, learnt)
+
+
+# --- the static part of a call, cached ------------------------------------------------------
+
+# What prepare checks and builds from Python values and from the arrays' type, dtype,
+# shape and device alone, kept under a key of exactly those: a repeated call (a training
+# loop) then runs only the checks that read data. Any option takes part in the key by
+# its value, so that a new option needs nothing here.
+STATIC_CALLS: dict = {}
+STATIC_CALLS_MAX = 256  # cleared when full: shapes that vary without end cannot grow it
+_PYTHON_VALUES = frozenset({bool, int, float, str, type(None)})
+_ARRAY = object()  # an option given as an array: its checks run on every call
+
+
+class _Static(NamedTuple):
+    """The part of a prepared call its key determines."""
+
+    xp: Any
+    spec: _math.Spec
+    scalars: _math.Scalars  # rebuilt per call where a weight or base is an array
+    reads: bool  # the data checks run (validate and the sync policy)
+    arrays: bool  # an option (class weights, a weight or base) is an array
+
+
+def prepare_cached(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
+    """:func:`prepare`, the static part from the cache where this key was seen before."""
+    key = _static_key(definition, logits, target, o)
+    static = None if key is None else STATIC_CALLS.get(key)
+    if static is not None:
+        return _bind(definition, static, logits, target, o)
+    p = prepare(definition, logits, target, o)
+    if key is not None and p.target is target:  # (a converted target is converted each call)
+        if len(STATIC_CALLS) >= STATIC_CALLS_MAX:
+            STATIC_CALLS.clear()
+        arrays = any(part is _ARRAY for part in key)
+        reads = check.reads_data(o["validate"], logits)
+        STATIC_CALLS[key] = _Static(p.xp, p.spec, p.scalars, reads, arrays)
+    return p
+
+
+def _static_key(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple | None:
+    """The key of a call's static part; None where it is not cached: an argument that is
+    neither an array nor a Python value (its checks will say what is wrong), or inside
+    torch.compile, which must not trace a mutation of the cache."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_compiling():
+        return None
+    try:
+        key = [definition.name, *_described(logits), *_described(target)]
+    except (AttributeError, TypeError):
+        return None
+    for value in o.values():
+        kind = type(value)
+        if kind in _PYTHON_VALUES:
+            key += (kind, value)  # the type too: True and 1 are checked differently
+        elif hasattr(value, "shape"):
+            key.append(_ARRAY)
+        else:
+            return None
+    try:
+        hash(tuple(key))  # a device or dtype of a library that does not hash them
+    except TypeError:
+        return None
+    return tuple(key)
+
+
+def _described(x: Any) -> tuple:
+    return type(x), x.dtype, tuple(x.shape), _arrays.device(x)
+
+
+def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dict) -> Prepared:
+    """A call whose static part is known: the checks that read its data, in
+    :func:`prepare`'s order, and the arrays' own checks."""
+    xp, spec, reads = static.xp, static.spec, static.reads
+    num_classes = logits.shape[spec.axis]
+    weight, values, learnt = o["weight"], static.scalars, {}
+    if static.arrays:
+        weight = check.class_weight(xp, logits, weight, num_classes, reads)
+        values, learnt = scalars(xp, logits, definition, o, reads)
+    indices_checked = read_target(xp, target, spec.soft, spec.axis, num_classes,
+                                  spec.ignore_index, reads)
+    if indices_checked != spec.indices_checked:
+        spec = dataclasses.replace(spec, indices_checked=indices_checked)
+    return Prepared(xp, spec, logits, target, weight, values, learnt)
+
