@@ -23,6 +23,7 @@ import pytest
 
 import entroloss as el
 from entroloss import _losses
+from entroloss.tools import reference
 from entroloss.tools.reference import central_differences
 from tests.helpers.assertions import tolerance
 from tests.helpers.platforms import HALF, backend_dtype_params, backend_params
@@ -156,25 +157,25 @@ def test_masked_classes_values_and_gradients(backend, loss, dtype, target_kind):
 @pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_all_but_one_class_masked_is_exact(backend, loss, dtype, reduction):
     """p is exactly one-hot on the only finite class and the target is that class: every
-    loss is 0 except MIX-ENT's ``-reverse_weight * log(1 + eps)``, and every gradient is
-    exactly 0, whatever the size of the finite logit."""
+    loss is its regularizer's value at a one-hot p (0 but for MIX-ENT's ``-reverse_weight *
+    log(1 + eps)``: the float64 reference), and every gradient is 0 (exactly, where the loss
+    is 0), whatever the size of the finite logit."""
     z = np.full((4, 6), -np.inf)
     y = np.array([0, 2, 5, 3])
     z[np.arange(4), y] = [0.0, -1e4, 1e4, 7.5]
     options = {**OPTIONS[loss], "reduction": reduction}
-    per_row = -0.1 * math.log1p(1e-6) if loss == "mix_ent" else 0.0
-    expected = {"none": np.full(4, per_row), "sum": 4 * per_row, "mean": per_row}[reduction]
+    expected = reference_loss(loss, z, y, options)
+    exact = np.all(expected == 0)
+    # a few ulps of what may cancel (-log eps for MIX-ENT), per row: known_error
+    known = float(np.max(known_error(loss, z, y, {**options, "reduction": "none"}, dtype)))
     for path, value, grad in differentiate(backend, getattr(el, loss), backend.asarray(z, dtype),
                                            backend.asarray(y), **options):
         subnormal = 6e-8 if dtype == "float16" else 0.0  # float16's spacing near 0
-        # a few ulps of -log eps
-        known = 8 * compute_ulp(dtype) * 0.1 * (1 - math.log(1e-6)) if loss == "mix_ent" else 0.0
         scale = 4 if reduction == "sum" else 1
         np.testing.assert_allclose(value, expected, rtol=tolerance(dtype)["rtol"],
-                                   atol=subnormal + known * scale, err_msg=path)
-        np.testing.assert_allclose(grad, 0.0, rtol=0, atol=known, err_msg=path)
-        if loss != "mix_ent":
-            assert np.all(grad == 0), (path, grad)
+                                   atol=subnormal + (0.0 if exact else known) * scale,
+                                   err_msg=path)
+        np.testing.assert_allclose(grad, 0.0, rtol=0, atol=0.0 if exact else known, err_msg=path)
 
 
 # --- half precision past the range of a naive exp -----------------------------------------
@@ -192,6 +193,25 @@ def _past_naive_exp(dtype):
     return z, np.array([2, 1, 0, 5])
 
 
+def _regularizer_at_one_hot(loss: str, top, y, num: int, dtype: str) -> tuple:
+    """(per row ``s * weight * G / ln(base)`` where p is exactly one-hot on ``top``, from the
+    registry's reference formula of the term; a few ulps of it, 0 where it is 0 on every row)."""
+    r = reference.resolve_options(loss, **OPTIONS[loss])
+    term = r["regularizer"]
+    if term is None:
+        return np.zeros(len(y)), 0.0
+    scale = r["reg_weight"] / math.log(r["reg_base"])
+    values = []
+    for t, target in zip(top, y, strict=True):
+        p = [float(c == t) for c in range(num)]
+        log_p = [0.0 if c == t else -math.inf for c in range(num)]
+        q = [float(c == target) for c in range(num)]
+        values.append(scale * term.reference(_losses.Position(p, log_p, q, [1.0] * num, r)))
+    values = np.array(values)
+    known = 0.0 if np.all(values == 0) else 8 * compute_ulp(dtype) * abs(scale) * term.bound(num, r)
+    return values, known
+
+
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 @pytest.mark.parametrize("backend, dtype", EVERY_DTYPE)
 def test_logits_past_a_naive_exp(backend, loss, dtype, reduction):
@@ -199,17 +219,17 @@ def test_logits_past_a_naive_exp(backend, loss, dtype, reduction):
     class at a gap of 6e4..1e308, p is exactly one-hot, the loss equals the gap (to the
     dtype's rounding; +inf exactly where the gap itself exceeds the dtype's range, and
     never NaN) and the gradient is exactly ``onehot(top) - onehot(y)`` (0 with the target
-    on the top), finite even where the value is +inf. MIX-ENT's reverse term adds
-    ``-log eps`` off the target, ``-log(1 + eps)`` on it."""
+    on the top), finite even where the value is +inf. A regularizer adds its value at that
+    one-hot p (MIX-ENT's reverse term ``-log eps`` off the target, ``-log(1 + eps)`` on it),
+    from the float64 reference's formula of the term."""
     z, y = _past_naive_exp(dtype)
     seen = rounded(backend, z, dtype)
     rows_ = np.arange(4)
     top = np.argmax(seen, axis=1)
     with np.errstate(over="ignore"):
         gap = seen[rows_, top] - seen[rows_, y]
-    rows = gap  # -log p_y; 0 on the top
-    if loss == "mix_ent":  # R = -sum p log(q + eps), p one-hot: -log eps off the target
-        rows = rows + 0.1 * np.where(gap > 0, -math.log(1e-6), -math.log1p(1e-6))
+    regularizer, known = _regularizer_at_one_hot(loss, top, y, 6, dtype)
+    rows = gap + regularizer  # -log p_y (0 on the top) + the regularizer at a one-hot p
     expected = rows if reduction == "none" else np.sum(rows)
     largest = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38,
                "float32": float(np.finfo(np.float32).max),
@@ -221,8 +241,6 @@ def test_logits_past_a_naive_exp(backend, loss, dtype, reduction):
                                 backend.asarray(y), **OPTIONS[loss], reduction=reduction)
     eye = np.eye(6)
     g_expected = np.stack([eye[0] - eye[2], eye[2] - eye[1], np.zeros(6), eye[1] - eye[5]])
-    # a few ulps of -log eps
-    known = 8 * compute_ulp(dtype) * 0.1 * (1 - math.log(1e-6)) if loss == "mix_ent" else 0.0
     for path, value, grad in results:
         assert np.array_equal(np.isinf(value), np.isinf(expected)), (path, value, expected)
         assert not np.any(np.isnan(value)), (path, value)
@@ -402,9 +420,9 @@ def test_nan_in_other_inputs_gives_nan(backend, loss):
     soft[2, 1] = np.nan
     out = backend.to_numpy(fn(z, backend.asarray(soft), validate=False, reduction="none"))
     assert np.isnan(out[2]) and np.all(np.isfinite(out[[0, 1, 3]]))
-    scalar = "base" if "base" in _losses.by_name(loss).scalars else "ce_weight"
     nan = backend.asarray(np.float64(np.nan))
-    assert np.isnan(backend.to_numpy(fn(z, y, validate=False, **{scalar: nan})))
+    for scalar in _losses.by_name(loss).scalars:  # every weight and base of the loss
+        assert np.isnan(backend.to_numpy(fn(z, y, validate=False, **{scalar: nan}))), scalar
 
 
 # --- entropy, softmax, log_softmax: native autograd on extremes ------------------------------
