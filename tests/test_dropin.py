@@ -226,7 +226,7 @@ def test_torch_second_order_is_the_derivative_of_the_gradient(fn, options):
     scalar = _learnt_scalar(fn)
     assert torch.autograd.gradgradcheck(lambda z: fn(z, y, **options), (z,))
     assert torch.autograd.gradgradcheck(lambda z, t: fn(z, t, label_smoothing=0.1, **options), (z, t))
-    assert torch.autograd.gradgradcheck(lambda z, b: fn(z, y, **{scalar: b}, **options), (z, base))
+    assert torch.autograd.gradgradcheck(lambda z, b: fn(z, y, **{**options, scalar: b}), (z, base))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -289,7 +289,7 @@ def test_jax_forward_mode_matches_reverse_mode_and_the_plain_formula(fn, options
     y = jnp.asarray([0, 1, 4, 2])
     base = jnp.asarray(2.5, jnp.float32)
     scalar = _learnt_scalar(fn)
-    f = lambda z, b: fn(z, y, reduction=reduction, **{scalar: b}, **options)
+    f = lambda z, b: fn(z, y, reduction=reduction, **{**options, scalar: b})
     forward = jax.jacfwd(f, argnums=(0, 1))(z, base)
     reverse = jax.jacrev(f, argnums=(0, 1))(z, base)
     for a, b in zip(forward, reverse):
@@ -304,19 +304,21 @@ def test_jax_forward_mode_matches_reverse_mode_and_the_plain_formula(fn, options
 
 def _plain(xp, name, z, y, options, reduction):
     """The definitions composed of jnp operations, for JAX's own autodiff (natural log;
-    the base is fixed at its default in this comparison)."""
+    the base is fixed at its default in this comparison): the main term, plus the
+    regularizer as the registry's term composes it for a user (``Term.user``)."""
     import jax
 
+    definition = _losses.by_name(name)
+    o = {**definition.defaults(), **options}
     lp = jax.nn.log_softmax(z, -1)
-    p = xp.exp(lp)
     lp_y = xp.take_along_axis(lp, y[:, None], -1)[:, 0]
-    gamma = {"adaptive_ce": 1.0}.get(name, options.get("gamma", 0.0))
+    gamma = o["gamma"] if definition.gamma is None else definition.gamma
     loss = -((1 - xp.exp(lp_y)) ** gamma) * lp_y if gamma else -lp_y
-    if name == "min_ent":
-        loss = loss - options["entropy_weight"] * xp.sum(p * lp, -1)
-    if name == "mix_ent":
-        q = jax.nn.one_hot(y, z.shape[-1])
-        loss = loss - options["reverse_weight"] * xp.sum(p * xp.log(q + options["eps"]), -1)
+    term = definition.regularizer
+    if term is not None:
+        weight = next(s.name for s in definition.parameters if s.slot == "reg_weight")
+        t = jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype) if term.reads_target else None
+        loss = loss + o[weight] * term.user(xp, lp, t, o)
     return loss if reduction == "none" else xp.mean(loss)
 
 
