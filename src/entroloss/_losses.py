@@ -222,6 +222,15 @@ REVERSE = Term(
     options=("eps",),
 )
 
+POLY = Term(
+    name="poly", symbol="P", formula="P = 1 - sum_c q_c p_c   (1 - p_y for a class index)",
+    reference=lambda x: 1.0 - sum(q * p for p, q in zip(x.p, x.q, strict=True)),
+    user=lambda m, lp, t, o: 1 - (m.exp(lp) * t).sum(-1),  # optax's poly_loss_cross_entropy
+    user_gradient=lambda m, lp, p, t, v, o: p * ((1 - v)[:, None] - t),
+    user_text="1 - (lp.exp() * F.one_hot(y, C)).sum(-1)",
+    bound=lambda num, o: 2.0,
+    minimum=lambda o: 0.0,  # sum_c q_c p_c <= max_c p_c <= 1
+)
 
 # --- the scalars and options ------------------------------------------------------------------
 
@@ -308,7 +317,23 @@ FOCAL = LossDef(
     "(2017); generalises the linearly adaptive loss (`adaptive_ce`).",
 )
 
-LOSSES: tuple[LossDef, ...] = (CROSS_ENTROPY, MIN_ENT, MIX_ENT, ADAPTIVE_CE, FOCAL)
+POLY1 = LossDef(
+    name="poly1", label="Poly-1", module="Poly1Loss",
+    summary="Poly-1: cross entropy plus ``epsilon (1 - p_y)``, the leading polynomial term.",
+    formula="l = CE + epsilon * s * P",
+    parameters=(Scalar("epsilon", "reg_weight", 1.0, "weight of the polynomial term, >= -1 "
+                       "(the loss then decreases in p_y); a 0-d array is learnt.", low=-1.0,
+                       span=(-1.0, 3.0)),),
+    regularizer=POLY,
+    notes="With soft targets or label smoothing ``p_y`` is ``sum_c q_c p_c``, as in optax's "
+    "``poly_loss_cross_entropy``. ``epsilon=0`` is `cross_entropy`.",
+    example={"epsilon": 2.0},
+    doc_example=("el.poly1(np.zeros((2, 4)), np.array([1, 3]))", "2.1363"),
+    citation="Leng, Tan, Liu, Cubuk, Shi, Cheng, Anguelov, Tan, \"PolyLoss: A Polynomial "
+    "Expansion Perspective of Classification Loss Functions\" (ICLR 2022, arXiv 2204.12511).",
+)
+
+LOSSES: tuple[LossDef, ...] = (CROSS_ENTROPY, MIN_ENT, MIX_ENT, ADAPTIVE_CE, FOCAL, POLY1)
 
 
 def by_name(name: str) -> LossDef:

@@ -9,11 +9,13 @@ Per position, natural log, with ``p = softmax(z)`` and the target's ``w * q``:
 - entropy ``H = -sum_c p_c log p_c`` (MIN-ENT): ``dH/dz = -p (log p + H)``;
 - reverse cross entropy ``R = sum_c p_c a_c``, ``a_c = -log(q_c + eps)`` (MIX-ENT):
   ``dR/dz = p (a - R)``;
+- the polynomial term ``P = 1 - sum_c q_c p_c`` (Poly-1): ``dP/dz = p (1 - P - q)``;
 - the z-loss ``Z = s * z_loss * lse^2``, ``lse = logsumexp(z)`` (PaLM), added to any loss
   with ``z_loss > 0``: ``dZ/dz = 2 s z_loss lse p``.
 
 Soft targets also get gradients with respect to ``q`` (``*_gradient_q``):
-``dF/dq_c = w_c f(p_c)``, ``dR/dq_c = -p_c / (q_c + eps)``; H does not read q.
+``dF/dq_c = w_c f(p_c)``, ``dR/dq_c = -p_c / (q_c + eps)``, ``dP/dq_c = -p_c``; H does
+not read q.
 
 For a class-index target without smoothing (``Target.sparse``) every one of these
 gradients is ``p * (p_coef + log_p_coef * log p) + onehot(y) * onehot_coef`` with one
@@ -198,6 +200,35 @@ def reverse_gradient_q(xp: Any, spec: Spec, target: Target, p: Any) -> Any:
     return xp.where(p == 0, 0.0, -(p / inside))
 
 
+# --- the polynomial term P (Poly-1) -----------------------------------------------------------
+
+
+def poly_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp: Any,
+               log_p_y: Any) -> Any:
+    """``P = 1 - sum_c q_c p_c``; ``1 - p_y`` as ``-expm1(log p_y)`` for a class index, so
+    that it keeps its precision as p_y -> 1."""
+    if target.sparse:
+        return -xp.expm1(log_p_y)
+    return 1.0 - xp.sum(target.q * xp.exp(finite_lp), axis=-1)
+
+
+def poly_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
+                         coef: Any) -> OneHotGradient:
+    """``dP/dz = -p_y (onehot - p) = p p_y - onehot p_y``."""
+    k = coef * xp.exp(log_p_y)
+    return OneHotGradient(p_coef=k, onehot_coef=-k)
+
+
+def poly_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: Any,
+                        reg: Any) -> Any:
+    """``dP/dz = p (sum_c q_c p_c - q)``, with ``sum_c q_c p_c = 1 - P``."""
+    return p * ((1.0 - reg)[..., None] - target.q)
+
+
+def poly_gradient_q(xp: Any, spec: Spec, target: Target, p: Any) -> Any:
+    return -p  # dP/dq_c = -p_c
+
+
 # --- the z-loss (PaLM) ------------------------------------------------------------------------
 
 
@@ -230,4 +261,6 @@ REGULARIZERS = {
                            entropy_gradient_q, False),
     "reverse": Regularizer(reverse_value, reverse_gradient_onehot, reverse_gradient_dense,
                            reverse_gradient_q, True),
+    "poly": Regularizer(poly_value, poly_gradient_onehot, poly_gradient_dense, poly_gradient_q,
+                        True),
 }
