@@ -16,7 +16,11 @@ One concern per file:
 - ``positions.py``: the loss and its gradients at every position;
 - ``passes.py``: :func:`forward` and :func:`backward` (reductions, cotangents);
 - ``chunks.py``: the same, a chunk of rows at a time (bounded memory);
-- ``spec.py``: :class:`Spec`, :class:`Scalars` and :class:`Residuals`.
+- ``spec.py``: :class:`Spec`, :class:`Scalars` and :class:`Residuals`;
+- ``arrays.py``: which library an array belongs to, its device, whether it is written in
+  place (the one place that tells libraries apart; ``entroloss._arrays`` builds on it).
+
+Nothing here imports from the package above ``_math``.
 
 The adapters in ``entroloss.backends`` attach ``forward``/``backward`` to each framework's
 autograd; none of them re-derives anything. ``docs/math.md`` derives every gradient.

@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from .positions import PerPosition, class_axis_back, gradients, loss_terms
-from .._arrays import is_writeable
-from .primitives import Kernels, device, in_dtype
+from .arrays import device, is_writeable
+from .primitives import Kernels, in_dtype
 from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]

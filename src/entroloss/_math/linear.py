@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 from .passes import safe_divide
 from .positions import gradients, loss_terms
-from .._arrays import is_writeable
-from .primitives import Kernels, compute_dtype, device
+from .arrays import device, is_writeable, scatters_rows
+from .primitives import Kernels, compute_dtype
 from .spec import Scalars, Spec
 from .target import Target
 
@@ -373,14 +373,10 @@ def kept_rows(xp: Any, spec: Spec, target: Any) -> Any:
     matmuls. Reads the target, so only for concrete targets, and only for the libraries
     that write rows back by index (NumPy, CuPy, torch); elsewhere (``jax.jit``,
     array-api-strict) ignored rows are computed and masked to 0."""
-    if spec.ignore_index is None or spec.soft or not _scatters(target):
+    if spec.ignore_index is None or spec.soft or not scatters_rows(target):
         return None
     keep = xp.nonzero(target != spec.ignore_index)[0]
     return None if keep.shape[0] == target.shape[0] else keep
-
-
-def _scatters(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] in ("numpy", "cupy", "torch") and is_writeable(x)
 
 
 def _select(xp: Any, keep: Any, *arrays: Any) -> tuple:

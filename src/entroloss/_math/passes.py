@@ -8,7 +8,8 @@ from typing import Any
 
 from . import chunks
 from .positions import class_axis_back, classes_last, gradients, loss_terms
-from .primitives import GENERIC, Kernels, device, in_dtype
+from .arrays import device
+from .primitives import GENERIC, Kernels, in_dtype
 from .spec import Gradients, Residuals, Scalars, Spec
 
 __all__ = ["forward", "backward"]

@@ -17,11 +17,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .._arrays import device  # type dispatch; imports no framework
+from .arrays import device
 
 __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
-           "finite_log_p", "soft_cap", "soft_cap_with_slope", "compute_dtype", "ln", "device"]
-
+           "finite_log_p", "soft_cap", "soft_cap_with_slope", "compute_dtype", "ln"]
 
 
 _HALVES: dict = {}  # namespace name -> its half-precision dtypes
