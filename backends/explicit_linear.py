@@ -13,22 +13,21 @@ from entroloss._math import linear
 from . import kernels_for
 
 
-def batch(call: Any) -> linear.Batch:
-    """The rows of a ``_linear.LinearCall`` as the math takes them."""
-    return linear.Batch(call.head, call.hidden,
-                        linear.Inputs(call.target, call.weight, call.scalars))
+def _batch(call: Any) -> linear.Batch:
+    return linear.batch(call.hidden, call.head.classifier, call.head.bias, call.target,
+                        call.weight, call.scalars)
 
 
 def loss(call: Any) -> Any:
     xp = call.xp
-    return linear.forward(xp, kernels_for(xp), call.spec, batch(call), keep=call.keep)[0]
+    return linear.forward(xp, kernels_for(xp), call.spec, _batch(call), keep=call.keep)[0]
 
 
 def value_and_grad(call: Any, kernels: Any = None) -> tuple:
     """``kernels``: the namespace's table where None (JAX passes its table of the call)."""
     xp = call.xp
     kernels = kernels_for(xp) if kernels is None else kernels
-    value, denominator, grads = linear.forward(xp, kernels, call.spec, batch(call),
+    value, denominator, grads = linear.forward(xp, kernels, call.spec, _batch(call),
                                                with_grads=True, keep=call.keep)
     if call.spec.reduction == "mean":
         grads = linear.scale(xp, grads, linear.cotangent_factor(xp, call.spec, 1.0, denominator))

@@ -43,8 +43,7 @@ def _merge(floats: Scalars, arrays: Scalars) -> Scalars:
 
 
 def _batch(floats: Scalars, hidden, classifier, bias, target, weight, arrays) -> linear.Batch:
-    return linear.Batch(linear.Head(classifier, bias), hidden,
-                        linear.Inputs(target, weight, _merge(floats, arrays)))
+    return linear.batch(hidden, classifier, bias, target, weight, _merge(floats, arrays))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -62,10 +61,10 @@ class _Static:
 
 def _forward(spec, floats, *primals):
     unwrap = lambda attribute: jax.tree.map(lambda p: getattr(p, attribute), primals)
-    inputs = unwrap("value")
+    inputs = hidden, *_ = unwrap("value")
     wants = linear.Wants(target=spec.soft and unwrap("perturbed")[3])
     fused = spec.reduction != "none"
-    value, denominator, grads = linear.forward(jnp, _kernels(inputs[0]), spec,  # hidden
+    value, denominator, grads = linear.forward(jnp, _kernels(hidden), spec,
                                                _batch(floats, *inputs), with_grads=fused,
                                                wants=wants)
     return value, (inputs, denominator, grads, _Static(wants))

@@ -31,7 +31,7 @@ class _LinearLoss(torch.autograd.Function):
         needs = ctx.needs_input_grad
         wants = linear.Wants(needs[2], needs[3], needs[4], target=needs[5])
         fused = grad_mode and any(needs) and call.spec.reduction != "none"
-        batch = _batch(hidden, classifier, bias, target, weight, Scalars(*scalars))
+        batch = linear.batch(hidden, classifier, bias, target, weight, Scalars(*scalars))
         with torch.autocast(hidden.device.type, enabled=False):
             value, denominator, grads = linear.forward(xp, _KERNELS, call.spec, batch,
                                                        with_grads=fused, wants=wants,
@@ -74,16 +74,10 @@ def _scale_in_place(grads: linear.HeadGradients, factor: Any) -> linear.HeadGrad
                                             for d in grads.scalars)))
 
 
-def _batch(hidden: Any, classifier: Any, bias: Any, target: Any, weight: Any,
-           scalars: Scalars) -> linear.Batch:
-    return linear.Batch(linear.Head(classifier, bias), hidden,
-                        linear.Inputs(target, weight, scalars))
-
-
 def _recompute(ctx: Any, grad: Any) -> linear.HeadGradients:
     hidden, classifier, bias, target, weight, *tensors = ctx.saved_tensors
     scalars = Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
-    batch = _batch(hidden, classifier, bias, target, weight, scalars)
+    batch = linear.batch(hidden, classifier, bias, target, weight, scalars)
     return linear.backward(xp, _KERNELS, ctx.call.spec, batch, grad, ctx.denominator,
                            wants=ctx.wants, keep=ctx.call.keep)
 

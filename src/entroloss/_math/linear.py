@@ -36,7 +36,7 @@ from .primitives import Kernels, compute_dtype
 from .spec import Inputs, Residuals, Scalars, Spec
 from .target import Target
 
-__all__ = ["Head", "Batch", "Inputs", "Wants", "HeadGradients", "LOGITS_BUDGET_BYTES",
+__all__ = ["Head", "Batch", "batch", "Inputs", "Wants", "HeadGradients", "LOGITS_BUDGET_BYTES",
            "default_chunk_size", "kept_rows", "forward", "backward", "cotangent_factor", "scale"]
 
 # A chunk's logits take at most this much in the compute dtype when chunk_size is None;
@@ -58,6 +58,12 @@ class Batch(NamedTuple):
     head: Head
     hidden: Any
     inputs: Inputs
+
+
+def batch(hidden: Any, classifier: Any, bias: Any, target: Any, weight: Any,
+          scalars: Scalars) -> Batch:
+    """A :class:`Batch` from the arrays a linear-head loss is called with."""
+    return Batch(Head(classifier, bias), hidden, Inputs(target, weight, scalars))
 
 
 class Wants(NamedTuple):
