@@ -13,17 +13,22 @@ from entroloss._math import linear
 from . import kernels_for
 
 
+def _batch(call: Any) -> linear.Batch:
+    return linear.batch(call.hidden, call.head.classifier, call.head.bias, call.target,
+                        call.weight, call.scalars)
+
+
 def loss(call: Any) -> Any:
     xp = call.xp
-    return linear.forward(xp, kernels_for(xp), call.spec, call.head, call.hidden, call.target,
-                          call.weight, call.scalars, keep=call.keep)[0]
+    return linear.forward(xp, kernels_for(xp), call.spec, _batch(call), keep=call.keep)[0]
 
 
-def value_and_grad(call: Any, add: Any = linear.add_product, scan: Any = None) -> tuple:
+def value_and_grad(call: Any, kernels: Any = None) -> tuple:
+    """``kernels``: the namespace's table where None (JAX passes its table of the call)."""
     xp = call.xp
-    value, denominator, grads = linear.forward(
-        xp, kernels_for(xp), call.spec, call.head, call.hidden, call.target, call.weight,
-        call.scalars, with_grads=True, keep=call.keep, add=add, scan=scan)
+    kernels = kernels_for(xp) if kernels is None else kernels
+    value, denominator, grads = linear.forward(xp, kernels, call.spec, _batch(call),
+                                               with_grads=True, keep=call.keep)
     if call.spec.reduction == "mean":
         grads = linear.scale(xp, grads, linear.cotangent_factor(xp, call.spec, 1.0, denominator))
     return value, grads

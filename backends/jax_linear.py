@@ -18,7 +18,7 @@ computed and masked (the target is not read under tracing).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -26,23 +26,29 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from entroloss._math import GENERIC, Scalars, compute_dtype, linear
+from entroloss import _arrays
+from entroloss._math import GENERIC, Kernels, Scalars, compute_dtype, linear
+
+_TRACED = replace(GENERIC, scan=jax.lax.scan)
 
 
-def _scan(x: Any) -> Any:
-    """``lax.scan`` for traced inputs, None (the Python loop) for concrete ones."""
-    return jax.lax.scan if isinstance(x, jax.core.Tracer) else None
+def _kernels(x: Any) -> Kernels:
+    """The definitions, the chunks through ``lax.scan`` for traced inputs and a Python
+    loop for concrete ones."""
+    return GENERIC if _arrays.is_concrete(x) else _TRACED
 
 
 def _merge(floats: Scalars, arrays: Scalars) -> Scalars:
     return Scalars(*(f if a is None else a for f, a in zip(floats, arrays)))
 
 
+def _batch(floats: Scalars, hidden, classifier, bias, target, weight, arrays) -> linear.Batch:
+    return linear.batch(hidden, classifier, bias, target, weight, _merge(floats, arrays))
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _loss(spec, floats, hidden, classifier, bias, target, weight, arrays):
-    head = linear.Head(classifier, bias)
-    return linear.forward(jnp, GENERIC, spec, head, hidden, target, weight,
-                          _merge(floats, arrays), scan=_scan(hidden))[0]
+def _loss(spec, floats, hidden, *rest):
+    return linear.forward(jnp, _kernels(hidden), spec, _batch(floats, hidden, *rest))[0]
 
 
 @jax.tree_util.register_static
@@ -55,27 +61,26 @@ class _Static:
 
 def _forward(spec, floats, *primals):
     unwrap = lambda attribute: jax.tree.map(lambda p: getattr(p, attribute), primals)
-    inputs = hidden, classifier, bias, target, weight, arrays = unwrap("value")
+    inputs = hidden, *_ = unwrap("value")
     wants = linear.Wants(target=spec.soft and unwrap("perturbed")[3])
-    head, scalars = linear.Head(classifier, bias), _merge(floats, arrays)
     fused = spec.reduction != "none"
-    value, denominator, grads = linear.forward(jnp, GENERIC, spec, head, hidden, target, weight,
-                                               scalars, with_grads=fused, wants=wants,
-                                               scan=_scan(hidden))
+    value, denominator, grads = linear.forward(jnp, _kernels(hidden), spec,
+                                               _batch(floats, *inputs), with_grads=fused,
+                                               wants=wants)
     return value, (inputs, denominator, grads, _Static(wants))
 
 
 def _backward(spec, floats, residuals, cotangent):
-    (hidden, classifier, bias, target, weight, arrays), denominator, grads, static = residuals
+    inputs, denominator, grads, static = residuals
+    hidden, classifier, bias, target, weight, arrays = inputs
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
     g = cotangent.astype(compute_dtype(jnp, cotangent.dtype))
     if grads is not None:
         grads = linear.scale(jnp, grads, linear.cotangent_factor(jnp, spec, g, denominator))
     else:
-        grads = linear.backward(jnp, GENERIC, spec, linear.Head(classifier, bias), hidden,
-                                target, weight, _merge(floats, arrays), g, denominator,
-                                wants=static.wants, scan=_scan(hidden))
+        grads = linear.backward(jnp, _kernels(hidden), spec, _batch(floats, *inputs), g,
+                                denominator, wants=static.wants)
     like = lambda d, x: None if x is None else d.astype(x.dtype)
     d_arrays = Scalars(*(like(d, a) for d, a in zip(grads.scalars, arrays)))
     # None is a zero cotangent: right for class indices (no gradient) and for a soft
@@ -98,4 +103,4 @@ def loss(call: Any) -> Any:
 def value_and_grad(call: Any) -> tuple:
     from . import explicit_linear
 
-    return explicit_linear.value_and_grad(call, scan=_scan(call.hidden))
+    return explicit_linear.value_and_grad(call, _kernels(call.hidden))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from entroloss._math import Kernels
+from entroloss._math.chunking import row_slices, rows_within
 
 from . import numpy_kernels
 
@@ -35,8 +36,7 @@ def _row_blocks(x: torch.Tensor) -> list | None:
     if x.ndim < 2 or not x.is_contiguous() or x.numel() <= BLOCK_ELEMENTS:
         return None
     classes = max(x.shape[-1], 1)
-    step = max(1, BLOCK_ELEMENTS // classes)
-    return [slice(a, a + step) for a in range(0, x.numel() // classes, step)]
+    return row_slices(x.numel() // classes, rows_within(BLOCK_ELEMENTS, classes))
 
 
 def _block_buffer(rows: torch.Tensor, blocks: list) -> torch.Tensor:
@@ -157,7 +157,12 @@ def times_slope(xp: Any, dz: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return dz.mul_(slope)  # dz is the gradient buffer positions.gradients just built
 
 
+def add_product(xp: Any, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return total.addmm_(a, b)  # no (C, H) temporary for the classifier's gradient
+
+
 KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
-                  soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope)
+                  soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
+                  add_product=add_product)

@@ -25,21 +25,17 @@ _KERNELS = kernels_for(xp)
 _FIRST_SCALAR = 7  # the Function's inputs: call, grad_mode, hidden, classifier, bias, target, weight
 
 
-def _add_product(xp_: Any, total: Any, a: Any, b: Any) -> Any:
-    return total.addmm_(a, b)  # no (C, H) temporary for the classifier's gradient
-
-
 class _LinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, grad_mode, hidden, classifier, bias, target, weight, *scalars):
         needs = ctx.needs_input_grad
         wants = linear.Wants(needs[2], needs[3], needs[4], target=needs[5])
         fused = grad_mode and any(needs) and call.spec.reduction != "none"
-        head, values = linear.Head(classifier, bias), Scalars(*scalars)
+        batch = linear.batch(hidden, classifier, bias, target, weight, Scalars(*scalars))
         with torch.autocast(hidden.device.type, enabled=False):
-            value, denominator, grads = linear.forward(
-                xp, _KERNELS, call.spec, head, hidden, target, weight, values,
-                with_grads=fused, wants=wants, keep=call.keep, add=_add_product)
+            value, denominator, grads = linear.forward(xp, _KERNELS, call.spec, batch,
+                                                       with_grads=fused, wants=wants,
+                                                       keep=call.keep)
         ctx.call, ctx.wants, ctx.grads, ctx.denominator = call, wants, grads, denominator
         ctx.floats = Scalars(*(None if torch.is_tensor(v) else v for v in scalars))
         # the inputs cost no memory to keep: a backward after the first (retain_graph=True)
@@ -81,9 +77,9 @@ def _scale_in_place(grads: linear.HeadGradients, factor: Any) -> linear.HeadGrad
 def _recompute(ctx: Any, grad: Any) -> linear.HeadGradients:
     hidden, classifier, bias, target, weight, *tensors = ctx.saved_tensors
     scalars = Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
-    return linear.backward(xp, _KERNELS, ctx.call.spec, linear.Head(classifier, bias), hidden,
-                           target, weight, scalars, grad, ctx.denominator, wants=ctx.wants,
-                           keep=ctx.call.keep, add=_add_product)
+    batch = linear.batch(hidden, classifier, bias, target, weight, scalars)
+    return linear.backward(xp, _KERNELS, ctx.call.spec, batch, grad, ctx.denominator,
+                           wants=ctx.wants, keep=ctx.call.keep)
 
 
 def loss(call: Any) -> Any:
@@ -99,4 +95,4 @@ def loss(call: Any) -> Any:
 def value_and_grad(call: Any) -> tuple:
     """The explicit path, kept off torch's autograd graph."""
     with torch.no_grad():
-        return explicit_linear.value_and_grad(call, add=_add_product)
+        return explicit_linear.value_and_grad(call)

@@ -19,7 +19,8 @@ from entroloss import _math
 from entroloss.backends import KERNEL_TABLES, kernels_for
 from entroloss._math import primitives
 
-FIELDS = [f.name for f in dataclasses.fields(_math.Kernels)]
+# every field but scan, which says how the linear head loops rather than what it computes
+FIELDS = [f.name for f in dataclasses.fields(_math.Kernels) if f.name != "scan"]
 DTYPES = ("float64", "float32")
 # the same formula, but a vectorised sum may round differently in the last bits
 TOLERANCE = {"float64": dict(rtol=1e-12, atol=1e-300), "float32": dict(rtol=2e-6, atol=1e-30)}
@@ -70,6 +71,8 @@ def _arguments(xp, data: dict) -> dict:
     affine = (z, top, norm, data["p_coef"], data["index"], data["onehot_coef"])
     moved = xp.permute_dims(z, tuple(reversed(range(z.ndim))))  # not C-contiguous
     slope = primitives.soft_cap_with_slope(xp, z, CAP)[1]
+    p = xp.reshape(xp.exp(finite), (-1, z.shape[-1]))  # rows (N, C), NaN rows included
+    total = xp.ones((z.shape[-1], z.shape[-1]), dtype=z.dtype)
     return {
         "row_stats": [(z,)],
         "take_along_last": [(z, data["index"])],
@@ -81,6 +84,7 @@ def _arguments(xp, data: dict) -> dict:
         "soft_cap": [(z, CAP), (moved, CAP)],
         "soft_cap_with_slope": [(z, CAP), (moved, CAP)],
         "times_slope": [(z, slope)],  # dz with inf and NaN, slope 0 where z is infinite
+        "add_product": [(total, xp.matrix_transpose(p), p)],
     }
 
 
@@ -153,3 +157,10 @@ def test_torch_kernels_in_row_blocks_equal_their_definitions(monkeypatch, shape)
     assert blocks is not None and len(blocks) == -(-(len(np.zeros(shape).reshape(-1, 5))) // 3)
     for dtype in DTYPES:
         test_every_kernel_equals_its_definition_on_hard_rows("array_api_compat.torch", dtype, shape)
+
+
+def test_registered_tables_loop_in_python():
+    """``scan`` is chosen per call (JAX under tracing), never by a library's table."""
+    for namespace in KERNEL_TABLES:
+        assert kernels_for(_namespace(namespace)[0]).scan is None
+    assert _math.GENERIC.scan is None

@@ -1,10 +1,9 @@
-"""Which library an array belongs to, its namespace and its device: cheap answers first.
+"""What the checks and the adapters ask of an array: which library it belongs to, its
+namespace, its device, whether its values can be read now. Cheap answers first.
 
-array-api-compat answers every question for every library, through ``functools.lru_cache``
-helpers; ``torch.compile`` warns about each of those it traces, and each costs a little on
-every call. The libraries entroloss has adapters for are recognised here by ``isinstance``
-against the modules already imported (``sys.modules``: nothing is imported here), and
-everything else goes to array-api-compat.
+Which library an array belongs to is told in one place, ``_math/arrays.py`` (the math
+needs the device and writeability too, and imports nothing above itself); every
+question here starts from its :func:`library`.
 """
 
 from __future__ import annotations
@@ -14,22 +13,16 @@ from typing import Any
 
 import array_api_compat as compat
 
-__all__ = ["library", "namespace", "device", "is_writeable", "is_lazy", "on_host", "bounds",
-           "is_dtype"]
+from ._math.arrays import device, is_writeable, library
+
+__all__ = ["library", "library_name", "namespace", "device", "is_writeable", "is_lazy",
+           "is_concrete", "on_host", "bounds", "is_dtype"]
 
 
-def library(x: Any) -> str | None:
-    """"torch", "jax" or "numpy" for those libraries' arrays, else None."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return "torch"
-    jax = sys.modules.get("jax")
-    if jax is not None and isinstance(x, jax.Array):
-        return "jax"
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(x, (numpy.ndarray, numpy.generic)):
-        return "numpy"
-    return None
+def library_name(x: Any) -> str:
+    """The library of ``x`` as a message names it: the module its type comes from where
+    :func:`library` does not know it (array_api_strict, dask, ...)."""
+    return library(x) or type(x).__module__.split(".")[0]
 
 
 def namespace(x: Any) -> Any:
@@ -45,24 +38,19 @@ def namespace(x: Any) -> Any:
     return compat.array_namespace(x)
 
 
-def device(x: Any) -> Any:
-    which = library(x)
-    if which == "torch":
-        return x.device
-    if which == "numpy":
-        return "cpu"  # array-api-compat's answer for every NumPy array
-    return compat.device(x)
-
-
-def is_writeable(x: Any) -> bool:
-    which = library(x)
-    if which in ("torch", "numpy"):
-        return which == "torch" or x.flags.writeable
-    return compat.is_writeable_array(x)
-
-
 def is_lazy(x: Any) -> bool:
     return library(x) is None and compat.is_lazy_array(x)
+
+
+def is_concrete(x: Any) -> bool:
+    """False for arrays whose values cannot be read now: JAX tracers (inside ``jax.jit``,
+    ``jax.grad``, ``jax.vmap``), tensors inside ``torch.compile``, dask arrays."""
+    which = library(x)
+    if which == "jax":
+        return not isinstance(x, sys.modules["jax"].core.Tracer)
+    if which == "torch":
+        return not sys.modules["torch"].compiler.is_compiling()
+    return not is_lazy(x)
 
 
 def on_host(x: Any) -> bool:

@@ -14,13 +14,9 @@ import sys
 from typing import Any
 
 from . import _arrays
+from ._arrays import is_concrete
 
 REDUCTIONS = ("none", "mean", "sum")
-
-
-def _library(x: Any) -> str:
-    module = type(x).__module__.split(".")[0]
-    return {"jaxlib": "jax", "array_api_strict": "array_api_strict"}.get(module, module)
 
 
 def namespace_of_logits(logits: Any) -> Any:
@@ -52,7 +48,7 @@ def same_library(xp: Any, logits: Any, name: str, value: Any) -> Any:
         other = None
     if other is not xp:
         raise TypeError(
-            f"{name} must be an array from the same library as logits ({_library(logits)}), "
+            f"{name} must be an array from the same library as logits ({_arrays.library_name(logits)}), "
             f"got {type(value).__module__}.{type(value).__name__}"
         )
     devices = _arrays.device(value), _arrays.device(logits)
@@ -154,17 +150,6 @@ def reads_data(validate: Any, x: Any) -> bool:
     if validate is False or not is_concrete(x):
         return False
     return validate == "eager" or _arrays.on_host(x)
-
-
-def is_concrete(x: Any) -> bool:
-    """False for arrays whose values cannot be read now: JAX tracers (inside ``jax.jit``,
-    ``jax.grad``, ``jax.vmap``), tensors inside ``torch.compile``, dask arrays."""
-    which = _arrays.library(x)
-    if which == "jax":
-        return not isinstance(x, sys.modules["jax"].core.Tracer)
-    if which == "torch":
-        return not sys.modules["torch"].compiler.is_compiling()
-    return not _arrays.is_lazy(x)
 
 
 def _fails(condition: Any) -> bool:

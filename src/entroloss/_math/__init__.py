@@ -16,7 +16,13 @@ One concern per file:
 - ``positions.py``: the loss and its gradients at every position;
 - ``passes.py``: :func:`forward` and :func:`backward` (reductions, cotangents);
 - ``chunks.py``: the same, a chunk of rows at a time (bounded memory);
-- ``spec.py``: :class:`Spec`, :class:`Scalars` and :class:`Residuals`.
+- ``chunking.py``: how rows are split into chunks (the one chunk plan of every user);
+- ``linear.py``: a linear head and a loss, a chunk of logits at a time;
+- ``spec.py``: :class:`Spec`, :class:`Scalars`, :class:`Inputs` and :class:`Residuals`;
+- ``arrays.py``: which library an array belongs to, its device, whether it is written in
+  place (the one place that tells libraries apart; ``entroloss._arrays`` builds on it).
+
+Nothing here imports from the package above ``_math``.
 
 The adapters in ``entroloss.backends`` attach ``forward``/``backward`` to each framework's
 autograd; none of them re-derives anything. ``docs/math.md`` derives every gradient.
@@ -25,7 +31,7 @@ autograd; none of them re-derives anything. ``docs/math.md`` derives every gradi
 from .passes import backward, forward
 from .primitives import (GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, soft_cap,
                          softmax)
-from .spec import Gradients, Residuals, Scalars, Spec
+from .spec import Gradients, Inputs, Residuals, Scalars, Spec
 
-__all__ = ["Spec", "Scalars", "Residuals", "Gradients", "Kernels", "GENERIC", "forward", "backward",
-           "log_softmax", "softmax", "entropy", "soft_cap", "compute_dtype", "ln"]
+__all__ = ["Spec", "Scalars", "Inputs", "Residuals", "Gradients", "Kernels", "GENERIC", "forward",
+           "backward", "log_softmax", "softmax", "entropy", "soft_cap", "compute_dtype", "ln"]

@@ -13,10 +13,10 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from .positions import PerPosition, class_axis_back, gradients, loss_terms
-from .._arrays import is_writeable
-from .primitives import Kernels, device, in_dtype
-from .spec import Gradients, Residuals, Scalars, Spec
+from .chunking import row_slices, rows_out, rows_result, summed, write_rows
+from .positions import Asked, PerPosition, class_axis_back, gradients, loss_terms
+from .primitives import Kernels, in_dtype
+from .spec import Gradients, Inputs, Residuals, Scalars, Spec
 
 __all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]
 
@@ -37,17 +37,16 @@ def _as_rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
     else:
         target = xp.reshape(target, (rows,))
     row_spec = replace(spec, axis=1, chunk_size=None)
-    starts = range(0, rows, spec.chunk_size)
-    return z, target, row_spec, [slice(a, min(a + spec.chunk_size, rows)) for a in starts]
+    return z, target, row_spec, row_slices(rows, spec.chunk_size)
 
 
-def loss_terms_chunked(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any,
-                       weight: Any, scalars: Scalars) -> PerPosition:
+def loss_terms_chunked(xp: Any, kernels: Kernels, spec: Spec, logits: Any,
+                       inputs: Inputs) -> PerPosition:
     """:func:`.positions.loss_terms` over all rows, one chunk at a time. The loss has the
     positions' shape; the other per-position arrays are flat, ``(N,)`` or ``(N, 1)``."""
-    z, target, row_spec, chunks = _as_rows(xp, spec, logits, target)
-    parts = [loss_terms(xp, kernels, row_spec, z[rows, :], target[rows, ...], weight, scalars)
-             for rows in chunks]
+    z, target, row_spec, chunks = _as_rows(xp, spec, logits, inputs.target)
+    parts = [loss_terms(xp, kernels, row_spec, z[rows, :],
+                        inputs._replace(target=target[rows, ...])) for rows in chunks]
     loss, main, top, norm = (xp.concat([getattr(p, name) for p in parts])
                              for name in ("loss", "main", "row_max", "log_norm"))
     reg = None if parts[0].reg is None else xp.concat([p.reg for p in parts])
@@ -60,47 +59,34 @@ def loss_terms_chunked(xp: Any, kernels: Kernels, spec: Spec, logits: Any, targe
     return PerPosition(xp.reshape(loss, positions), main, reg, top, norm, denominator)
 
 
-def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residuals, target: Any,
-                      weight: Any, scalars: Scalars, g_pos: Any, logits_dtype: Any, *,
-                      want_target: bool = False, per_position: bool = False) -> Gradients:
+def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residuals,
+                      inputs: Inputs, g_pos: Any, logits_dtype: Any, asked: Asked) -> Gradients:
     """The backward's :class:`Gradients`, one chunk of rows at a time; ``g_pos`` holds one
     cotangent per row. The scalars' gradients are summed over the chunks (or, with
-    ``per_position``, concatenated into the positions' shape)."""
+    ``asked.per_position``, concatenated into the positions' shape)."""
     r = residuals
-    z, target, row_spec, chunks = _as_rows(xp, spec, r.logits, target)
-    dz = xp.empty(z.shape, dtype=logits_dtype, device=device(z)) if is_writeable(z) else []
+    z, target, row_spec, chunks = _as_rows(xp, spec, r.logits, inputs.target)
+    dz = rows_out(xp, z, logits_dtype)
     parts_scalars, parts_target = [], []
     for rows in chunks:
-        z_rows = in_dtype(xp, z[rows, :], r.main.dtype)
-        d_rows, d_scalars, d_target = gradients(
-            xp, kernels, row_spec, tuple(z_rows.shape), z_rows, r.row_max[rows, :],
-            r.log_norm[rows, :], r.main[rows], None if r.reg is None else r.reg[rows],
-            target[rows, ...], weight, scalars, g_pos[rows], want_target=want_target,
-            per_position=per_position)
-        d_rows = in_dtype(xp, d_rows, logits_dtype)
-        if isinstance(dz, list):
-            dz.append(d_rows)
-        else:
-            dz[rows, :] = d_rows
+        kept = Residuals(z[rows, :], r.row_max[rows, :], r.log_norm[rows, :], r.main[rows],
+                         None if r.reg is None else r.reg[rows], None)
+        d_rows, d_scalars, d_target = gradients(xp, kernels, row_spec, kept,
+                                                inputs._replace(target=target[rows, ...]),
+                                                g_pos[rows], asked)
+        write_rows(dz, rows, in_dtype(xp, d_rows, logits_dtype))
         parts_scalars.append(d_scalars)
         parts_target.append(d_target)
     positions = tuple(r.logits.shape[:spec.axis]) + tuple(r.logits.shape[spec.axis + 1:])
     rows_back = lambda x: class_axis_back(xp, spec, xp.reshape(x, positions + (z.shape[-1],)))
-    dz = rows_back(xp.concat(dz) if isinstance(dz, list) else dz)
+    dz = rows_back(rows_result(xp, dz))
     d_target = None if parts_target[0] is None else rows_back(xp.concat(parts_target))
-    return Gradients(dz, _combine_scalars(xp, parts_scalars, per_position, positions), d_target)
+    return Gradients(dz, _combine_scalars(xp, parts_scalars, asked.per_position, positions),
+                     d_target)
 
 
 def _combine_scalars(xp: Any, parts: list, per_position: bool, positions: tuple) -> Scalars:
-    combined = []
-    for slot in zip(*parts):
-        if slot[0] is None:
-            combined.append(None)
-        elif per_position:
-            combined.append(xp.reshape(xp.concat(list(slot)), positions))
-        else:
-            total = slot[0]
-            for d in slot[1:]:
-                total = total + d
-            combined.append(total)
-    return Scalars(*combined)
+    if not per_position:
+        return Scalars(*summed(parts))
+    return Scalars(*(None if slot[0] is None else xp.reshape(xp.concat(list(slot)), positions)
+                     for slot in zip(*parts)))

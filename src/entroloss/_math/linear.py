@@ -27,15 +27,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+from .arrays import device, scatters_rows
+from .chunking import (EqualChunks, equal_chunks, row_slices, rows_out, rows_result, rows_within,
+                       summed, write_rows)
 from .passes import safe_divide
-from .positions import gradients, loss_terms
-from .._arrays import is_writeable
-from .primitives import Kernels, compute_dtype, device
-from .spec import Scalars, Spec
+from .positions import Asked, gradients, loss_terms
+from .primitives import Kernels, compute_dtype
+from .spec import Inputs, Residuals, Scalars, Spec
 from .target import Target
 
-__all__ = ["Head", "HeadGradients", "LOGITS_BUDGET_BYTES", "default_chunk_size", "forward",
-           "backward", "scale"]
+__all__ = ["Head", "Batch", "batch", "Inputs", "Wants", "HeadGradients", "LOGITS_BUDGET_BYTES",
+           "default_chunk_size", "kept_rows", "forward", "backward", "cotangent_factor", "scale"]
 
 # A chunk's logits take at most this much in the compute dtype when chunk_size is None;
 # the chunk's few temporaries (p, dl/dz) are of the same size.
@@ -47,6 +49,21 @@ class Head(NamedTuple):
 
     classifier: Any
     bias: Any = None
+
+
+class Batch(NamedTuple):
+    """One call's rows: ``hidden (N, H)``, the head, and the target (``(N,)`` or
+    ``(N, C)``), class weights and scalars."""
+
+    head: Head
+    hidden: Any
+    inputs: Inputs
+
+
+def batch(hidden: Any, classifier: Any, bias: Any, target: Any, weight: Any,
+          scalars: Scalars) -> Batch:
+    """A :class:`Batch` from the arrays a linear-head loss is called with."""
+    return Batch(Head(classifier, bias), hidden, Inputs(target, weight, scalars))
 
 
 class Wants(NamedTuple):
@@ -71,13 +88,7 @@ class HeadGradients(NamedTuple):
 
 def default_chunk_size(num_classes: int, itemsize: int) -> int:
     """Rows whose logits fit in ``LOGITS_BUDGET_BYTES`` (at least one)."""
-    return max(1, LOGITS_BUDGET_BYTES // max(1, num_classes * itemsize))
-
-
-def _chunks(spec: Spec, rows: int) -> list:
-    """The row slices; one empty slice for no rows, so that shapes still come out."""
-    step = spec.chunk_size
-    return [slice(a, min(a + step, rows)) for a in range(0, max(rows, 1), step)]
+    return rows_within(LOGITS_BUDGET_BYTES, num_classes * itemsize)
 
 
 def _logits(xp: Any, h_rows: Any, head: Head, dtype: Any) -> Any:
@@ -92,80 +103,58 @@ def _in_compute_dtype(xp: Any, head: Head, dtype: Any) -> Head:
     return Head(xp.astype(head.classifier, dtype, copy=False), bias)
 
 
-def add_product(xp: Any, total: Any, a: Any, b: Any) -> Any:
-    """``total + a @ b``; a library may pass one that writes into ``total`` without the
-    product's own ``(C, H)`` temporary (torch: ``addmm_``)."""
-    total += a @ b  # in place where the namespace writes in place, else rebound
-    return total
-
-
-def _rows_out(xp: Any, like: Any) -> Any:
-    """Where a gradient of ``like``'s shape is written a chunk of rows at a time: an
-    empty array, or a list of the chunks to concatenate where the namespace does not
-    write in place."""
-    return (xp.empty(like.shape, dtype=like.dtype, device=device(like))
-            if is_writeable(like) else [])
-
-
-def _write_rows(out: Any, rows: slice, values: Any) -> None:
-    if isinstance(out, list):
-        out.append(values)
-    else:
-        out[rows, ...] = values
-
-
-def _rows_result(xp: Any, out: Any) -> Any:
-    return xp.concat(out) if isinstance(out, list) else out
+def _zero_head_grads(xp: Any, head: Head, wants: Wants, dtype: Any) -> tuple:
+    """The classifier's and the bias's gradients before the first chunk (None where not
+    wanted)."""
+    where = device(head.classifier)
+    classes, features = head.classifier.shape
+    d_w = xp.zeros((classes, features), dtype=dtype, device=where) if wants.classifier else None
+    d_b = (xp.zeros((classes,), dtype=dtype, device=where)
+           if wants.bias and head.bias is not None else None)
+    return d_w, d_b
 
 
 class _Accumulator:
-    """The gradients being formed, one chunk of rows at a time."""
+    """The gradients being formed, one chunk of rows at a time; ``wide`` is the head in
+    the compute dtype."""
 
-    def __init__(self, xp: Any, hidden: Any, head: Head, dtype: Any, wants: Wants,
-                 add: Any, target: Any) -> None:
-        self.xp, self.wants, self.add, self.dtype = xp, wants, add, hidden.dtype
-        where = device(hidden)
-        classes, features = head.classifier.shape
-        self.hidden = _rows_out(xp, hidden) if wants.hidden else None
-        self.target = _rows_out(xp, target) if wants.target else None
+    def __init__(self, xp: Any, kernels: Kernels, batch: Batch, wide: Head, wants: Wants) -> None:
+        self.xp, self.kernels, self.wide = xp, kernels, wide
+        self.dtype, target = batch.hidden.dtype, batch.inputs.target
+        self.hidden = rows_out(xp, batch.hidden) if wants.hidden else None
+        self.target = rows_out(xp, target) if wants.target else None
         self.target_dtype = target.dtype
-        self.classifier = (xp.zeros((classes, features), dtype=dtype, device=where)
-                           if wants.classifier else None)
-        self.bias = (xp.zeros((classes,), dtype=dtype, device=where)
-                     if wants.bias and head.bias is not None else None)
+        self.classifier, self.bias = _zero_head_grads(xp, batch.head, wants,
+                                                      wide.classifier.dtype)
         self.scalars: list = []
 
-    def take(self, rows: slice, h_rows: Any, dz: Any, head: Head, d_scalars: Scalars,
-             d_target: Any) -> None:
-        """Multiply one chunk's ``dl/dz (n, C)`` into the gradients; its ``dl/dt`` (a soft
-        target's, else None) is the target's gradient for these rows as it is."""
-        xp = self.xp
+    def take(self, row_spec: Spec, rows: slice, h_rows: Any, kept: Residuals, chunk: Inputs,
+             g_rows: Any) -> None:
+        """One chunk's ``dl/dz (n, C)``, multiplied into the gradients (in a function of
+        its own, so that the chunk's dl/dz goes with it); its ``dl/dt`` (a soft target's,
+        else None) is the target's gradient for these rows as it is."""
+        xp, asked = self.xp, Asked(target=self.target is not None)
+        dz, d_scalars, d_target = gradients(xp, self.kernels, row_spec, kept, chunk, g_rows, asked)
         if self.hidden is not None:
-            _write_rows(self.hidden, rows,
-                        xp.astype(dz @ head.classifier, self.dtype, copy=False))
+            write_rows(self.hidden, rows,
+                       xp.astype(dz @ self.wide.classifier, self.dtype, copy=False))
         if self.target is not None:
-            _write_rows(self.target, rows, xp.astype(d_target, self.target_dtype, copy=False))
+            write_rows(self.target, rows, xp.astype(d_target, self.target_dtype, copy=False))
         if self.classifier is not None:
-            self.classifier = self.add(xp, self.classifier, xp.matrix_transpose(dz), h_rows)
+            self.classifier = self.kernels.add_product(xp, self.classifier,
+                                                       xp.matrix_transpose(dz), h_rows)
         if self.bias is not None:
             self.bias += xp.sum(dz, axis=0)
         self.scalars.append(d_scalars)
 
     def result(self, head: Head) -> HeadGradients:
         xp = self.xp
-        d_hidden = None if self.hidden is None else _rows_result(xp, self.hidden)
-        d_target = None if self.target is None else _rows_result(xp, self.target)
+        d_hidden = None if self.hidden is None else rows_result(xp, self.hidden)
+        d_target = None if self.target is None else rows_result(xp, self.target)
         d_w = None if self.classifier is None else xp.astype(self.classifier,
                                                              head.classifier.dtype, copy=False)
         d_b = None if self.bias is None else xp.astype(self.bias, head.bias.dtype, copy=False)
-        return HeadGradients(d_hidden, d_w, d_b, _sum_scalars(self.scalars), d_target)
-
-
-def _sum_scalars(parts: list) -> Scalars:
-    total = list(parts[0])
-    for part in parts[1:]:
-        total = [None if t is None else t + d for t, d in zip(total, part)]
-    return Scalars(*total)
+        return HeadGradients(d_hidden, d_w, d_b, Scalars(*summed(self.scalars)), d_target)
 
 
 def _counted(xp: Any, spec: Spec, h_rows: Any, t_rows: Any) -> Any:
@@ -177,46 +166,31 @@ def _counted(xp: Any, spec: Spec, h_rows: Any, t_rows: Any) -> Any:
     return xp.where((t_rows != spec.ignore_index)[:, None], h_rows, 0.0)
 
 
-def _into(accumulator: _Accumulator, xp: Any, kernels: Kernels, row_spec: Spec, rows: slice,
-          z: Any, h_rows: Any, per: Any, t_rows: Any, weight: Any, scalars: Scalars,
-          g_rows: Any, wide: Head) -> None:
-    """One chunk's ``dl/dz``, multiplied into the gradients."""
-    dz, d_scalars, d_target = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
-                                        per.log_norm, per.main, per.reg, t_rows, weight,
-                                        scalars, g_rows[rows],
-                                        want_target=accumulator.target is not None)
-    accumulator.take(rows, h_rows, dz, wide, d_scalars, d_target)
-
-
-def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
-           weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, add: Any,
-           scan: Any = None) -> tuple:
+def _sweep(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, g_rows: Any,
+           wants: Wants) -> tuple:
     """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
     its gradients. Returns ``(loss per row, the mean's denominator, HeadGradients)``."""
     wants = wants._replace(target=wants.target and spec.soft)
-    if scan is not None:
-        return _scanned_sweep(xp, kernels, spec, head, hidden, target, weight, scalars, g_rows,
-                              wants, scan)
+    if kernels.scan is not None:
+        return _scanned_sweep(xp, kernels, spec, batch, g_rows, wants)
+    hidden, target = batch.hidden, batch.inputs.target
     dtype = compute_dtype(xp, hidden.dtype)
-    wide = _in_compute_dtype(xp, head, dtype)  # one cast of the classifier, not one a chunk
+    wide = _in_compute_dtype(xp, batch.head, dtype)  # one cast of the classifier, not a chunk's
     row_spec = replace(spec, chunk_size=None)
-    accumulator = (None if g_rows is None
-                   else _Accumulator(xp, hidden, head, dtype, wants, add, target))
+    accumulator = None if g_rows is None else _Accumulator(xp, kernels, batch, wide, wants)
     losses, denominator = [], 0.0
-    for rows in _chunks(spec, hidden.shape[0]):
-        t_rows = target[rows, ...]
-        h_rows = _counted(xp, spec, xp.astype(hidden[rows, :], dtype, copy=False), t_rows)
+    for rows in row_slices(hidden.shape[0], spec.chunk_size):
+        chunk = batch.inputs._replace(target=target[rows, ...])
+        h_rows = _counted(xp, spec, xp.astype(hidden[rows, :], dtype, copy=False), chunk.target)
         z = _logits(xp, h_rows, wide, dtype)
-        per = loss_terms(xp, kernels, row_spec, z, t_rows, weight, scalars)
+        per = loss_terms(xp, kernels, row_spec, z, chunk)
         losses.append(per.loss)
         if per.denominator is not None:
             denominator = denominator + per.denominator
         if accumulator is not None:
-            # in a function of its own, so that the chunk's dl/dz goes with it
-            _into(accumulator, xp, kernels, row_spec, rows, z, h_rows, per, t_rows, weight,
-                  scalars, g_rows, wide)
+            accumulator.take(row_spec, rows, h_rows, per.residuals(z), chunk, g_rows[rows])
         del z, per  # the chunk's logits go before the next chunk's are made
-    grads = None if accumulator is None else accumulator.result(head)
+    grads = None if accumulator is None else accumulator.result(batch.head)
     mean = spec.reduction == "mean"
     return xp.concat(losses), denominator if mean else None, grads
 
@@ -231,38 +205,16 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, targe
 # the mean's divisor is taken over the real rows before it.
 
 
-def _whole_chunks(spec: Spec, rows: int) -> tuple[int, int]:
-    """``(rows per chunk, chunks)``; no chunk longer than the rows (no padding for one)."""
-    step = min(spec.chunk_size, max(rows, 1))
-    return step, -(-max(rows, 1) // step)
-
-
-def _padded(xp: Any, x: Any, rows: int, fill: Any) -> Any:
-    if rows == x.shape[0]:
-        return x
-    tail = xp.full((rows - x.shape[0],) + tuple(x.shape[1:]), fill, dtype=x.dtype,
-                   device=device(x))
-    return xp.concat([x, tail])
-
-
-def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, rows: int) -> Any:
+def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, plan: EqualChunks) -> Any:
     """A padded row's target: no mass (soft), or the class of the largest bias (0 without
     one), whose log p at a zero hidden state is finite even where other classes are
     masked with -inf."""
-    padded = _padded(xp, target, rows, 0)
+    padded = plan.pad(xp, target, 0)
+    rows = plan.padded_rows
     if spec.soft or head.bias is None or rows == target.shape[0]:
         return padded
     real = xp.arange(rows, device=device(target)) < target.shape[0]
     return xp.where(real, padded, xp.astype(xp.argmax(head.bias), target.dtype))
-
-
-def _in_chunks(xp: Any, x: Any, step: int, count: int) -> Any:
-    """``(count, step, ...)``: chunk ``j`` holds rows ``j, j + count, j + 2 count, ...``.
-    Strided, not contiguous, so that rows sharded in blocks over devices (data parallel)
-    stay sharded within every chunk: each device works on its own rows in each step of the
-    loop, and the hidden states' gradient comes back sharded as the hidden states were."""
-    strided = xp.reshape(x, (step, count) + tuple(x.shape[1:]))
-    return xp.moveaxis(strided, 1, 0)
 
 
 def _whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classes: int,
@@ -285,35 +237,31 @@ def _whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classe
 def _zero_grads(xp: Any, head: Head, scalars: Scalars, wants: Wants, dtype: Any) -> tuple:
     """The loop's carry: the classifier's and the bias's gradients and the scalars'."""
     where = device(head.classifier)
-    classes, features = head.classifier.shape
-    d_w = xp.zeros((classes, features), dtype=dtype, device=where) if wants.classifier else None
-    d_b = (xp.zeros((classes,), dtype=dtype, device=where)
-           if wants.bias and head.bias is not None else None)
     d_s = Scalars(*(xp.zeros((), dtype=dtype, device=where) if learnt else None
                     for learnt in scalars.learnt()))
-    return d_w, d_b, d_s
+    return (*_zero_head_grads(xp, head, wants, dtype), d_s)
 
 
 def _plus(total: Any, part: Any) -> Any:
     return None if total is None else total + part
 
 
-def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, weight: Any,
-                scalars: Scalars, wants: Wants, dtype: Any) -> Any:
+def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, inputs: Inputs,
+                wants: Wants) -> Any:
     """One chunk as a loop body: ``(carry, (h, t, g)) -> (carry, (loss, d_hidden,
-    d_target))``."""
-    row_spec = replace(spec, chunk_size=None)
+    d_target))``; ``wide`` is the head in the compute dtype."""
+    row_spec, dtype = replace(spec, chunk_size=None), wide.classifier.dtype
 
-    def body(carry: tuple, chunk: tuple) -> tuple:
-        h_rows, t_rows, g_chunk = chunk
+    def body(carry: tuple, rows: tuple) -> tuple:
+        h_rows, t_rows, g_chunk = rows
         h_rows = _counted(xp, spec, xp.astype(h_rows, dtype, copy=False), t_rows)
         z = _logits(xp, h_rows, wide, dtype)
-        per = loss_terms(xp, kernels, row_spec, z, t_rows, weight, scalars)
+        chunk = inputs._replace(target=t_rows)
+        per = loss_terms(xp, kernels, row_spec, z, chunk)
         if g_chunk is None:
             return carry, (per.loss, None, None)
-        dz, d_scalars, d_t = gradients(xp, kernels, row_spec, tuple(z.shape), z, per.row_max,
-                                       per.log_norm, per.main, per.reg, t_rows, weight, scalars,
-                                       g_chunk, want_target=wants.target)
+        dz, d_scalars, d_t = gradients(xp, kernels, row_spec, per.residuals(z), chunk, g_chunk,
+                                       Asked(target=wants.target))
         d_w, d_b, d_s = carry
         d_rows = dz @ wide.classifier if wants.hidden else None
         if d_w is not None:
@@ -327,41 +275,33 @@ def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, weight: Any,
     return body
 
 
-def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
-                   weight: Any, scalars: Scalars, g_rows: Any, wants: Wants, scan: Any) -> tuple:
-    """:func:`_sweep` as one ``scan(body, carry, chunks) -> (carry, stacked)`` over
+def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, g_rows: Any,
+                   wants: Wants) -> tuple:
+    """:func:`_sweep` as one ``kernels.scan(body, carry, chunks) -> (carry, stacked)`` over
     equal chunks (``jax.lax.scan``'s contract)."""
+    head, hidden, (target, weight, scalars) = batch
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, head, dtype)
     rows = hidden.shape[0]
-    step, count = _whole_chunks(spec, rows)
-    chunks = (_in_chunks(xp, _padded(xp, hidden, step * count, 0), step, count),
-              _in_chunks(xp, _padded_target(xp, spec, target, head, step * count), step, count),
-              None if g_rows is None else _in_chunks(xp, _padded(xp, g_rows, step * count, 0),
-                                                     step, count))
-    body = _chunk_body(xp, kernels, spec, wide, weight, scalars, wants, dtype)
+    plan = equal_chunks(rows, spec.chunk_size)
+    chunks = (plan.stack(xp, plan.pad(xp, hidden, 0)),
+              plan.stack(xp, _padded_target(xp, spec, target, head, plan)),
+              None if g_rows is None else plan.stack(xp, plan.pad(xp, g_rows, 0)))
+    body = _chunk_body(xp, kernels, spec, wide, batch.inputs, wants)
     carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
-    carry, (losses, d_hidden, d_target) = scan(body, carry, chunks)
-    loss = _real_rows(xp, losses[..., None], step * count, rows)[:, 0]
+    carry, (losses, d_hidden, d_target) = kernels.scan(body, carry, chunks)
+    loss = plan.unstack(xp, losses[..., None], rows)[:, 0]
     denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
     if carry is None:
         return loss, denominator, None
     d_w, d_b, d_s = carry
     if d_hidden is not None:
-        d_hidden = xp.astype(_real_rows(xp, d_hidden, step * count, rows), hidden.dtype,
-                             copy=False)
+        d_hidden = xp.astype(plan.unstack(xp, d_hidden, rows), hidden.dtype, copy=False)
     if d_target is not None:  # in the target's dtype already, the padded rows dropped
-        d_target = _real_rows(xp, d_target, step * count, rows)
+        d_target = plan.unstack(xp, d_target, rows)
     cast = lambda g, x: None if g is None else xp.astype(g, x.dtype, copy=False)
     return loss, denominator, HeadGradients(d_hidden, cast(d_w, head.classifier),
                                             cast(d_b, head.bias), d_s, d_target)
-
-
-def _real_rows(xp: Any, stacked: Any, padded: int, rows: int) -> Any:
-    """A loop's per-chunk rows ``(chunks, step, K)`` (:func:`_in_chunks`'s order) as
-    ``(rows, K)``, the padding off."""
-    in_order = xp.moveaxis(stacked, 0, 1)
-    return xp.reshape(in_order, (padded, stacked.shape[-1]))[:rows, :]
 
 
 # --- ignored rows: left out of the matmuls when the target can be read ---------------------
@@ -373,18 +313,19 @@ def kept_rows(xp: Any, spec: Spec, target: Any) -> Any:
     matmuls. Reads the target, so only for concrete targets, and only for the libraries
     that write rows back by index (NumPy, CuPy, torch); elsewhere (``jax.jit``,
     array-api-strict) ignored rows are computed and masked to 0."""
-    if spec.ignore_index is None or spec.soft or not _scatters(target):
+    if spec.ignore_index is None or spec.soft or not scatters_rows(target):
         return None
     keep = xp.nonzero(target != spec.ignore_index)[0]
     return None if keep.shape[0] == target.shape[0] else keep
 
 
-def _scatters(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] in ("numpy", "cupy", "torch") and is_writeable(x)
-
-
-def _select(xp: Any, keep: Any, *arrays: Any) -> tuple:
-    return arrays if keep is None else tuple(xp.take(a, keep, axis=0) for a in arrays)
+def _kept_batch(xp: Any, keep: Any, batch: Batch, *more: Any) -> tuple:
+    """The batch of the kept rows, and of each of ``more`` (per-row arrays)."""
+    if keep is None:
+        return (batch, *more)
+    hidden, target, *more = (xp.take(a, keep, axis=0)
+                             for a in (batch.hidden, batch.inputs.target, *more))
+    return (batch._replace(hidden=hidden, inputs=batch.inputs._replace(target=target)), *more)
 
 
 def _spread(xp: Any, keep: Any, rows: int, values: Any) -> Any:
@@ -406,21 +347,22 @@ def _reduce(xp: Any, spec: Spec, loss: Any, denominator: Any) -> Any:
     return safe_divide(xp, total, denominator) if spec.reduction == "mean" else total
 
 
-def forward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
-            weight: Any, scalars: Scalars, *, with_grads: bool = False, wants: Wants = Wants(),
-            keep: Any = None, add: Any = add_product, scan: Any = None) -> tuple:
+def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: bool = False,
+            wants: Wants = Wants(), keep: Any = None) -> tuple:
     """``(value, denominator, grads)``: the reduced loss in the hidden states' dtype (per
     row with "none"); the mean's divisor (else None); with ``with_grads`` the
     :class:`HeadGradients` of the *sum* of the per-row losses (else None), for
-    :func:`scale` to finish. With ``scan`` (``jax.lax.scan``'s contract) the chunks are
-    one loop body over equal chunks rather than a Python loop."""
+    :func:`scale` to finish. With ``kernels.scan`` (``jax.lax.scan``'s contract) the
+    chunks are one loop body over equal chunks rather than a Python loop. ``keep``: the
+    rows that count (:func:`kept_rows`), or None for all."""
+    hidden = batch.hidden
     rows = hidden.shape[0]
-    h, t = _select(xp, keep, hidden, target)
+    (kept,) = _kept_batch(xp, keep, batch)
     g_rows = None
     if with_grads:
-        g_rows = xp.ones((h.shape[0],), dtype=compute_dtype(xp, hidden.dtype), device=device(h))
-    loss, denominator, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows,
-                                      wants, add, scan)
+        g_rows = xp.ones((kept.hidden.shape[0],), dtype=compute_dtype(xp, hidden.dtype),
+                         device=device(kept.hidden))
+    loss, denominator, grads = _sweep(xp, kernels, spec, kept, g_rows, wants)
     value = _reduce(xp, spec, _spread(xp, keep, rows, loss), denominator)
     if grads is not None:
         grads = grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
@@ -447,12 +389,11 @@ def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
                          Scalars(*(times(d) for d in grads.scalars)), times(grads.target))
 
 
-def backward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, target: Any,
-             weight: Any, scalars: Scalars, cotangent: Any, denominator: Any, *,
-             wants: Wants = Wants(), keep: Any = None, add: Any = add_product,
-             scan: Any = None) -> HeadGradients:
+def backward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, cotangent: Any,
+             denominator: Any, *, wants: Wants = Wants(), keep: Any = None) -> HeadGradients:
     """The gradients of ``sum(cotangent * loss)``, recomputing every chunk's logits: for
     a per-row cotangent (reduction "none"), or where the forward formed none."""
+    hidden = batch.hidden
     rows = hidden.shape[0]
     dtype = compute_dtype(xp, hidden.dtype)
     if spec.reduction == "none":
@@ -461,7 +402,6 @@ def backward(xp: Any, kernels: Kernels, spec: Spec, head: Head, hidden: Any, tar
         g = cotangent_factor(xp, spec, xp.astype(xp.asarray(cotangent, device=device(hidden)),
                                                  dtype), denominator)
         g_rows = xp.broadcast_to(g, (rows,))
-    h, t, g_rows = _select(xp, keep, hidden, target, g_rows)
-    _, _, grads = _sweep(xp, kernels, spec, head, h, t, weight, scalars, g_rows, wants, add,
-                         scan)
+    kept, g_rows = _kept_batch(xp, keep, batch, g_rows)
+    _, _, grads = _sweep(xp, kernels, spec, kept, g_rows, wants)
     return grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))

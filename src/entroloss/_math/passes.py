@@ -7,9 +7,10 @@ import math
 from typing import Any
 
 from . import chunks
-from .positions import class_axis_back, classes_last, gradients, loss_terms
-from .primitives import GENERIC, Kernels, device, in_dtype
-from .spec import Gradients, Residuals, Scalars, Spec
+from .arrays import device
+from .positions import Asked, class_axis_back, gradients, loss_terms
+from .primitives import GENERIC, Kernels, in_dtype
+from .spec import Gradients, Inputs, Residuals, Scalars, Spec
 
 __all__ = ["forward", "backward"]
 
@@ -25,18 +26,18 @@ def forward(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, scalars:
     ``weight`` is the class-weight vector or ``None``. Inputs are assumed validated.
     ``kernels`` is the logits' library's table of native primitives.
     """
+    inputs = Inputs(target, weight, scalars)
     if chunks.applies(spec, _positions(spec, tuple(logits.shape))):
-        per = chunks.loss_terms_chunked(xp, kernels, spec, logits, target, weight, scalars)
+        per = chunks.loss_terms_chunked(xp, kernels, spec, logits, inputs)
     else:
-        per = loss_terms(xp, kernels, spec, logits, target, weight, scalars)
+        per = loss_terms(xp, kernels, spec, logits, inputs)
     if spec.reduction == "none":
         value = per.loss
     else:
         value = xp.sum(per.loss)
         if spec.reduction == "mean":
             value = safe_divide(xp, value, per.denominator)
-    residuals = Residuals(logits, per.row_max, per.log_norm, per.main, per.reg, per.denominator)
-    return in_dtype(xp, value, logits.dtype), residuals
+    return in_dtype(xp, value, logits.dtype), per.residuals(logits)
 
 
 def safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
@@ -66,13 +67,9 @@ def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any
         g_pos = xp.reshape(g, r.main.shape)
     else:
         g_pos = xp.broadcast_to(g, r.main.shape)
-    options = dict(want_target=want_target, per_position=per_position)
+    inputs, asked = Inputs(target, weight, scalars), Asked(want_target, per_position)
     if chunks.applies(spec, math.prod(r.main.shape)):
-        return chunks.gradients_chunked(xp, kernels, spec, r, target, weight, scalars, g_pos,
-                                        logits_dtype, **options)
-    z = classes_last(xp, spec, r.logits, r.main.dtype)
-    dz, d_scalars, d_target = gradients(xp, kernels, spec, tuple(r.logits.shape), z, r.row_max,
-                                        r.log_norm, r.main, r.reg, target, weight, scalars,
-                                        g_pos, **options)
+        return chunks.gradients_chunked(xp, kernels, spec, r, inputs, g_pos, logits_dtype, asked)
+    dz, d_scalars, d_target = gradients(xp, kernels, spec, r, inputs, g_pos, asked)
     dz = in_dtype(xp, dz, logits_dtype)
     return Gradients(class_axis_back(xp, spec, dz), d_scalars, class_axis_back(xp, spec, d_target))

@@ -13,10 +13,11 @@ from typing import Any, NamedTuple
 
 from . import terms
 from .primitives import Kernels, compute_dtype, in_dtype, ln
-from .spec import Scalars, Spec
+from .spec import Inputs, Residuals, Scalars, Spec
 from .target import Target
 
-__all__ = ["PerPosition", "loss_terms", "gradients", "classes_last", "class_axis_back"]
+__all__ = ["PerPosition", "Asked", "loss_terms", "gradients", "classes_last",
+           "class_axis_back"]
 
 
 class PerPosition(NamedTuple):
@@ -26,6 +27,29 @@ class PerPosition(NamedTuple):
     row_max: Any
     log_norm: Any
     denominator: Any  # the mean's divisor over these positions (reduction="mean" only)
+
+    def residuals(self, logits: Any) -> Residuals:
+        """What the backward keeps of these positions, with their ``logits``."""
+        return Residuals(logits, self.row_max, self.log_norm, self.main, self.reg,
+                         self.denominator)
+
+
+class Asked(NamedTuple):
+    """What :func:`gradients` forms besides ``dl/dz`` and the scalars' sums: a soft
+    target's gradient (``target``), the scalars' gradients per position, unreduced
+    (``per_position``)."""
+
+    target: bool = False
+    per_position: bool = False
+
+
+class Coefficients(NamedTuple):
+    """Per position, the factor each term enters ``l`` with (cotangent x weight / ln
+    base): the main term's, the regularizer's (or None), the z-loss's (or None)."""
+
+    main: Any
+    reg: Any
+    z_loss: Any
 
 
 def classes_last(xp: Any, spec: Spec, logits: Any, dtype: Any) -> Any:
@@ -51,23 +75,22 @@ def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
     return value if isinstance(value, (int, float)) else in_dtype(xp, value, dtype)
 
 
-def read_target(xp: Any, spec: Spec, shape: tuple, target: Any, weight: Any, scalars: Scalars,
-                dtype: Any) -> tuple[Target, Scalars]:
-    """The target as ``w * q`` (classes last) and the four scalars, in ``dtype``;
-    ``shape`` is the logits' own."""
-    if spec.soft and spec.axis != len(shape) - 1:
+def read_target(xp: Any, spec: Spec, z: Any, inputs: Inputs) -> tuple[Target, Scalars]:
+    """The target as ``w * q`` and the four scalars, classes last and in the dtype of
+    ``z``, the logits with classes last."""
+    target, weight, scalars = inputs
+    if spec.soft and spec.axis != z.ndim - 1:
         target = xp.moveaxis(target, spec.axis, -1)
-    w = None if weight is None else in_dtype(xp, weight, dtype)
-    moved = shape[: spec.axis] + shape[spec.axis + 1:] + (shape[spec.axis],)
-    return Target(xp, spec, target, w, moved, dtype), Scalars(*(_scalar(xp, v, dtype) for v in scalars))
+    w = None if weight is None else in_dtype(xp, weight, z.dtype)
+    return (Target(xp, spec, target, w, tuple(z.shape), z.dtype),
+            Scalars(*(_scalar(xp, v, z.dtype) for v in scalars)))
 
 
-def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, weight: Any,
-               scalars: Scalars) -> PerPosition:
+def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Inputs) -> PerPosition:
     z = classes_last(xp, spec, logits, compute_dtype(xp, logits.dtype))
     if spec.softcap is not None:
         z = kernels.soft_cap(xp, z, spec.softcap)
-    tgt, s = read_target(xp, spec, tuple(logits.shape), target, weight, scalars, z.dtype)
+    tgt, s = read_target(xp, spec, z, inputs)
     top, norm = kernels.row_stats(xp, z)
     # log p in full only where a term reads every class; else only at the target
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
@@ -94,43 +117,42 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, target: Any, 
     return PerPosition(loss, main, reg, top, norm, denominator)
 
 
-def gradients(xp: Any, kernels: Kernels, spec: Spec, shape: tuple, z: Any, top: Any, norm: Any,
-              main: Any, reg: Any, target: Any, weight: Any, scalars: Scalars, g_pos: Any, *,
-              want_target: bool = False, per_position: bool = False) -> tuple:
+def gradients(xp: Any, kernels: Kernels, spec: Spec, kept: Residuals, inputs: Inputs,
+              g_pos: Any, asked: Asked = Asked()) -> tuple:
     """``(dl/dz, the scalars' gradients, dl/dt)`` for per-position cotangents ``g_pos``:
-    ``dl/dz`` classes last in ``z``'s dtype; a scalar's gradient None where it is a
-    Python float, summed over the positions unless ``per_position``; ``dl/dt`` (classes
-    last) for a soft target when ``want_target``, else None. ``z`` is the logits with
-    classes last, not capped (the cap is redone here), ``shape`` the logits' own layout."""
+    ``dl/dz`` classes last in the compute dtype; a scalar's gradient None where it is a
+    Python float, summed over the positions unless ``asked.per_position``; ``dl/dt``
+    (classes last) for a soft target when ``asked.target``, else None. ``kept`` is what
+    the forward kept of these positions: their logits in the spec's layout, not capped
+    (the cap is redone here), and the numbers per position."""
+    z = classes_last(xp, spec, kept.logits, kept.main.dtype)
     slope = None
     if spec.softcap is not None:
         z, slope = kernels.soft_cap_with_slope(xp, z, spec.softcap)
-    tgt, s = read_target(xp, spec, shape, target, weight, scalars, z.dtype)
+    tgt, s = read_target(xp, spec, z, inputs)
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
     if tgt.invalid is not None:  # an unchecked out-of-range index: a NaN row, not a number
         g_pos = xp.where(tgt.invalid, math.nan, g_pos)
-    c_main, c_reg, d_scalars = _coefficients(xp, tgt, s, main, reg, g_pos, per_position)
-    c_z = terms.z_loss_p_coef(xp, spec, tgt, top, norm, g_pos) if spec.z_loss else None
-    if tgt.sparse:
-        dz = _onehot_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg, c_z)
-    else:
-        dz = _dense_gradient(xp, kernels, spec, tgt, z, top, norm, reg, c_main, c_reg, c_z)
+    coefs, d_scalars = _coefficients(xp, spec, tgt, s, kept, g_pos, asked.per_position)
+    gradient = _onehot_gradient if tgt.sparse else _dense_gradient
+    dz = gradient(xp, kernels, spec, tgt, z, kept, coefs)
     if slope is not None:  # the chain rule through the cap
         dz = kernels.times_slope(xp, dz, slope)
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
         dz = xp.where(tgt.valid[..., None], dz, 0.0)
     d_target = None
-    if want_target and spec.soft:
-        d_target = _target_gradient(xp, kernels, spec, tgt, z, top, norm, c_main, c_reg)
+    if asked.target and spec.soft:
+        d_target = _target_gradient(xp, kernels, spec, tgt, z, kept, coefs)
     return dz, d_scalars, d_target
 
 
-def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: Any,
-                  per_position: bool) -> tuple:
-    """Per position, the factors the main term and the regularizer enter ``l`` with; and
-    the scalars' gradients: for ``T * weight / ln(b)``, ``d/dweight = T / ln b`` and
+def _coefficients(xp: Any, spec: Spec, tgt: Target, s: Scalars, kept: Residuals, g_pos: Any,
+                  per_position: bool) -> tuple[Coefficients, Scalars]:
+    """Per position, the factors the terms enter ``l`` with; and the scalars' gradients:
+    for ``T * weight / ln(b)``, ``d/dweight = T / ln b`` and
     ``d/db = -T weight / (b ln(b)^2)``."""
+    main, reg = kept.main, kept.reg
     learnt = s.learnt()
     total = (lambda x: x) if per_position else xp.sum
     ln_cb = ln(xp, s.ce_base)
@@ -149,45 +171,49 @@ def _coefficients(xp: Any, tgt: Target, s: Scalars, main: Any, reg: Any, g_pos: 
         d_cw = m_sum / ln_cb
         d_cb = -m_sum * s.ce_weight / (s.ce_base * ln_cb**2)
     d_scalars = Scalars(*(d if wanted else None for wanted, d in zip(learnt, (d_cw, d_cb, d_rw, d_rb))))
-    return c_main, c_reg, d_scalars
+    c_z = None
+    if spec.z_loss:
+        c_z = terms.z_loss_p_coef(xp, spec, tgt, kept.row_max, kept.log_norm, g_pos)
+    return Coefficients(c_main, c_reg, c_z), d_scalars
 
 
-def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
-                     norm: Any, reg: Any, c_main: Any, c_reg: Any, c_z: Any) -> Any:
+def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
+                     kept: Residuals, c: Coefficients) -> Any:
+    top, norm = kept.row_max, kept.log_norm
     regularizer = terms.REGULARIZERS.get(spec.regularizer)
     log_p_y = None  # cross entropy's gradient does not read p_y
     if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
         log_p_y = kernels.finite_log_p(xp, tgt.log_p_at_target(kernels, z, top, norm))
-    grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c_main)
+    grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c.main)
     if regularizer is not None:
-        grad = terms.combine(grad, regularizer.gradient_onehot(xp, spec, reg, log_p_y, c_reg))
-    if c_z is not None:  # the z-loss's gradient is a multiple of p: one more coefficient
-        grad = grad._replace(p_coef=grad.p_coef + c_z)
+        grad = terms.combine(grad, regularizer.gradient_onehot(xp, spec, kept.reg, log_p_y, c.reg))
+    if c.z_loss is not None:  # the z-loss's gradient is a multiple of p: one more coefficient
+        grad = grad._replace(p_coef=grad.p_coef + c.z_loss)
     return kernels.softmax_affine(xp, z, top, norm, grad.p_coef[..., None], tgt.index,
                                   grad.onehot_coef, grad.log_p_coef)
 
 
-def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
-                    norm: Any, reg: Any, c_main: Any, c_reg: Any, c_z: Any) -> Any:
-    lp = kernels.finite_log_p(xp, kernels.log_p(xp, z, top, norm))
+def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
+                    kept: Residuals, c: Coefficients) -> Any:
+    lp = kernels.finite_log_p(xp, kernels.log_p(xp, z, kept.row_max, kept.log_norm))
     p = xp.exp(lp)
-    dz = c_main[..., None] * terms.main_gradient_dense(xp, spec, tgt, lp, p)
+    dz = c.main[..., None] * terms.main_gradient_dense(xp, spec, tgt, lp, p)
     if spec.regularizer is not None:
         regularizer = terms.REGULARIZERS[spec.regularizer]
-        dz = dz + c_reg[..., None] * regularizer.gradient_dense(xp, spec, tgt, lp, p, reg)
-    if c_z is not None:
-        dz = dz + c_z[..., None] * p
+        dz = dz + c.reg[..., None] * regularizer.gradient_dense(xp, spec, tgt, lp, p, kept.reg)
+    if c.z_loss is not None:
+        dz = dz + c.z_loss[..., None] * p
     return dz
 
 
-def _target_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any, top: Any,
-                     norm: Any, c_main: Any, c_reg: Any) -> Any:
+def _target_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
+                     kept: Residuals, c: Coefficients) -> Any:
     """``dl/dt = (1 - label_smoothing) dl/dq`` for a soft target."""
-    lp = kernels.log_p(xp, z, top, norm)
-    d_q = c_main[..., None] * terms.main_gradient_q(xp, spec, tgt, lp)
+    lp = kernels.log_p(xp, z, kept.row_max, kept.log_norm)
+    d_q = c.main[..., None] * terms.main_gradient_q(xp, spec, tgt, lp)
     regularizer = terms.REGULARIZERS.get(spec.regularizer)
     if regularizer is not None:
         share = regularizer.gradient_q(xp, spec, tgt, xp.exp(lp))
         if share is not None:
-            d_q = d_q + c_reg[..., None] * share
+            d_q = d_q + c.reg[..., None] * share
     return tgt.keep * d_q

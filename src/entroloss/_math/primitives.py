@@ -17,11 +17,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .._arrays import device  # type dispatch; imports no framework
+from .arrays import device
 
 __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
-           "finite_log_p", "soft_cap", "soft_cap_with_slope", "compute_dtype", "ln", "device"]
-
+           "finite_log_p", "soft_cap", "soft_cap_with_slope", "compute_dtype", "ln"]
 
 
 _HALVES: dict = {}  # namespace name -> its half-precision dtypes
@@ -171,15 +170,28 @@ def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any
     return xp.where(one_hot(xp, index, z.shape[-1]), scaled + onehot_coef[..., None], scaled)
 
 
+def add_product(xp: Any, total: Any, a: Any, b: Any) -> Any:
+    """``total + a @ b``: the linear head's gradient of the classifier, summed over the
+    chunks (``total`` is a buffer of the head's own)."""
+    total += a @ b  # in place where the namespace writes in place, else rebound
+    return total
+
+
 @dataclass(frozen=True)
 class Kernels:
     """One library's implementation of each primitive (fields default to the array-API
-    definitions above). A kernel takes the namespace first, as the definitions do, and
-    returns the same values; it may write into buffers it allocated itself, and
-    ``finite_log_p`` may overwrite its argument (the forward passes it a fresh log p), as
-    may ``times_slope`` its ``dz`` (a gradient ``positions.gradients`` has just built).
+    definitions above): the one way a backend specialises the math. A kernel takes the
+    namespace first, as the definitions do, and returns the same values; it may write into
+    buffers it allocated itself, and ``finite_log_p`` may overwrite its argument (the
+    forward passes it a fresh log p), as may ``times_slope`` its ``dz`` (a gradient
+    ``positions.gradients`` has just built) and ``add_product`` its ``total``.
     ``soft_cap`` and ``soft_cap_with_slope`` never write into ``z``: it is the caller's
     logits, which the backward keeps and caps again.
+
+    ``scan`` is not a primitive but how the linear head loops over its chunks: None, a
+    Python loop; or a loop primitive with ``jax.lax.scan``'s contract
+    (``scan(body, carry, chunks) -> (carry, stacked)``), one body over equal chunks, which
+    a compiler compiles once instead of unrolling (JAX under tracing).
     An unknown field is a ``TypeError``, so a misspelt kernel cannot silently go unused.
     """
 
@@ -193,6 +205,8 @@ class Kernels:
     soft_cap: Callable = soft_cap
     soft_cap_with_slope: Callable = soft_cap_with_slope
     times_slope: Callable = times_slope
+    add_product: Callable = add_product
+    scan: Callable | None = None
 
 
 GENERIC = Kernels()  # the definitions themselves: what every other namespace runs

@@ -1,4 +1,5 @@
-"""What one evaluation is: its static part, its four scalars, and what the forward keeps."""
+"""What one evaluation is: its static part, its four scalars, its inputs besides the
+logits, and what the forward keeps."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Spec", "Scalars", "Residuals", "Gradients"]
+__all__ = ["Spec", "Scalars", "Inputs", "Residuals", "Gradients"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,15 @@ class Scalars(NamedTuple):
     def learnt(self) -> "Scalars":
         """Which of the four are arrays (and so get a gradient), as booleans."""
         return Scalars(*(not isinstance(v, (int, float)) for v in self))
+
+
+class Inputs(NamedTuple):
+    """What a call gives besides the logits: the target (in the logits' layout), the
+    class weights (or None) and the four scalars."""
+
+    target: Any
+    weight: Any
+    scalars: Scalars
 
 
 class Residuals(NamedTuple):

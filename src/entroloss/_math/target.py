@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .primitives import device, in_dtype, index_dtype, log_p, one_hot
+from .arrays import device
+from .primitives import in_dtype, index_dtype, log_p, one_hot
 from .spec import Spec
 
 __all__ = ["Target"]
