@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 import time
@@ -53,20 +52,12 @@ def train(dataset: str, data: tuple, loss: str, optimiser: str, *, seed: int, ep
     kind = torch.optim.SGD if optimiser == "sgd" else torch.optim.Adam
     opt = kind([*model.parameters(), *criterion.parameters()], **OPTIMISERS[optimiser][1])
     X, Y = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
-    order_rng = st._rng(seed, "batches")
-    steps = math.ceil(len(Y) / batch)
+    order_rng = st.batch_order(seed)
     for _ in range(epochs):
-        order = torch.from_numpy(order_rng.permutation(len(Y)))
-        for s in range(steps):
-            index = order[s * batch:(s + 1) * batch]
-            value = criterion(model(X[index]), Y[index])
-            opt.zero_grad()
-            value.backward()
-            opt.step()
+        st.train_epoch(model, criterion, opt, X, Y, order_rng, batch)
     with torch.no_grad():
         predicted = model(torch.from_numpy(x_test)).argmax(1).numpy()
-    return {"accuracy": float(np.mean(predicted == y_test)), "values": criterion.values(),
-            "finite": bool(math.isfinite(value.item()))}
+    return {"accuracy": float(np.mean(predicted == y_test)), "values": criterion.values()}
 
 
 def run(datasets: dict, seeds: int, epochs: int) -> dict:
