@@ -123,3 +123,20 @@ def test_learnable_true_refuses_reduction_none():
     with pytest.raises(ValueError, match="reduction"):
         tmod.MinEntLoss(learnable=True, reduction="none")
     tmod.MinEntLoss(learnable="raw", reduction="none")  # the paper's takes it
+
+
+def test_published_figures_show_learnable_within_a_point_and_raw_collapsing():
+    import json
+    import pathlib
+
+    docs = pathlib.Path(__file__).resolve().parent.parent / "docs"
+    runs = json.loads((docs / "learnable.json").read_text())["runs"]
+    mean = lambda key: np.mean([r["accuracy"] for r in runs[key]])  # noqa: E731
+    for dataset in ("digits", "mnist1d"):
+        for optimiser in ("sgd", "adam"):
+            ce = mean(f"{dataset}|{optimiser}|cross entropy")
+            for loss in ("MIN-ENT", "MIX-ENT"):
+                assert abs(mean(f"{dataset}|{optimiser}|{loss} learnable=True") - ce) <= 0.01
+        assert mean(f"{dataset}|sgd|MIN-ENT raw (paper)") < mean(f"{dataset}|sgd|cross entropy") - 0.05
+    # the page shows the section the script wrote
+    assert (docs / "results-learnable.md").read_text().strip() in (docs / "results.md").read_text()
