@@ -4,13 +4,13 @@ parametrisation) against cross entropy, under SGD with momentum and under Adam.
 
     python benchmarks/training/learnable_weights.py              # 30 epochs, 3 seeds (~10 min)
     python benchmarks/training/learnable_weights.py --quick      # 3 epochs, 1 seed, digits only
-    python benchmarks/training/study.py --page-only             # then: docs/results.md with it
+    python benchmarks/training/study.py --page-only             # then docs/results.md with it
 
 The criterion's parameters go into the model's optimiser, as the README shows. Models and
 data are the study's (``study_torch.py``): the MLP on scikit-learn's digits, the 1-d CNN on
 MNIST-1D (5000 samples). Constant learning rate, batch 100, no weight decay, the model after
-the last epoch. Writes ``<out>/learnable.json`` and ``<out>/results-learnable.md`` (out:
-docs/ unless --out); ``study.py`` puts the latter into docs/results.md.
+the last epoch. Writes ``<out>/learnable.json`` (out: docs/ unless --out) and prints the
+section that ``study.py`` makes of docs/learnable.json in docs/results.md.
 """
 
 from __future__ import annotations
@@ -123,13 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs")
-    parser.add_argument("--page-only", action="store_true",
-                        help="rewrite <out>/results-learnable.md from <out>/learnable.json")
     args = parser.parse_args(argv)
-    if args.page_only:
-        report = json.loads((args.out / "learnable.json").read_text())
-        (args.out / "results-learnable.md").write_text(page(report))
-        return
     torch.set_num_threads(1)  # the study's setting: one thread per run, figures reproducible
     seeds, epochs = (1, 3) if args.quick else (args.seeds, args.epochs)
     datasets = {"digits": training.load_digits_split(0)}
@@ -141,7 +135,6 @@ def main(argv=None) -> None:
               "torch": torch.__version__, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learnable.json").write_text(json.dumps(report, indent=1))
-    (args.out / "results-learnable.md").write_text(page(report))
     print(page(report))
 
 

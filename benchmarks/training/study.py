@@ -18,8 +18,8 @@ For every loss, condition and metric the JSON holds the per-seed values, their m
 initialisation and batches) with its interval. Writes <out>/results.json,
 <out>/results-*.png and <out>/results.md (out: docs/ unless --out); the page's conclusion
 is docs/results-conclusion.md, written by a person after reading the numbers (the tests
-check its figures against results.json), and its section on learnt weights is
-docs/results-learnable.md, written by ``learnable_weights.py``.
+check its figures against results.json); its section on learnt weights comes from
+docs/learnable.json, written by ``learnable_weights.py``.
 """
 
 from __future__ import annotations
@@ -598,9 +598,11 @@ def write_page(report: dict, out: pathlib.Path) -> None:
             lines.append(f"| {knob} | {x}{p['label']} | " + " | ".join(
                 _cell(r[m]) for m in ("accuracy", "nll", "ece", "entropy"))
                 + f" | {_diff(p['vs_cross_entropy']['accuracy']) if p['x'] else '—'} |")
-    learnable = DOCS / "results-learnable.md"  # benchmarks/training/learnable_weights.py writes it
+    learnable = DOCS / "learnable.json"  # benchmarks/training/learnable_weights.py writes it
     if learnable.exists():
-        lines += ["", learnable.read_text().rstrip()]
+        import learnable_weights
+
+        lines += ["", learnable_weights.page(json.loads(learnable.read_text())).rstrip()]
     conclusion = DOCS / "results-conclusion.md"  # written by a person, after reading the numbers
     lines += ["", "## What this shows", "",
               conclusion.read_text() if conclusion.exists() else "(no conclusion written yet)", ""]
