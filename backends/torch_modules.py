@@ -103,8 +103,8 @@ class _LossModule(torch.nn.Module):
     def _coefficients(self) -> tuple[torch.Tensor, list]:
         """Each term's ``c_k = weight / ln base`` from the parameters, and its ``ln base``."""
         coefficients, logs = [], []
+        sp = torch.nn.functional.softplus
         for weight, base in _terms(self.definition):
-            sp = torch.nn.functional.softplus
             log_base = torch.log1p(sp(getattr(self, f"raw_{base}"))) if base else torch.ones(())
             w = sp(getattr(self, f"raw_{weight}")) if weight else torch.ones(())
             coefficients.append(w / log_base)
