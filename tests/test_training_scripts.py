@@ -56,18 +56,20 @@ def _smoke_state(script, loss, seed, out):
     return [line for line in run.stdout.splitlines() if line.startswith("{")], saved["model"]
 
 
-@pytest.mark.parametrize("script", ["cifar100_resnet18.py", "emnist_vgg5.py"])
-def test_seed_fixes_the_initial_weights_and_the_run(tmp_path, script):
+def test_seed_fixes_the_initial_weights_and_the_run(tmp_path):
+    # recipe.train seeds, then builds the model, for both scripts (cifar100_resnet18.py's
+    # smoke run above goes through the same code): checked on the smaller model
     import torch
+
+    script = "emnist_vgg5.py"
 
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
     first, weights = _smoke_state(script, "ce", 3, tmp_path / "a")
     again, weights_again = _smoke_state(script, "ce", 3, tmp_path / "b")
     assert first == again  # the printed errors, epoch by epoch
     assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
-    if script == "emnist_vgg5.py":  # the shared recipe code: another seed, once, on the smaller model
-        _, other = _smoke_state(script, "ce", 4, tmp_path / "c")
-        assert not all(torch.equal(weights[k], other[k]) for k in weights)
+    _, other = _smoke_state(script, "ce", 4, tmp_path / "c")
+    assert not all(torch.equal(weights[k], other[k]) for k in weights)
 
 
 def test_the_loss_menu_has_the_noisy_label_settings_of_the_study():
