@@ -120,3 +120,70 @@ def test_sce_is_the_mix_ent_setting_the_page_names():
     got = el.mix_ent(logits, y, reduction="none", **study.SCE.options)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     assert study.SCE.options == {"ce_weight": alpha, "reverse_weight": beta, "eps": math.exp(a)}
+
+
+# --- the published page's sentences against its data (docs/results.json) --------------------
+
+DOCS = SCRIPTS.parent.parent / "docs"
+LS, FOCAL, ADAPTIVE = "label smoothing 0.1", "focal gamma=2", "adaptive CE"
+
+
+@pytest.fixture(scope="module")
+def published():
+    return json.loads((DOCS / "results.json").read_text())["datasets"]
+
+
+def _text(name):
+    return " ".join((DOCS / name).read_text().split())  # line breaks do not matter
+
+
+def _ece(published, dataset, condition, loss):
+    return published[dataset]["conditions"][condition]["results"][loss]["ece"][0]
+
+
+def _lowest_ece(published, dataset, condition):
+    results = published[dataset]["conditions"][condition]["results"]
+    return min(results, key=lambda loss: results[loss]["ece"][0])
+
+
+def test_long_tail_count_of_differences_excluding_zero(published):
+    settings = [("mnist1d", "longtail-10"), ("mnist1d", "longtail-100"), ("digits", "longtail-100")]
+    diffs = [published[d]["conditions"][c]["vs_cross_entropy"][loss][metric]
+             for d, c in settings for loss in (LS, FOCAL, ADAPTIVE) for metric in ("nll", "ece")]
+    assert all(mean < 0 for mean, _ in diffs)  # "all lower NLL and ECE"
+    excluding = sum(abs(mean) > half for mean, half in diffs)
+    assert f"{excluding} of these {len(diffs)} differences exclude 0" in _text("results-conclusion.md")
+
+
+def test_best_calibrated_claims_name_the_lowest_ece(published):
+    conclusion, choosing = _text("results-conclusion.md"), _text("choosing.md")
+    for condition in ("pairflip-40", "longtail-10", "longtail-100"):
+        assert _lowest_ece(published, "mnist1d", condition) == LS, condition
+    for condition in ("pairflip-40", "longtail-100"):
+        assert _lowest_ece(published, "digits", condition) == FOCAL, condition
+        pair = f"{_ece(published, 'digits', condition, FOCAL):.3f} vs {_ece(published, 'digits', condition, LS):.3f}"
+        assert pair in choosing, pair
+    assert (f"lowest ECE on MNIST-1D ({_ece(published, 'mnist1d', 'pairflip-40', LS):.3f}; focal "
+            f"{_ece(published, 'mnist1d', 'pairflip-40', FOCAL):.3f}), not on digits "
+            f"({_ece(published, 'digits', 'pairflip-40', LS):.3f}; focal "
+            f"{_ece(published, 'digits', 'pairflip-40', FOCAL):.3f})") in conclusion
+    assert "best calibrated loss of the study on MNIST-1D" in choosing
+    assert "best calibrated loss of the study (" not in choosing  # the unqualified claim
+
+
+def test_label_smoothing_clean_ece_ratios(published):
+    ratios = [_ece(published, d, "clean", LS) / _ece(published, d, "clean", "cross entropy")
+              for d in ("mnist1d", "digits")]
+    assert f"clean ECE {ratios[0]:.1f} and {ratios[1]:.1f} times cross entropy's" in _text("choosing.md")
+
+
+def test_page_says_where_its_cpu_time_comes_from(tmp_path):
+    study = _module("study")
+    report = json.loads((DOCS / "results.json").read_text())
+    note = study._cpu_note(report)
+    if "cpu_seconds_source" in report:  # hand-read, not measured: the page must say so
+        assert "not measured by the script" in note and report["cpu_seconds_source"] in note
+    measured = {**report, "cpu_seconds": 600.0}
+    measured.pop("cpu_seconds_source", None)
+    assert "10.0 CPU-minutes" in study._cpu_note(measured)
+    assert "not measured" not in study._cpu_note(measured)

@@ -10,7 +10,7 @@ one float32 ulp (the control: how far rounding alone drifts over the same traini
 
 The text is Python's standard library, tokenized by a byte-level BPE trained here
 (``lm_data.py``; cached under ``--cache``). Writes ``lm_example.json`` and
-``lm_example.md`` into ``--out``: every run's loss at every step and their largest
+``lm_example.md`` into ``--out`` (default: ``entroloss-lm`` in the temporary folder): every run's loss at every step and their largest
 differences, the gradients of both losses at the start, the final parameters' largest
 difference, tokens/s, the held-out cross entropy and perplexity, and the peak memory of
 the loss's forward+backward (the head and the loss alone, and the whole training step),
@@ -29,6 +29,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -39,6 +40,7 @@ from entroloss.tools.memory_probe import _reset_peak, resident_kib
 from entroloss.tools.training import TRAINING_OPTIONS
 
 HERE = pathlib.Path(__file__).resolve().parent
+OUT = pathlib.Path(tempfile.gettempdir()) / "entroloss-lm"  # not the working directory
 sys.path.insert(0, str(HERE))
 from lm_data import bpe_tokenizer, standard_library_text, token_stream  # noqa: E402
 from lm_model import CausalLM, Shape  # noqa: E402
@@ -256,6 +258,11 @@ def _summary_table(s: dict) -> list:
     return lines
 
 
+def _first(r: dict) -> str:
+    step = r["first_step_differing"]
+    return "the losses never differ" if step is None else f"the losses first differ at step {step}"
+
+
 def _agreement_lines(a: dict, steps: int) -> list:
     g, lines = a["gradients_at_start"], [""]
     lines.append(f"Gradients of every parameter on the first batch, from the same start: largest "
@@ -264,8 +271,8 @@ def _agreement_lines(a: dict, steps: int) -> list:
     for run, name in (("linear", "linear head"), ("control", "control")):
         r = a[run]
         lines.append(f"{name} vs full logits over {steps} steps: largest |loss difference| "
-                     f"{r['max_abs_loss_difference']:.2e} (step {r['at_step']}; the losses first "
-                     f"differ at step {r['first_step_differing']}); final parameters' largest "
+                     f"{r['max_abs_loss_difference']:.2e} (step {r['at_step']}; {_first(r)}); "
+                     f"final parameters' largest "
                      f"|difference| {r['final_parameters_max_abs_difference']:.2e} (largest "
                      f"|parameter| {a['max_abs_parameter']:.3f}), all parameters' "
                      f"||difference|| / ||parameters|| "
@@ -338,7 +345,8 @@ def options(argv: list | None = None):
     parser.add_argument("--memory-runs", type=int, default=1,
                         help="fresh processes per peak-memory figure (the least is kept)")
     parser.add_argument("--cache", type=pathlib.Path, default=HERE / "cache")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("."))
+    parser.add_argument("--out", type=pathlib.Path, default=OUT,
+                        help=f"where lm_example.json and lm_example.md go (default {OUT})")
     parser.add_argument("--probe", nargs=2, metavar=("KIND", "PART"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key, value in PROFILES["quick" if args.quick else "default"].items():
@@ -362,6 +370,7 @@ def main(argv: list | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lm_example.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "lm_example.md").write_text(table)
+    print(f"wrote lm_example.json and lm_example.md to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def main():
         data = generated()
     else:
         data = load(args.data)
-    final = recipe.train(args, ResNet18(), data, pad=4, flip=True)
+    final = recipe.train(args, ResNet18, data, pad=4, flip=True)
     print(f"final: top-1 error {final['top1_error']:.4f}, top-5 error {final['top5_error']:.4f}")
 
 

@@ -87,7 +87,7 @@ def main():
         data = generated()
     else:
         data = load(args.data)
-    final = recipe.train(args, VGG5(), data, pad=2, flip=False)
+    final = recipe.train(args, VGG5, data, pad=2, flip=False)
     print(f"final: top-1 error {final['top1_error']:.4f}, top-5 error {final['top5_error']:.4f}")
 
 

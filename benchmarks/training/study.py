@@ -17,7 +17,9 @@ For every loss, condition and metric the JSON holds the per-seed values, their m
 95% t-interval, and the paired difference to cross entropy (same seed: same data,
 initialisation and batches) with its interval. Writes <out>/results.json,
 <out>/results-*.png and <out>/results.md (out: docs/ unless --out); the page's conclusion
-is docs/results-conclusion.md, written by a person after reading the numbers.
+is docs/results-conclusion.md, written by a person after reading the numbers (the tests
+check its figures against results.json); its section on learnt weights comes from
+docs/learnable.json, written by ``learnable_weights.py``.
 """
 
 from __future__ import annotations
@@ -475,8 +477,12 @@ def _cpu_note(cfg: dict) -> str:
     if not math.isfinite(cpu):
         return ""
     idle = cpu / 60 / max(1, cfg["workers"] * cfg["threads"])
-    return (f"The training itself used {cpu / 60:.1f} CPU-minutes, so on an idle machine with "
-            f"{cfg['workers']} free cores the study takes about {idle:.0f} minutes. ")
+    if cfg.get("cpu_seconds_source"):  # entered by hand for a run made before the script measured it
+        return (f"The training itself took about {cpu / 60:.0f} CPU-minutes, not measured by "
+                f"the script for this run but read by hand: {cfg['cpu_seconds_source']}. ")
+    return (f"The training itself used {cpu / 60:.1f} CPU-minutes (the sum of each run's "
+            f"`time.process_time()`), so on an idle machine with {cfg['workers']} free cores the "
+            f"study takes about {idle:.0f} minutes. ")
 
 
 def write_page(report: dict, out: pathlib.Path) -> None:
@@ -532,8 +538,9 @@ def write_page(report: dict, out: pathlib.Path) -> None:
         "`-log(1 + eps) p_y` term (0.018 p_y at A = -4: an effective A of -4.018 and a "
         "constant). We use their CIFAR-10 setting alpha = 0.1, beta = 1.0, A = -4. *MIN-ENT "
         "learnable* (clean data only) starts from MIN-ENT's values and learns all four "
-        "weights and bases with the model (`MinEntLoss(learnable=True)`, in the optimiser "
-        "without weight decay).",
+        "weights and bases with the model in the paper's parametrisation "
+        "(`MinEntLoss(learnable=\"raw\")`, in the optimiser without weight decay); the "
+        "package's `learnable=True` is measured in its own section below.",
         "",
     ]
     lines += ["## Overview", "",
@@ -591,6 +598,11 @@ def write_page(report: dict, out: pathlib.Path) -> None:
             lines.append(f"| {knob} | {x}{p['label']} | " + " | ".join(
                 _cell(r[m]) for m in ("accuracy", "nll", "ece", "entropy"))
                 + f" | {_diff(p['vs_cross_entropy']['accuracy']) if p['x'] else '—'} |")
+    learnable = DOCS / "learnable.json"  # benchmarks/training/learnable_weights.py writes it
+    if learnable.exists():
+        import learnable_weights
+
+        lines += ["", learnable_weights.page(json.loads(learnable.read_text())).rstrip()]
     conclusion = DOCS / "results-conclusion.md"  # written by a person, after reading the numbers
     lines += ["", "## What this shows", "",
               conclusion.read_text() if conclusion.exists() else "(no conclusion written yet)", ""]

@@ -130,12 +130,34 @@ def make_model(dataset: str, features: int, seed: int):
 
 class LossSpec(NamedTuple):
     """A row of the tables: ``entroloss.<fn>`` called with ``options``; ``learnable``: the
-    loss's weights and bases are learnt with the model (``MinEntLoss(learnable=True)``)."""
+    loss's weights and bases are learnt with the model in the paper's parametrisation
+    (``MinEntLoss(learnable="raw")``, what the published figures ran)."""
 
     label: str
     fn: str
     options: Mapping[str, Any]
     learnable: bool = False
+
+
+def batch_order(seed: int) -> np.random.Generator:
+    """The stream of a seed's batch orders, one permutation per epoch, the same for every loss."""
+    return _rng(seed, "batches")
+
+
+def train_epoch(model, objective, optimiser, X, Y, order_rng: np.random.Generator, batch: int,
+                after_step=None) -> None:
+    """One pass over (X, Y) in the next order of ``order_rng`` (``batch_order(seed)``)."""
+    import torch
+
+    order = torch.from_numpy(order_rng.permutation(len(Y)))
+    for s in range(math.ceil(len(Y) / batch)):
+        index = order[s * batch:(s + 1) * batch]
+        loss = objective(model(X[index]), Y[index])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if after_step is not None:
+            after_step()
 
 
 def train_run(spec: LossSpec, data: tuple, *, dataset: str, condition: Condition, seed: int,
@@ -154,7 +176,7 @@ def train_run(spec: LossSpec, data: tuple, *, dataset: str, condition: Condition
     groups = [{"params": list(model.parameters()), "weight_decay": weight_decay}]
     history = []
     if spec.learnable:
-        criterion = MinEntLoss(learnable=True, **spec.options)
+        criterion = MinEntLoss(learnable="raw", **spec.options)
         groups.append({"params": list(criterion.parameters()), "weight_decay": 0.0})
         history.append(criterion.values())
 
@@ -169,16 +191,9 @@ def train_run(spec: LossSpec, data: tuple, *, dataset: str, condition: Condition
     steps = math.ceil(len(y_used) / batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * steps)
     X, Y = torch.from_numpy(np.ascontiguousarray(x_used)), torch.from_numpy(y_used.astype(np.int64))
-    order_rng = _rng(seed, "batches")
+    order_rng = batch_order(seed)
     for _ in range(epochs):
-        order = torch.from_numpy(order_rng.permutation(len(y_used)))
-        for s in range(steps):
-            index = order[s * batch:(s + 1) * batch]
-            loss = objective(model(X[index]), Y[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
+        train_epoch(model, objective, optimiser, X, Y, order_rng, batch, after_step=schedule.step)
         if spec.learnable:
             history.append(criterion.values())
     with torch.no_grad():
