@@ -25,6 +25,7 @@ from ._linear import (
     linear_mix_ent,
     linear_value_and_grad,
 )
+from ._token_stats import TokenStats, linear_token_stats, token_stats
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -45,4 +46,7 @@ __all__ = [
     "mix_ent",
     "softmax",
     "value_and_grad",
+    "TokenStats",
+    "linear_token_stats",
+    "token_stats",
 ]
