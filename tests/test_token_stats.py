@@ -155,3 +155,12 @@ def test_other_bad_input_names_its_argument():
         el.linear_token_stats(h, w, y, bias=b[:4], temperature=torch.ones(2, 5))
     with pytest.raises(TypeError, match="entropy_grad must be True or False"):
         el.token_stats(h @ w.T, y, entropy_grad="no")
+
+
+def test_docstring_example():
+    import doctest
+
+    from entroloss import _token_stats
+
+    result = doctest.testmod(_token_stats, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 1
