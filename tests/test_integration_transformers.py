@@ -41,14 +41,11 @@ def _model(kind: str, tied: bool = False):
     return configs[kind]().eval()
 
 
-def _batch(rows: int = 3, length: int = 10, seed: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, VOCAB, (rows, length), generator=g)
-    mask = torch.ones_like(input_ids)
-    mask[0, length - 3:] = 0  # right padding
-    labels = input_ids.masked_fill(mask == 0, -100)
-    labels[1, :4] = -100  # a prompt
-    return input_ids, mask, labels
+def _batch():
+    """Three rows of 20 tokens: right padding, a prompt (test_lm_example's batch)."""
+    from tests.test_lm_example import _batch as batch
+
+    return batch(VOCAB)
 
 
 def _grads(model, loss):
@@ -102,11 +99,11 @@ def test_any_loss_with_logits_on_request_and_shift_labels():
 @pytest.mark.parametrize("loss", ["cross_entropy", "focal"])
 def test_gradient_accumulation_with_num_items_in_batch_is_one_big_batch(loss):
     model = patch(_model("llama"), loss)
-    input_ids, mask, labels = _batch(rows=4)
+    input_ids, mask, labels = _batch()
     big = _grads(model, model(input_ids, attention_mask=mask, labels=labels).loss)
     count = torch.tensor(int((labels[:, 1:] != -100).sum()))
     model.zero_grad(set_to_none=True)
-    for rows in (slice(0, 1), slice(1, 4)):  # uneven micro-batches
+    for rows in (slice(0, 1), slice(1, 3)):  # uneven micro-batches
         model(input_ids[rows], attention_mask=mask[rows], labels=labels[rows],
               num_items_in_batch=count).loss.backward()
     for name, p in model.named_parameters():

@@ -92,6 +92,20 @@ def _class_indices(xp: Any, target: Any, positions: tuple) -> None:
         raise ValueError(f"target must have shape {positions}, got {tuple(target.shape)}")
 
 
+def _common(xp: Any, x: Any, target: Any, entropy: Any, entropy_grad: Any, logsumexp: Any,
+            softcap: Any, temperature: Any, validate: Any) -> tuple:
+    """The checks both forms share; ``x`` is the logits or the hidden states (the
+    positions are its leading shape)."""
+    want = (_flag("entropy", entropy), _flag("entropy_grad", entropy_grad),
+            _flag("logsumexp", logsumexp))
+    positions = tuple(x.shape[:-1])
+    target = check.same_library(xp, x, "target", target)
+    _class_indices(xp, target, positions)
+    softcap, _ = check.logit_options(softcap, 0.0)
+    return want, positions, target, softcap, _temperature(xp, x, positions, temperature,
+                                                         softcap, validate)
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -181,13 +195,8 @@ def token_stats(logits: Any, target: Any, /, *, temperature: Any = None, entropy
     xp = _namespace("logits", logits)
     if logits.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (the classes, last)")
-    want = (_flag("entropy", entropy), _flag("entropy_grad", entropy_grad),
-            _flag("logsumexp", logsumexp))
-    positions = tuple(logits.shape[:-1])
-    target = check.same_library(xp, logits, "target", target)
-    _class_indices(xp, target, positions)
-    softcap, _ = check.logit_options(softcap, 0.0)
-    t = _temperature(xp, logits, positions, temperature, softcap, validate)
+    want, positions, target, softcap, t = _common(xp, logits, target, entropy, entropy_grad,
+                                                  logsumexp, softcap, temperature, validate)
     dtype = logits.dtype
 
     def scaled(z: Any, t: Any) -> tuple:
@@ -244,23 +253,10 @@ def linear_token_stats(hidden: Any, classifier: Any, target: Any, /, *, bias: An
     xp = _namespace("hidden", hidden)
     if hidden.ndim == 0:
         raise ValueError("hidden must have at least 1 dimension (the features, last)")
-    want = (_flag("entropy", entropy), _flag("entropy_grad", entropy_grad),
-            _flag("logsumexp", logsumexp))
-    positions = tuple(hidden.shape[:-1])
-    features = hidden.shape[-1]
-    classifier = check.same_library(xp, hidden, "classifier", classifier)
-    if classifier.ndim != 2 or classifier.shape[1] != features:
-        raise ValueError(f"classifier must have shape (C, {features}) (classes x the hidden "
-                         f"states' last dimension), got {tuple(classifier.shape)}")
-    if bias is not None:
-        bias = check.same_library(xp, hidden, "bias", bias)
-        if tuple(bias.shape) != (classifier.shape[0],):
-            raise ValueError(f"bias must have shape ({classifier.shape[0]},), got "
-                             f"{tuple(bias.shape)}")
-    target = check.same_library(xp, hidden, "target", target)
-    _class_indices(xp, target, positions)
-    softcap, _ = check.logit_options(softcap, 0.0)
-    t = _temperature(xp, hidden, positions, temperature, softcap, validate)
+    head = _linear._head(xp, hidden, classifier, bias)  # the linear losses' own checks
+    classifier, bias = head.classifier, head.bias
+    want, positions, target, softcap, t = _common(xp, hidden, target, entropy, entropy_grad,
+                                                  logsumexp, softcap, temperature, validate)
     dtype = hidden.dtype
 
     def scaled(h: Any, w: Any, b: Any, t: Any) -> tuple:
