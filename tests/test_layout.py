@@ -45,17 +45,13 @@ def test_an_import_from_above_is_seen(tmp_path):
 
 
 BACKENDS = pathlib.Path(entroloss.backends.__file__).parent
-# being split by the rest of issue 20; drop an entry when its module is under the limit
-# (strict: the test then says so)
-OVER_FOR_NOW = {"_api.py", "tools/bench.py"}
 
 
 def _modules() -> list:
     files = [p for p in PACKAGE.rglob("*.py") if BACKENDS not in p.parents]
     named = [(str(p.relative_to(PACKAGE)), p) for p in files]
     named += [(f"backends/{p.relative_to(BACKENDS)}", p) for p in BACKENDS.rglob("*.py")]
-    return [pytest.param(p, id=name, marks=[pytest.mark.xfail(strict=True, reason="over")]
-                         if name in OVER_FOR_NOW else []) for name, p in sorted(named)]
+    return [pytest.param(p, id=name) for name, p in sorted(named)]
 
 
 @pytest.mark.parametrize("path", _modules())

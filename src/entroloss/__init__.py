@@ -12,6 +12,7 @@ from . import _api, _linear
 from ._api import entropy, log_softmax, softmax, value_and_grad
 from ._linear import linear_entropy, linear_value_and_grad
 from ._losses import LOSSES as _LOSSES
+from ._token_stats import TokenStats, linear_token_stats, token_stats
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -23,8 +24,8 @@ for _d in _LOSSES:
 
 __all__ = sorted([
     *LOSS_NAMES, *(f"linear_{name}" for name in LOSS_NAMES),
-    "LOSS_NAMES", "entropy", "linear_entropy", "linear_value_and_grad", "log_softmax",
-    "softmax", "value_and_grad",
+    "LOSS_NAMES", "TokenStats", "entropy", "linear_entropy", "linear_token_stats",
+    "linear_value_and_grad", "log_softmax", "softmax", "token_stats", "value_and_grad",
 ])
 
 
