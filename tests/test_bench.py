@@ -33,7 +33,7 @@ def test_timed_options_are_the_registry_examples_less_the_bases():
     options = {loss.name: _baselines.timed_options(loss) for loss in LOSSES}
     assert options == {"cross_entropy": {}, "min_ent": {"entropy_weight": 0.5},
                        "mix_ent": {"reverse_weight": 0.3, "eps": 1e-4}, "adaptive_ce": {},
-                       "focal": {"gamma": 2.0}}
+                       "focal": {"gamma": 2.0}, "poly1": {"epsilon": 2.0}}
     assert set(_baselines.USER_BASELINES) == set(NAMES)
 
 

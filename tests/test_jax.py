@@ -72,10 +72,11 @@ def test_data_checks_are_skipped_under_jit(jax_backend):
         el.cross_entropy(z, y)  # eager: checked
     # traced: the values cannot be read; the documented result is NaN for that position
     for options in ({}, {"label_smoothing": 0.1}, {"weight": jax_backend.asarray(np.ones(3))}):
-        out = jax.jit(lambda z, y: el.cross_entropy(z, y, reduction="none", **options))(z, y)
+        # options bound as a default: explicit that each jit traces this iteration's options
+        out = jax.jit(lambda z, y, o=options: el.cross_entropy(z, y, reduction="none", **o))(z, y)
         assert np.isfinite(out[0]) and np.isnan(out[1])
-        assert np.isnan(jax.jit(lambda z, y: el.min_ent(z, y, **options))(z, y))
-        grad = jax.jit(jax.grad(lambda z: el.mix_ent(z, y, reduction="sum", **options)))(z)
+        assert np.isnan(jax.jit(lambda z, y, o=options: el.min_ent(z, y, **o))(z, y))
+        grad = jax.jit(jax.grad(lambda z, o=options: el.mix_ent(z, y, reduction="sum", **o)))(z)
         assert np.all(np.isfinite(grad[0])) and np.all(np.isnan(grad[1]))
     with pytest.raises(ValueError, match="target"):  # shape checks still run under jit
         jax.jit(el.cross_entropy)(z, jax_backend.asarray(np.array([0, 1, 2])))
@@ -95,7 +96,8 @@ for definition in _losses.LOSSES:
     np.testing.assert_allclose(v, ref, rtol=1e-6)
     np.testing.assert_allclose(g, grads["logits"], rtol=1e-5, atol=1e-7)
     b = jnp.asarray(2.0)
-    gb = jax.grad(lambda b: fn(z, y, **{definition.bases[0]: b}))(b)
+    name = (definition.bases or definition.weights)[0]  # a base, else a weight (poly1)
+    gb = jax.grad(lambda b: fn(z, y, **{name: b}))(b)
     assert gb.dtype == jnp.float32 and np.isfinite(gb)
 zb = z.astype(jnp.bfloat16)
 out = jax.jit(el.min_ent)(zb, y)

@@ -25,15 +25,17 @@ HOST_READS = ("_local_scalar_dense", "item", "is_nonzero")
 
 def _calls(torch, device):
     """Every loss, forward and backward, with index and soft targets, class weights and a
-    base given as a tensor: what a training step calls."""
+    scalar (its first base, else its first weight) given as a tensor: what a training step
+    calls."""
     z = torch.randn(8, 5, device=device, requires_grad=True)
     y = torch.randint(0, 5, (8,), device=device)
     t = torch.softmax(torch.randn(8, 5, device=device), -1)
     w = torch.rand(5, device=device) + 0.5
     for definition in _losses.LOSSES:
         fn = getattr(el, definition.name)
-        base = {definition.bases[0]: torch.tensor(2.0, device=device)}
-        fn(z, y, weight=w, ignore_index=-100, **{**definition.example, **base}).backward()
+        learnt = next((s for s in definition.parameters if s.is_base), definition.parameters[0])
+        scalar = {learnt.name: torch.tensor(2.0, device=device)}
+        fn(z, y, weight=w, ignore_index=-100, **{**definition.example, **scalar}).backward()
         fn(z, t, label_smoothing=0.1, **definition.example).backward()
 
 
@@ -119,7 +121,8 @@ def test_jax_gpu_eager_call_transfers_nothing_to_the_host():
     y = jax.device_put(jnp.arange(32) % 5, gpu)
     with jax.transfer_guard_device_to_host("disallow"):
         for definition in _losses.LOSSES:
-            jax.grad(lambda z: getattr(el, definition.name)(z, y, **definition.example))(z)
+            loss = getattr(el, definition.name)
+            jax.grad(lambda z, loss=loss, options=definition.example: loss(z, y, **options))(z)
 
 
 @needs_platform("cupy")

@@ -54,7 +54,7 @@ def test_gradcheck(loss, target_kind):
                             dtype=torch.float64, requires_grad=True) for n in names]
 
     def f(z, *values):
-        return fn(z, target, **options, **dict(zip(names, values)))
+        return fn(z, target, **options, **dict(zip(names, values, strict=True)))
 
     assert torch.autograd.gradcheck(f, (z, *scalars), eps=1e-6, atol=1e-7, rtol=1e-6)
 
@@ -66,7 +66,8 @@ def test_double_backward_differentiates_the_gradient():
     y = torch.tensor([0, 1, 2, 0])
     grad, = torch.autograd.grad(el.min_ent(z, y), z, create_graph=True)
     penalty, = torch.autograd.grad(grad.square().sum(), z)
-    plain = lambda z: el.cross_entropy(z, y) - (torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1).mean()
+    entropy = lambda z: -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1).mean()
+    plain = lambda z: el.cross_entropy(z, y) + entropy(z)
     expected, = torch.autograd.grad(torch.autograd.grad(plain(z), z, create_graph=True)[0].square().sum(), z)
     torch.testing.assert_close(penalty, expected)
 
@@ -196,13 +197,16 @@ def test_modules_match_the_functions():
     from entroloss.backends import torch as tmod
 
     pairs = [
-        (tmod.CrossEntropyLoss(weight=w, label_smoothing=0.1), el.cross_entropy(z, y, weight=w, label_smoothing=0.1)),
+        (tmod.CrossEntropyLoss(weight=w, label_smoothing=0.1),
+         el.cross_entropy(z, y, weight=w, label_smoothing=0.1)),
         (tmod.MinEntLoss(entropy_weight=0.2), el.min_ent(z, y, entropy_weight=0.2)),
         (tmod.MixEntLoss(reverse_weight=0.05, eps=1e-4), el.mix_ent(z, y, reverse_weight=0.05, eps=1e-4)),
         (tmod.AdaptiveCELoss(reduction="sum"), el.adaptive_ce(z, y, reduction="sum")),
         (tmod.FocalLoss(gamma=0.5), el.focal(z, y, gamma=0.5)),
     ]
-    assert {type(module).__name__ for module, _ in pairs} == {d.module for d in _losses.LOSSES}
+    # and every entry of the registry with its example options
+    pairs += [(getattr(tmod, d.module)(**d.example), getattr(el, d.name)(z, y, **d.example))
+              for d in _losses.LOSSES]
     for module, expected in pairs:
         torch.testing.assert_close(module(z, y), expected)
 
