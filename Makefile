@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU builds for the test machines; users pick their own through the extras.
 TEST_FRAMEWORKS := torch==2.13.0 jax optax
 
-.PHONY: demo test docs docs-assets verify install clean fuzz-long
+.PHONY: demo test lint docs docs-assets verify install clean fuzz-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.deps-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.deps-test: pyproject.toml $(VENV)/.deps-demo
-	$(BIN)/pip install -q --disable-pip-version-check $(TEST_FRAMEWORKS) ".[test,docs]"
+	$(BIN)/pip install -q --disable-pip-version-check $(TEST_FRAMEWORKS) ".[test,docs,lint]"
 	touch $@
 
 # The package itself is reinstalled (not editable) every time, so the tests and the demo
@@ -29,8 +29,15 @@ demo: install
 
 # From the repository root: the tests are a package (tests/), the package under test is the
 # installed one (site-packages), never src/ (tests/test_package.py checks).
-test: $(VENV)/.deps-test install docs
+test: $(VENV)/.deps-test install docs lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# ruff and mypy as pyproject configures them ([tool.ruff], [tool.mypy]): part of make test,
+# so CI (.ci/run) refuses what they find. They read the source, not the installed package,
+# so no install first; the test deps bring them (the lint extra).
+lint: $(VENV)/.deps-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The site, offline, warnings as errors (the doctests run in the test suite). Open
 # site/index.html in a browser straight from disk (pages are .html files, formulas and

@@ -50,11 +50,13 @@ def _load_table(module: str, attribute: str) -> Kernels:
 def adapter_for(x: Any, *, linear: bool = False) -> Any:
     """The adapter of ``x``'s library: of the plain losses (``x`` the logits), or with
     ``linear`` of the linear-head losses (``x`` the hidden states)."""
+    # ``from . import`` (not importlib.import_module): torch.compile traces through it
     which = _arrays.library(x)
     if which == "torch":
-        from . import torch as plain, torch_linear as head
-    elif which == "jax":
-        from . import jax as plain, jax_linear as head
-    else:
-        from . import explicit as plain, explicit_linear as head
-    return head if linear else plain
+        from . import torch as torch_plain, torch_linear
+        return torch_linear if linear else torch_plain
+    if which == "jax":
+        from . import jax as jax_plain, jax_linear
+        return jax_linear if linear else jax_plain
+    from . import explicit, explicit_linear
+    return explicit_linear if linear else explicit

@@ -24,7 +24,7 @@ from entroloss import _math
 
 
 def _merge(floats: _math.Scalars, arrays: _math.Scalars) -> _math.Scalars:
-    return _math.Scalars(*(f if a is None else a for f, a in zip(floats, arrays)))
+    return _math.Scalars(*(f if a is None else a for f, a in zip(floats, arrays, strict=True)))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
@@ -58,7 +58,7 @@ def _loss_jvp(spec, floats, primals, tangents):
         out = out + pair(grads.logits, d_logits)
     if want_target:
         out = out + pair(grads.target, d_target)
-    for gradient, tangent in zip(grads.scalars, d_arrays):
+    for gradient, tangent in zip(grads.scalars, d_arrays, strict=True):
         if gradient is not None and not _is_zero(tangent):
             out = out + gradient * tangent.astype(dtype)
     return value, out.astype(value.dtype)

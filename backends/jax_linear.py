@@ -39,7 +39,7 @@ def _kernels(x: Any) -> Kernels:
 
 
 def _merge(floats: Scalars, arrays: Scalars) -> Scalars:
-    return Scalars(*(f if a is None else a for f, a in zip(floats, arrays)))
+    return Scalars(*(f if a is None else a for f, a in zip(floats, arrays, strict=True)))
 
 
 def _batch(floats: Scalars, hidden, classifier, bias, target, weight, arrays) -> linear.Batch:
@@ -82,7 +82,7 @@ def _backward(spec, floats, residuals, cotangent):
         grads = linear.backward(jnp, _kernels(hidden), spec, _batch(floats, *inputs), g,
                                 denominator, wants=static.wants)
     like = lambda d, x: None if x is None else d.astype(x.dtype)
-    d_arrays = Scalars(*(like(d, a) for d, a in zip(grads.scalars, arrays)))
+    d_arrays = Scalars(*(like(d, a) for d, a in zip(grads.scalars, arrays, strict=True)))
     # None is a zero cotangent: right for class indices (no gradient) and for a soft
     # target that is not differentiated (its gradient was not formed)
     d_target = None if grads.target is None else grads.target.astype(target.dtype)

@@ -107,7 +107,7 @@ def times_slope(xp: Any, dz: Any, slope: Any) -> Any:
     return dz
 
 
-KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
-                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p,
+                  finite_log_p=finite_log_p, sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope)

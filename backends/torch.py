@@ -59,7 +59,7 @@ class _Loss(torch.autograd.Function):
                                    ctx.logits_dtype, kernels, want_target=want_target)
         wanted = ctx.needs_input_grad[-_SCALARS:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype)
-                          for d, want, v in zip(grads.scalars, wanted, scalars))
+                          for d, want, v in zip(grads.scalars, wanted, scalars, strict=True))
         d_target = grads.target.to(target.dtype) if want_target else None
         return None, grads.logits, d_target, None, *d_scalars
 
@@ -68,14 +68,14 @@ def _keep(ctx: Any, values: tuple) -> None:
     """The tensors among ``values`` through ``save_for_backward`` (version checks,
     saved-tensor hooks), the rest (None, Python numbers) on ``ctx`` as they are."""
     ctx.tensor_at = tuple(map(torch.is_tensor, values))
-    ctx.constants = tuple(None if tensor else v for tensor, v in zip(ctx.tensor_at, values))
-    ctx.save_for_backward(*(v for tensor, v in zip(ctx.tensor_at, values) if tensor))
+    ctx.constants = tuple(None if tensor else v for tensor, v in zip(ctx.tensor_at, values, strict=True))
+    ctx.save_for_backward(*(v for tensor, v in zip(ctx.tensor_at, values, strict=True) if tensor))
 
 
 def _kept(ctx: Any) -> list:
     """The values given to :func:`_keep`, in their order."""
     saved = iter(ctx.saved_tensors)
-    return [next(saved) if tensor else c for tensor, c in zip(ctx.tensor_at, ctx.constants)]
+    return [next(saved) if tensor else c for tensor, c in zip(ctx.tensor_at, ctx.constants, strict=True)]
 
 
 def _no_autocast(device_type: str) -> Any:

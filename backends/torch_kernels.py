@@ -161,8 +161,8 @@ def add_product(xp: Any, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
     return total.addmm_(a, b)  # no (C, H) temporary for the classifier's gradient
 
 
-KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
-                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p,
+                  finite_log_p=finite_log_p, sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
                   add_product=add_product)

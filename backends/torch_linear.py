@@ -61,7 +61,7 @@ class _LinearLoss(torch.autograd.Function):
                 grads = _recompute(ctx, grad)
         wanted = ctx.needs_input_grad[_FIRST_SCALAR:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype) for d, want, v in
-                          zip(grads.scalars, wanted, call.scalars))
+                          zip(grads.scalars, wanted, call.scalars, strict=True))
         return (None, None, grads.hidden, grads.classifier, grads.bias, grads.target, None,
                 *d_scalars)
 
@@ -76,7 +76,7 @@ def _scale_in_place(grads: linear.HeadGradients, factor: Any) -> linear.HeadGrad
 
 def _recompute(ctx: Any, grad: Any) -> linear.HeadGradients:
     hidden, classifier, bias, target, weight, *tensors = ctx.saved_tensors
-    scalars = Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors)))
+    scalars = Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors, strict=True)))
     batch = linear.batch(hidden, classifier, bias, target, weight, scalars)
     return linear.backward(xp, _KERNELS, ctx.call.spec, batch, grad, ctx.denominator,
                            wants=ctx.wants, keep=ctx.call.keep)

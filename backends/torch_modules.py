@@ -61,6 +61,9 @@ class _LossModule(torch.nn.Module):
     """
 
     definition: _losses.LossDef  # which loss
+    # buffers of learnable="fixed_total" (declared: Module.__getattr__ is Tensor | Module)
+    total: torch.Tensor
+    start_split: torch.Tensor
 
     def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int | None = -100,
                  learnable: bool | str = False, **options):
@@ -128,7 +131,7 @@ class _LossModule(torch.nn.Module):
         if self.learnable == "fixed_total":  # the weights rescaled to the fixed total
             coefficients, logs = self._coefficients()
             scaled = self.total * coefficients / coefficients.sum()
-            for (weight, base), c, log_base in zip(_terms(self.definition), scaled, logs):
+            for (weight, base), c, log_base in zip(_terms(self.definition), scaled, logs, strict=True):
                 if weight:
                     out[weight] = c * log_base
                 elif base:  # a one-term loss: c is the total, so the base keeps its start
@@ -145,6 +148,9 @@ class _LossModule(torch.nn.Module):
         the split is where it started, or without ``learnable=True``)."""
         if self.learnable != "fixed_total":
             return 0.0
+        return self._divergence_from_start()
+
+    def _divergence_from_start(self) -> torch.Tensor:
         start = self.start_split
         return torch.sum(start * (torch.log(start) - torch.log(self.split())))
 
@@ -162,7 +168,7 @@ class _LossModule(torch.nn.Module):
                                  f"floating-point (probability) target, as in torch")
         loss = self._fn(input, target, weight=self.weight, **scalars, **options)
         if self.learnable == "fixed_total":
-            loss = loss + self.penalty().to(device=loss.device, dtype=loss.dtype)
+            loss = loss + self._divergence_from_start().to(device=loss.device, dtype=loss.dtype)
         return loss
 
     def extra_repr(self) -> str:
@@ -186,7 +192,9 @@ def _docstring(d: _losses.LossDef) -> str:
         "    weight: class weights ``(C,)`` or None (a buffer of the module).",
         *own,
         "    ignore_index: class index whose positions are left out; None: none.",
-        f"    learnable: make {learnt} ``nn.Parameter``s (see the class `_LossModule`).",
+        f"    learnable: ``True`` learns {learnt} as ``nn.Parameter``s that split a fixed "
+        "total between the terms (they cannot switch the loss off); ``\"raw\"`` the papers' "
+        "own parametrisation (which minimising drives to 0); ``False`` none.",
         f"    **options: any other keyword of `entroloss.{d.name}` (``label_smoothing``, "
         "``reduction``, ``axis``, ...).",
     ])
@@ -201,16 +209,28 @@ def _signature(d: _losses.LossDef) -> inspect.Signature:
     params += [inspect.Parameter(o.name, kw, default=o.default, annotation="float")
                for o in d.options]
     params += [inspect.Parameter("ignore_index", kw, default=-100, annotation="int | None"),
-               inspect.Parameter("learnable", kw, default=False),
+               inspect.Parameter("learnable", kw, default=False, annotation="bool | str"),
                inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD)]
     return inspect.Signature(params)
 
 
 def _module(d: _losses.LossDef) -> type:
-    """The module class of registry entry ``d``."""
+    """The module class of registry entry ``d``, with an ``__init__`` of its own whose
+    signature and docstring name the entry's keywords (for ``help()`` and the API page)."""
+
+    def __init__(self: _LossModule, weight: torch.Tensor | None = None, **options: object) -> None:
+        _LossModule.__init__(self, weight, **options)  # type: ignore[arg-type]
+
+    signature = _signature(d)
+    self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[self_, *signature.parameters.values()])
+    __init__.__doc__ = _docstring(d)
+    __init__.__qualname__ = f"{d.module}.__init__"
     cls = type(d.module, (_LossModule,), {"definition": d, "__doc__": _docstring(d),
-                                          "__module__": __name__, "__qualname__": d.module})
-    cls.__signature__ = _signature(d)  # type: ignore[attr-defined]
+                                          "__init__": __init__, "__module__": __name__,
+                                          "__qualname__": d.module})
+    cls.__signature__ = signature  # type: ignore[attr-defined]
     return cls
 
 

@@ -324,7 +324,7 @@ def synthetic_mnist1d(samples: int, seed: int = 0) -> tuple:
                           for k in range(10)])
     y = rng.integers(0, 10, samples)
     shifts = rng.integers(-4, 5, samples)
-    x = np.stack([np.roll(templates[c], s) for c, s in zip(y, shifts)])
+    x = np.stack([np.roll(templates[c], s) for c, s in zip(y, shifts, strict=True)])
     x = x * rng.uniform(0.7, 1.3, (samples, 1)) + rng.normal(0, 0.6, x.shape)
     split = int(0.8 * samples)
     mean, std = x[:split].mean(0), x[:split].std(0) + 1e-6

@@ -80,7 +80,9 @@ def test_out_of_range_index_under_jit_is_nan_for_every_loss(jax_backend, loss):
     expected0 = reference.loss(loss, np.asarray(z[:1]), np.asarray(y[:1]), reduction="none")
     np.testing.assert_allclose(per[0], expected0[0], rtol=1e-12)
     for reduction in ("mean", "sum"):
-        assert np.isnan(jax.jit(lambda z, y: fn(z, y, ignore_index=-100, reduction=reduction))(z, y))
+        # reduction bound as a default: explicit that each jit traces this iteration's value
+        assert np.isnan(jax.jit(lambda z, y, reduction=reduction: fn(z, y, ignore_index=-100,
+                                                                      reduction=reduction))(z, y))
     g = jax.jit(jax.grad(lambda z: fn(z, y, ignore_index=-100, reduction="sum")))(z)
     assert np.all(np.isfinite(g[0])) and np.all(np.isnan(g[1])) and np.all(g[2] == 0)
 
@@ -93,15 +95,15 @@ def test_bad_soft_targets_and_negative_weights_are_computed_as_given(jax_backend
     bad_rows = np.array([[0.5, 0.5, 0.5, 0.0], [1.5, 0.0, 0.25, 0.0], [0.1] * 4])
     for loss in LOSSES:
         fn = getattr(el, loss)
-        got = jax.jit(lambda z, t: fn(z, t, reduction="none"))(jax_backend.asarray(z),
-                                                                jax_backend.asarray(bad_rows))
+        got = jax.jit(lambda z, t, fn=fn: fn(z, t, reduction="none"))(jax_backend.asarray(z),
+                                                                       jax_backend.asarray(bad_rows))
         expected = reference.loss(loss, z, bad_rows, reduction="none")
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     w = np.array([1.0, -1.0, 2.0, 0.5])
     y = np.array([0, 1, 3])
     for reduction in ("none", "mean"):
-        got = jax.jit(lambda z, w: el.cross_entropy(z, jax_backend.asarray(y), weight=w,
-                                                    reduction=reduction))(
+        got = jax.jit(lambda z, w, reduction=reduction: el.cross_entropy(
+            z, jax_backend.asarray(y), weight=w, reduction=reduction))(
             jax_backend.asarray(z), jax_backend.asarray(w))
         expected = reference.loss("cross_entropy", z, y, weight=w, reduction=reduction)
         np.testing.assert_allclose(got, expected, rtol=1e-12)

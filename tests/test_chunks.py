@@ -64,7 +64,7 @@ def test_chunked_in_lower_precision(backend, loss, dtype):
 
 
 @pytest.mark.parametrize("args", [a for a in GRID_ARGS if a[2] != "none"],
-                         ids=[i for i, a in zip(GRID_IDS, GRID_ARGS) if a[2] != "none"])
+                         ids=[i for i, a in zip(GRID_IDS, GRID_ARGS, strict=True) if a[2] != "none"])
 @pytest.mark.parametrize("backend", backend_params(["torch", "jax"]))
 def test_chunked_autograd_equals_value_and_grad(backend, args):
     """torch autograd and jax.grad (under jit) through the chunked forward and backward

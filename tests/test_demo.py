@@ -78,7 +78,7 @@ def test_every_backend_trains_to_the_same_numbers(backend):
     args = ("--epochs", "3", "--loss", "min_ent", "--loss", "focal")
     reference = _demo_json(*args)["results"]
     other = _demo_json(*args, "--backend", backend)["results"]
-    for a, b in zip(reference, other):
+    for a, b in zip(reference, other, strict=True):
         assert a["loss"] == b["loss"]
         for key in ("accuracy", "nll", "ece", "entropy"):
             assert abs(a[key] - b[key]) < 5e-3, (key, a, b)

@@ -134,7 +134,7 @@ def test_ddp_gradients_equal_one_process_on_the_whole_batch(ddp_results, name, m
     for rank in range(WORLD):  # DDP leaves the same, synchronised gradients on every rank
         got = ddp_results[rank][f"{name}|{mode}"]
         np.testing.assert_allclose(got["value"], value, rtol=1e-12)
-        for g, e in zip(got["grads"], grads):
+        for g, e in zip(got["grads"], grads, strict=True):
             np.testing.assert_allclose(np.array(g), e, rtol=1e-10, atol=1e-14)
 
 
@@ -148,7 +148,7 @@ def test_ddp_with_a_per_rank_mean_is_a_different_loss(ddp_results, name):
     value, grads = expected["local-mean"]
     got = ddp_results[0][f"{name}|local-mean"]
     np.testing.assert_allclose(got["value"], value, rtol=1e-12)
-    for g, e in zip(got["grads"], grads):
+    for g, e in zip(got["grads"], grads, strict=True):
         np.testing.assert_allclose(np.array(g), e, rtol=1e-10, atol=1e-14)
     right_value, right_grads = expected["global-mean"]
     assert abs(got["value"] - right_value) > 1e-2 * abs(right_value)
@@ -161,7 +161,7 @@ def test_ddp_mean_of_equal_soft_shards_needs_no_correction(ddp_results):
     got = ddp_results[0][f"{name}|local-mean"]
     value, grads = _expected(name)["global-mean"]
     np.testing.assert_allclose(got["value"], value, rtol=1e-12)
-    for g, e in zip(got["grads"], grads):
+    for g, e in zip(got["grads"], grads, strict=True):
         np.testing.assert_allclose(np.array(g), e, rtol=1e-10, atol=1e-14)
 
 
@@ -238,12 +238,13 @@ fv, fg = jax.value_and_grad(full)(jnp.asarray(z))
 shard_means = [float(el.min_ent(jnp.asarray(z[i:i + 4]), jnp.asarray(y[i:i + 4]), weight=wj,
                                 ignore_index=-100)) for i in range(0, 16, 4)]
 y_all_ignored = y.copy(); y_all_ignored[:4] = -100
+ys_all_ignored = jax.device_put(jnp.asarray(y_all_ignored), batch)
 report["shard_map"] = dict(
     global_value=float(gv), full_value=float(fv),
     grad_diff=float(np.max(np.abs(np.asarray(gg) - np.asarray(fg)))),
     naive_value=float(jax.jit(bad)(zs, ys)), mean_of_shard_means=float(np.mean(shard_means)),
-    naive_with_an_all_ignored_shard=float(jax.jit(bad)(zs, jax.device_put(jnp.asarray(y_all_ignored), batch))),
-    global_with_an_all_ignored_shard=float(jax.jit(good)(zs, jax.device_put(jnp.asarray(y_all_ignored), batch))),
+    naive_with_an_all_ignored_shard=float(jax.jit(bad)(zs, ys_all_ignored)),
+    global_with_an_all_ignored_shard=float(jax.jit(good)(zs, ys_all_ignored)),
     full_with_an_all_ignored_shard=float(el.min_ent(jnp.asarray(z), jnp.asarray(y_all_ignored), weight=wj,
                                                     ignore_index=-100)),
 )

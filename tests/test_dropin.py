@@ -292,7 +292,7 @@ def test_jax_forward_mode_matches_reverse_mode_and_the_plain_formula(fn, options
     f = lambda z, b: fn(z, y, reduction=reduction, **{**options, scalar: b})
     forward = jax.jacfwd(f, argnums=(0, 1))(z, base)
     reverse = jax.jacrev(f, argnums=(0, 1))(z, base)
-    for a, b in zip(forward, reverse):
+    for a, b in zip(forward, reverse, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     v = jnp.asarray(rng.normal(size=z.shape), jnp.float32)
     _, tangent = jax.jvp(lambda z: f(z, base), (z,), (v,))
@@ -353,7 +353,8 @@ def test_messages_name_the_likely_mistake(target, expected):
 
 
 def test_one_dimensional_logits_are_explained():
-    with pytest.raises(ValueError, match=r"one position with 4 classes: for a batch pass logits of shape \(N, C\)"):
+    message = r"one position with 4 classes: for a batch pass logits of shape \(N, C\)"
+    with pytest.raises(ValueError, match=message):
         el.cross_entropy(np.zeros(4), np.array([0, 1, 2, 3]))
 
 
@@ -376,8 +377,8 @@ def test_torch_compile_fullgraph_warns_nothing_of_ours():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for fn, options in LOSS_CALLS[:3]:
-            compiled = torch.compile(lambda z, y: fn(z, y, label_smoothing=0.1, **options),
-                                     fullgraph=True)
+            compiled = torch.compile(lambda z, y, fn=fn, options=options:
+                                     fn(z, y, label_smoothing=0.1, **options), fullgraph=True)
             compiled(z, y).backward()
     ours = [str(w.message) for w in caught
             if "entroloss" in str(w.message) + w.filename or "array_api_compat" in str(w.message)

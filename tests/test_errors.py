@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import entroloss as el
-from entroloss import _api, _losses, _math, _prepare
+from entroloss import _losses, _math, _prepare
 from tests.helpers.cases import LOSSES
 from tests.helpers.platforms import needs
 

@@ -496,7 +496,7 @@ def test_gradient_of_a_fully_masked_row(backend):
     for name in ("entropy", "log_softmax", "softmax"):
         fn = getattr(el, name)
 
-        def objective(a, xp):
+        def objective(a, xp, fn=fn, name=name):  # this iteration's loss, bound explicitly
             out = fn(a)
             if name == "log_softmax":  # weigh the finite entries only
                 out = xp.where(xp.isinf(out), 0.0, out)

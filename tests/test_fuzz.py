@@ -119,7 +119,7 @@ def run_given(backend, kind, strategy, check):
     def run(example):
         check(example)
         counts["examples"] += 1
-        for key, value in zip(("loss", "dtype", "target", "reduction"), _describe(example)):
+        for key, value in zip(("loss", "dtype", "target", "reduction"), _describe(example), strict=True):
             counts[key][value] += 1
 
     start = time.perf_counter()
@@ -320,7 +320,7 @@ def reference_grads(case: Case, arrays: tuple) -> dict:
     for name in arrays:
         value = case.options[name]
         out[name] = reference.central_differences(
-            lambda v: total(z, {**case.options, name: float(v)}), value,
+            lambda v, name=name: total(z, {**case.options, name: float(v)}), value,
             step=step * max(1.0, abs(value)))
     return out
 
@@ -504,7 +504,7 @@ def test_adding_a_constant_to_a_position_changes_nothing(backend):
         moved = case.logits + shift
         known = known_error(seen.loss, moved, seen.target, seen.options, dtype)
         known_g = known_error(seen.loss, moved, seen.target, seen.options, dtype, per_class=True)
-        for (path, v0, g0), (_, v1, g1) in zip(before, after):
+        for (path, v0, g0), (_, v1, g1) in zip(before, after, strict=True):
             assert_matches(v1, v0, magnitude, dtype, f"{path} value", allowance=known)
             for name in g0:
                 scale = np.max(np.abs(g0[name]), initial=0.0)

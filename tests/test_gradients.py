@@ -26,7 +26,8 @@ def finite_differences(fn, logits, target, options, *, step=1e-6):
     for name, value in options.items():
         if isinstance(value, float) and name in SCALAR_NAMES:
             grads[name] = central_differences(
-                lambda v: _total(fn, logits, target, {**options, name: float(v)}), value, step=step)
+                lambda v, name=name: _total(fn, logits, target, {**options, name: float(v)}), value,
+                step=step)
     return grad, grads
 
 

@@ -123,12 +123,12 @@ def _check_table(namespace: str, table, dtype: str, shape: tuple, fields) -> Non
                 want = getattr(_math.GENERIC, name)(xp, *args)
                 expected = [to_numpy(w) for w in want] if isinstance(want, tuple) else to_numpy(want)
                 got = native(xp, *copies)
-                pairs = zip(got, expected) if isinstance(got, tuple) else [(got, expected)]
+                pairs = zip(got, expected, strict=True) if isinstance(got, tuple) else [(got, expected)]
                 for a, b in pairs:
                     np.testing.assert_allclose(to_numpy(a), b, equal_nan=True,
                                                err_msg=f"{namespace} {name}", **TOLERANCE[dtype])
                 if name in NEVER_WRITE:
-                    for copy, arg in zip(copies, args):
+                    for copy, arg in zip(copies, args, strict=True):
                         if hasattr(arg, "shape"):
                             np.testing.assert_array_equal(to_numpy(copy), to_numpy(arg),
                                                           err_msg=f"{namespace} {name} wrote its input")

@@ -248,6 +248,6 @@ def test_jax_sharded_hidden_states_under_jit_equal_one_process(jax_sharded, name
     r = jax_sharded[name]
     assert r["input_devices"] == 2
     np.testing.assert_allclose(r["value"], r["value_one_process"], rtol=1e-12)
-    for diff, scale in zip(r["grad_diff"], r["grad_scale"]):
+    for diff, scale in zip(r["grad_diff"], r["grad_scale"], strict=True):
         assert diff <= 1e-12 * scale
     assert r["hidden_grad_sharded_like_hidden"]

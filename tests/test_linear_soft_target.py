@@ -103,7 +103,7 @@ def test_jax_soft_target_gradient_is_the_plain_loss_s(jax_backend, loss, options
     linear, plain = _pair(jax_backend, loss, data, options, reduction, "float64")
     got = _jax_grads(linear, jax_backend, data, "float64", jit)
     want = _jax_grads(plain, jax_backend, data, "float64", jit=False)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert_close(g, np.asarray(w), jax_backend, "float64")
 
 

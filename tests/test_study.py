@@ -161,7 +161,8 @@ def test_best_calibrated_claims_name_the_lowest_ece(published):
         assert _lowest_ece(published, "mnist1d", condition) == LS, condition
     for condition in ("pairflip-40", "longtail-100"):
         assert _lowest_ece(published, "digits", condition) == FOCAL, condition
-        pair = f"{_ece(published, 'digits', condition, FOCAL):.3f} vs {_ece(published, 'digits', condition, LS):.3f}"
+        focal, ls = _ece(published, "digits", condition, FOCAL), _ece(published, "digits", condition, LS)
+        pair = f"{focal:.3f} vs {ls:.3f}"
         assert pair in choosing, pair
     assert (f"lowest ECE on MNIST-1D ({_ece(published, 'mnist1d', 'pairflip-40', LS):.3f}; focal "
             f"{_ece(published, 'mnist1d', 'pairflip-40', FOCAL):.3f}), not on digits "

@@ -57,10 +57,10 @@ def test_linear_and_plain_stats_are_those_of_the_scaled_logits(which, bias):
                                    ignore_index=IGNORE, chunk_size=3)
     plain = el.token_stats(z, y, temperature=temperature, logsumexp=True, ignore_index=IGNORE)
     for stats in (linear, plain):
-        for got, ref in zip(stats, expected):
+        for got, ref in zip(stats, expected, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
         got = torch.autograd.grad(sum(s.sum() for s in stats), params, retain_graph=True)
-        for g, r in zip(got, want):
+        for g, r in zip(got, want, strict=True):
             torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
@@ -72,7 +72,7 @@ def test_softcap_comes_before_the_temperature():
                                         logsumexp=True, ignore_index=IGNORE),
                   el.token_stats(z, y, temperature=0.5, softcap=3.0, logsumexp=True,
                                  ignore_index=IGNORE)):
-        for got, ref in zip(stats, expected):
+        for got, ref in zip(stats, expected, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -118,7 +118,7 @@ def test_jax_matches_jax_nn_log_softmax_under_jit_and_grad():
     (value, stats), grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2), has_aux=True))(h, w, t)
     want_value, want_grads = jax.value_and_grad(theirs, argnums=(0, 1, 2))(h, w, t)
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
-    for g, r in zip(grads, want_grads):
+    for g, r in zip(grads, want_grads, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
     plain = el.token_stats(h @ w.T, y, temperature=t)
     np.testing.assert_allclose(plain.logprob, stats.logprob, rtol=1e-5, atol=1e-6)

@@ -10,12 +10,12 @@ one float32 ulp (the control: how far rounding alone drifts over the same traini
 
 The text is Python's standard library, tokenized by a byte-level BPE trained here
 (``lm_data.py``; cached under ``--cache``). Writes ``lm_example.json`` and
-``lm_example.md`` into ``--out`` (default: ``entroloss-lm`` in the temporary folder): every run's loss at every step and their largest
-differences, the gradients of both losses at the start, the final parameters' largest
-difference, tokens/s, the held-out cross entropy and perplexity, and the peak memory of
-the loss's forward+backward (the head and the loss alone, and the whole training step),
-each measured in a fresh process as ``benchmarks/linear_head.py`` does (the peak
-resident size, Linux).
+``lm_example.md`` into ``--out`` (default: ``entroloss-lm`` in the temporary folder): every
+run's loss at every step and their largest differences, the gradients of both losses at
+the start, the final parameters' largest difference, tokens/s, the held-out cross entropy
+and perplexity, and the peak memory of the loss's forward+backward (the head and the loss
+alone, and the whole training step), each measured in a fresh process as
+``benchmarks/linear_head.py`` does (the peak resident size, Linux).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def gradients_at_start(stream: torch.Tensor, args) -> dict:
         model = new_model(args)
         loss_of(kind, model.hidden(tokens), model.head.weight, targets, args).backward()
         grads.append([p.grad for p in model.parameters()])
-    return {"max_abs_difference": max((a - b).abs().max().item() for a, b in zip(*grads)),
+    return {"max_abs_difference": max((a - b).abs().max().item() for a, b in zip(*grads, strict=True)),
             "max_abs_gradient": max(a.abs().max().item() for a in grads[1])}
 
 
@@ -195,7 +195,7 @@ def peak_memory(kind: str, part: str, args) -> int:
 
 def _parameters_apart(a: CausalLM, b: CausalLM) -> dict:
     """The largest difference of one parameter, and that of all (norm / norm)."""
-    pairs = list(zip(a.parameters(), b.parameters()))
+    pairs = list(zip(a.parameters(), b.parameters(), strict=True))
     squared = sum(((pa - pb) ** 2).sum().item() for pa, pb in pairs)
     return {"final_parameters_max_abs_difference": max((pa - pb).abs().max().item()
                                                        for pa, pb in pairs),
@@ -209,7 +209,7 @@ def agreement(runs: dict, at_start: dict) -> dict:
     result = {"gradients_at_start": at_start,
               "max_abs_parameter": max(p.abs().max().item() for p in naive["model"].parameters())}
     for run in ("linear", "control"):
-        differences = [abs(a - b) for a, b in zip(runs[run]["losses"], naive["losses"])]
+        differences = [abs(a - b) for a, b in zip(runs[run]["losses"], naive["losses"], strict=True)]
         worst = max(range(len(differences)), key=differences.__getitem__)
         result[run] = {"max_abs_loss_difference": differences[worst], "at_step": worst,
                        "first_step_differing": next((i for i, d in enumerate(differences) if d),
@@ -323,7 +323,7 @@ def run(args) -> dict:
                         "cpus": len(os.sched_getaffinity(0)), "load_average_before": load_before,
                         "load_average_after": os.getloadavg()},
             "data": texts["data"],
-            "steps": [dict(zip(RUNS, values)) for values in zip(*losses)],
+            "steps": [dict(zip(RUNS, values, strict=True)) for values in zip(*losses, strict=True)],
             "agreement": agreement(runs, at_start),
             "summary": {run: summary(run, runs[run], texts["held_out"], args) for run in RUNS}}
 

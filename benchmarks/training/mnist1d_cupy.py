@@ -30,8 +30,8 @@ def main():
     try:
         import array_api_compat.cupy as xp
         import cupy
-    except ImportError:
-        raise SystemExit("this example needs CuPy with a CUDA GPU: pip install cupy-cuda12x")
+    except ImportError as err:
+        raise SystemExit("this example needs CuPy with a CUDA GPU: pip install cupy-cuda12x") from err
     if not cupy.cuda.is_available():
         raise SystemExit("CuPy is installed but sees no CUDA device")
     x, y, xt, yt = training.load_mnist1d(args.samples)

@@ -1,6 +1,7 @@
 """Where do the losses help? A seeded study on MNIST-1D and scikit-learn's digits.
 
-    python benchmarks/training/study.py                 # the full study: 5 seeds, 585 runs (21 min on the shared 2-core CPU, ~11 idle)
+    python benchmarks/training/study.py                 # the full study: 5 seeds, 585 runs
+                                                        # (21 min on the shared 2-core CPU, ~11 idle)
     python benchmarks/training/study.py --quick --out /tmp/q   # 2 seeds, 2 epochs, small data (~30 s)
     python benchmarks/training/study.py --page-only     # rewrite docs/results.md from docs/results.json
 
@@ -124,7 +125,7 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10):
     confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
     edges = np.linspace(0, 1, bins + 1)
     centers, accuracy, counts = [], [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
             centers.append(float(confidence[in_bin].mean()))
@@ -325,7 +326,7 @@ def _plot_metrics(plt, out, dataset, results):
     """Clean data: test accuracy and ECE per loss, with their 95% intervals."""
     labels = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("accuracy", "ece")):
+    for ax, metric in zip(axes, ("accuracy", "ece"), strict=True):
         means = [results[k][metric][0] for k in labels]
         errors = [results[k][metric][1] for k in labels]
         ax.errorbar(range(len(labels)), means, yerr=errors, fmt="o", capsize=4)
@@ -351,7 +352,7 @@ def _plot_learnt(plt, out, dataset, histories):
     """The learnable MIN-ENT's weights and bases per epoch, one line per seed."""
     names = list(histories[0][0])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
-    for ax, n in zip(axes, names):
+    for ax, n in zip(axes, names, strict=True):
         for h in histories:
             ax.plot([step[n] for step in h], lw=1)
         ax.set_title(n)
@@ -381,7 +382,8 @@ def _plot_noise(plt, out, dataset, conditions):
             ax = axes[row, col]
             _lines(ax, [0, 20, 40], conditions, names, metric)
             ax.set_xticks([0, 20, 40])
-            ax.set_xlabel(f"{'symmetric' if kind == 'symmetric' else 'class-dependent'} noise (% of training labels)")
+            noise = "symmetric" if kind == "symmetric" else "class-dependent"
+            ax.set_xlabel(f"{noise} noise (% of training labels)")
             ax.set_title(f"{dataset}: test {metric}", fontsize=10)
     axes[0, 0].legend(fontsize=6)
     _save(plt, fig, out, f"results-{dataset}-noise.png")
@@ -392,7 +394,7 @@ def _plot_longtail(plt, out, dataset, conditions):
     metrics = ("balanced_accuracy", "tail_recall", "ece")
     names = ["clean", "longtail-10", "longtail-100"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=True):
         _lines(ax, [0, 1, 2], conditions, names, metric)
         ax.set_xticks([0, 1, 2], ["1 (balanced)", "10", "100"])
         ax.set_xlabel("imbalance ratio (largest / smallest class)")

@@ -22,11 +22,11 @@ for _d in _LOSSES:
     globals()[_d.name] = getattr(_api, _d.name)
     globals()[f"linear_{_d.name}"] = getattr(_linear, f"linear_{_d.name}")
 
-__all__ = sorted([
-    *LOSS_NAMES, *(f"linear_{name}" for name in LOSS_NAMES),
+__all__ = [
     "LOSS_NAMES", "TokenStats", "entropy", "linear_entropy", "linear_token_stats",
     "linear_value_and_grad", "log_softmax", "softmax", "token_stats", "value_and_grad",
-])
+]
+__all__ += [*LOSS_NAMES, *(f"linear_{name}" for name in LOSS_NAMES)]  # the registry's
 
 
 def __getattr__(name: str) -> Any:

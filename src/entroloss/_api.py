@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, TypeVar
+import sys
+from typing import Any, Callable, Protocol, TypeVar
 
 from . import _docs, _math
 from . import _validate as check
@@ -19,8 +20,17 @@ from ._prepare import COMMON, defaults, prepare_cached, with_defaults
 
 __all__ = ["entropy", "log_softmax", "softmax", "value_and_grad", "PUBLIC"]
 
+
+class _HasDtype(Protocol):
+    """What the functions below read of an array themselves (the rest goes through its
+    namespace): its dtype."""
+
+    @property
+    def dtype(self) -> Any: ...
+
+
 # An array of any array-API library; a result has the logits' type (library, device, dtype).
-Array = TypeVar("Array")
+Array = TypeVar("Array", bound=_HasDtype)
 
 PUBLIC: dict[Callable, LossDef] = {}  # public loss function -> its registry entry
 
@@ -36,7 +46,9 @@ def _make(definition: LossDef) -> Callable:
         return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars)
 
     # Python's own errors (a missing target, a third positional) name the loss
-    loss.__code__ = loss.__code__.replace(co_name=name, co_qualname=name)
+    loss.__code__ = loss.__code__.replace(co_name=name)
+    if sys.version_info >= (3, 11):  # co_qualname is new in 3.11 (mypy checks the branch there)
+        loss.__code__ = loss.__code__.replace(co_qualname=name)
     loss.__name__ = loss.__qualname__ = name
     loss.__doc__ = _docs.plain(definition)
     loss.__signature__ = signature(definition, ("logits", "target"))  # type: ignore[attr-defined]

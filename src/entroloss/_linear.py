@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -174,7 +175,9 @@ def _make(definition: LossDef) -> Callable:
         call = prepare((hidden, classifier, target), options)
         return _result(call, _adapter(hidden).loss(call))
 
-    loss.__code__ = loss.__code__.replace(co_name=name, co_qualname=name)
+    loss.__code__ = loss.__code__.replace(co_name=name)
+    if sys.version_info >= (3, 11):  # co_qualname is new in 3.11 (mypy checks the branch there)
+        loss.__code__ = loss.__code__.replace(co_qualname=name)
     loss.__name__ = loss.__qualname__ = name
     bias = inspect.Parameter("bias", inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation="Array | None")

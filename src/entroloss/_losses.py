@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from ._math.terms import REGULARIZERS, Regularizer
 
-__all__ = ["LossDef", "Term", "Scalar", "Option", "Position", "LOSSES", "by_name", "focal_reference", "focal_bound",
-           "SLOTS", "SLOT_DEFAULTS"]
+__all__ = ["LossDef", "Term", "Scalar", "Option", "Position", "LOSSES", "by_name", "focal_reference",
+           "focal_bound", "SLOTS", "SLOT_DEFAULTS"]
 
 # The four scalars every loss is written with (the fields of _math.Scalars). Each may be a
 # Python float or a 0-d array of the logits' namespace; then it can be learnt.
@@ -326,7 +326,7 @@ POLY1 = LossDef(
                        span=(-1.0, 3.0)),),
     regularizer=POLY,
     notes="With soft targets or label smoothing ``p_y`` is ``sum_c q_c p_c``, as in optax's "
-    "``poly_loss_cross_entropy``. ``epsilon=0`` is `cross_entropy`.",
+    "``poly_loss_cross_entropy``.",
     example={"epsilon": 2.0},
     doc_example=("el.poly1(np.zeros((2, 4)), np.array([1, 3]))", "2.1363"),
     citation="Leng, Tan, Liu, Cubuk, Shi, Cheng, Anguelov, Tan, \"PolyLoss: A Polynomial "

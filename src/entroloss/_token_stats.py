@@ -13,12 +13,16 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from . import _api, _arrays, _linear
 from . import _validate as check
 
 __all__ = ["TokenStats", "token_stats", "linear_token_stats"]
+
+# Generated at import from the registry (no def for a type checker to see): found by name.
+_cross_entropy: Callable = vars(_api)["cross_entropy"]
+_linear_cross_entropy: Callable = vars(_linear)["linear_cross_entropy"]
 
 
 class TokenStats(NamedTuple):
@@ -70,7 +74,8 @@ def _temperature(xp: Any, reference: Any, positions: tuple, temperature: Any,
                         f"{temperature.dtype}")
     shape = tuple(temperature.shape)
     fits = len(shape) <= len(positions) and all(
-        a in (1, b) for a, b in zip(reversed(shape), reversed(positions)))
+        # the trailing axes only: positions may have more (leading) axes than temperature
+        a in (1, b) for a, b in zip(reversed(shape), reversed(positions), strict=False))
     if not fits:
         raise ValueError(f"temperature must be a number or an array broadcastable to the "
                          f"positions {positions} (one per token, e.g. (batch, 1) per sequence), "
@@ -210,8 +215,8 @@ def token_stats(logits: Any, target: Any, /, *, temperature: Any = None, entropy
     z, cap = scaled(logits, t)
 
     def logprob_of(y: Any, ignore: int | None) -> Any:
-        return -_api.cross_entropy(z, y, ignore_index=ignore, reduction="none", softcap=cap,
-                                   validate=validate)
+        return -_cross_entropy(z, y, ignore_index=ignore, reduction="none", softcap=cap,
+                               validate=validate)
 
     def entropy_of(grad: bool) -> Any:
         zz, c = (z, cap) if grad else scaled(_stop_gradient(logits), _stop_gradient(t))
@@ -278,8 +283,8 @@ def linear_token_stats(hidden: Any, classifier: Any, target: Any, /, *, bias: An
     common = dict(bias=b, chunk_size=chunk_size, softcap=cap)
 
     def logprob_of(y: Any, ignore: int | None) -> Any:
-        return -_linear.linear_cross_entropy(h, w, y, ignore_index=ignore, reduction="none",
-                                             validate=validate, **common)
+        return -_linear_cross_entropy(h, w, y, ignore_index=ignore, reduction="none",
+                                      validate=validate, **common)
 
     def entropy_of(grad: bool) -> Any:
         if grad:

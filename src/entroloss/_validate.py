@@ -71,9 +71,10 @@ def _to_jax(logits: Any, value: Any) -> Any:
 def normalize_axis(axis: Any, ndim: int) -> int:
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    axis = int(axis)  # a NumPy integer, say
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis={axis} is out of range for logits with {ndim} dimension(s)")
-    return int(axis) % ndim
+    return axis % ndim
 
 
 def real_option(name: str, value: Any, *, low: float | None = None, high: float | None = None,

@@ -108,7 +108,7 @@ def _make(definition: _losses.LossDef) -> type:
            f"name=None, dtype=None, **options)`` with the options of "
            f"``entroloss.{definition.name}`` (``weight`` a list or array of class weights). "
            f"Targets: class indices (sparse) or one-hot / probabilities, the classes on the "
-           f"last axis. Reference: {definition.reference}.")
+           f"last axis. Reference: {definition.citation}")
     cls = type(definition.module, (EntrolossLoss,), {
         "__doc__": doc, "__module__": __name__, "loss_name": definition.name,
         "function": staticmethod(getattr(entroloss, definition.name))})

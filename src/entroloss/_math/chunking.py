@@ -54,24 +54,24 @@ def summed(parts: list) -> list:
     chunk stays None."""
     total = list(parts[0])
     for part in parts[1:]:
-        total = [None if t is None else t + d for t, d in zip(total, part)]
+        total = [None if t is None else t + d for t, d in zip(total, part, strict=True)]
     return total
 
 
 class EqualChunks(NamedTuple):
-    """``count`` chunks of ``size`` rows each, over the rows padded to ``size * count``.
+    """``number`` chunks of ``size`` rows each, over the rows padded to ``size * number``.
 
-    Chunk ``j`` holds rows ``j, j + count, j + 2 count, ...``: strided, not contiguous, so
+    Chunk ``j`` holds rows ``j, j + number, j + 2 number, ...``: strided, not contiguous, so
     that rows sharded in blocks over devices (data parallel) stay sharded within every
     chunk: each device works on its own rows in each step of the loop, and a gradient
     of the rows comes back sharded as the rows were."""
 
     size: int
-    count: int
+    number: int  # not ``count``: that would shadow tuple.count
 
     @property
     def padded_rows(self) -> int:
-        return self.size * self.count
+        return self.size * self.number
 
     def pad(self, xp: Any, x: Any, fill: Any) -> Any:
         """``x`` with rows of ``fill`` appended up to :attr:`padded_rows`."""
@@ -82,12 +82,12 @@ class EqualChunks(NamedTuple):
         return xp.concat([x, tail])
 
     def stack(self, xp: Any, x: Any) -> Any:
-        """Padded rows ``(padded_rows, ...)`` as ``(count, size, ...)``."""
-        strided = xp.reshape(x, (self.size, self.count) + tuple(x.shape[1:]))
+        """Padded rows ``(padded_rows, ...)`` as ``(number, size, ...)``."""
+        strided = xp.reshape(x, (self.size, self.number) + tuple(x.shape[1:]))
         return xp.moveaxis(strided, 1, 0)
 
     def unstack(self, xp: Any, stacked: Any, rows: int) -> Any:
-        """A loop's per-chunk rows ``(count, size, K)`` as ``(rows, K)``, the padding off."""
+        """A loop's per-chunk rows ``(number, size, K)`` as ``(rows, K)``, the padding off."""
         in_order = xp.moveaxis(stacked, 0, 1)
         return xp.reshape(in_order, (self.padded_rows, stacked.shape[-1]))[:rows, :]
 

@@ -37,6 +37,7 @@ def _as_rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
     else:
         target = xp.reshape(target, (rows,))
     row_spec = replace(spec, axis=1, chunk_size=None)
+    assert spec.chunk_size is not None, "called where applies(spec, ...)"
     return z, target, row_spec, row_slices(rows, spec.chunk_size)
 
 
@@ -89,4 +90,4 @@ def _combine_scalars(xp: Any, parts: list, per_position: bool, positions: tuple)
     if not per_position:
         return Scalars(*summed(parts))
     return Scalars(*(None if slot[0] is None else xp.reshape(xp.concat(list(slot)), positions)
-                     for slot in zip(*parts)))
+                     for slot in zip(*parts, strict=True)))

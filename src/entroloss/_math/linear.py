@@ -25,7 +25,7 @@ later: three matmuls per chunk in all, as the naive forward plus backward.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from .arrays import device, scatters_rows
 from .chunking import (EqualChunks, equal_chunks, row_slices, rows_out, rows_result, rows_within,
@@ -170,16 +170,18 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, g_rows: Any,
            wants: Wants) -> tuple:
     """Every chunk: its logits, its losses and (with ``g_rows``, the per-row cotangents)
     its gradients. Returns ``(loss per row, the mean's denominator, HeadGradients)``."""
+    size = spec.chunk_size
+    assert size is not None, "the linear head's spec carries its chunk size (set in _linear)"
     wants = wants._replace(target=wants.target and spec.soft)
     if kernels.scan is not None:
-        return _scanned_sweep(xp, kernels, spec, batch, g_rows, wants)
+        return _scanned_sweep(xp, kernels, kernels.scan, spec, size, batch, g_rows, wants)
     hidden, target = batch.hidden, batch.inputs.target
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, batch.head, dtype)  # one cast of the classifier, not a chunk's
     row_spec = replace(spec, chunk_size=None)
     accumulator = None if g_rows is None else _Accumulator(xp, kernels, batch, wide, wants)
     losses, denominator = [], 0.0
-    for rows in row_slices(hidden.shape[0], spec.chunk_size):
+    for rows in row_slices(hidden.shape[0], size):
         chunk = batch.inputs._replace(target=target[rows, ...])
         h_rows = _counted(xp, spec, xp.astype(hidden[rows, :], dtype, copy=False), chunk.target)
         z = _logits(xp, h_rows, wide, dtype)
@@ -267,7 +269,7 @@ def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, inputs: Input
         if d_w is not None:
             d_w = d_w + xp.matrix_transpose(dz) @ h_rows
         d_b = _plus(d_b, xp.sum(dz, axis=0))
-        d_s = Scalars(*(_plus(t, d) for t, d in zip(d_s, d_scalars)))
+        d_s = Scalars(*(_plus(t, d) for t, d in zip(d_s, d_scalars, strict=True)))
         if d_t is not None:
             d_t = xp.astype(d_t, t_rows.dtype, copy=False)
         return (d_w, d_b, d_s), (per.loss, d_rows, d_t)
@@ -275,21 +277,21 @@ def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, inputs: Input
     return body
 
 
-def _scanned_sweep(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, g_rows: Any,
-                   wants: Wants) -> tuple:
-    """:func:`_sweep` as one ``kernels.scan(body, carry, chunks) -> (carry, stacked)`` over
-    equal chunks (``jax.lax.scan``'s contract)."""
+def _scanned_sweep(xp: Any, kernels: Kernels, scan: Callable, spec: Spec, size: int,
+                   batch: Batch, g_rows: Any, wants: Wants) -> tuple:
+    """:func:`_sweep` as one ``scan(body, carry, chunks) -> (carry, stacked)`` over equal
+    chunks of at most ``size`` rows (``kernels.scan``, with ``jax.lax.scan``'s contract)."""
     head, hidden, (target, weight, scalars) = batch
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, head, dtype)
     rows = hidden.shape[0]
-    plan = equal_chunks(rows, spec.chunk_size)
+    plan = equal_chunks(rows, size)
     chunks = (plan.stack(xp, plan.pad(xp, hidden, 0)),
               plan.stack(xp, _padded_target(xp, spec, target, head, plan)),
               None if g_rows is None else plan.stack(xp, plan.pad(xp, g_rows, 0)))
     body = _chunk_body(xp, kernels, spec, wide, batch.inputs, wants)
     carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
-    carry, (losses, d_hidden, d_target) = kernels.scan(body, carry, chunks)
+    carry, (losses, d_hidden, d_target) = scan(body, carry, chunks)
     loss = plan.unstack(xp, losses[..., None], rows)[:, 0]
     denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
     if carry is None:
@@ -323,9 +325,9 @@ def _kept_batch(xp: Any, keep: Any, batch: Batch, *more: Any) -> tuple:
     """The batch of the kept rows, and of each of ``more`` (per-row arrays)."""
     if keep is None:
         return (batch, *more)
-    hidden, target, *more = (xp.take(a, keep, axis=0)
+    hidden, target, *kept = (xp.take(a, keep, axis=0)
                              for a in (batch.hidden, batch.inputs.target, *more))
-    return (batch._replace(hidden=hidden, inputs=batch.inputs._replace(target=target)), *more)
+    return (batch._replace(hidden=hidden, inputs=batch.inputs._replace(target=target)), *kept)
 
 
 def _spread(xp: Any, keep: Any, rows: int, values: Any) -> Any:

@@ -170,17 +170,22 @@ def _coefficients(xp: Any, spec: Spec, tgt: Target, s: Scalars, kept: Residuals,
         m_sum = total(g_pos * main)
         d_cw = m_sum / ln_cb
         d_cb = -m_sum * s.ce_weight / (s.ce_base * ln_cb**2)
-    d_scalars = Scalars(*(d if wanted else None for wanted, d in zip(learnt, (d_cw, d_cb, d_rw, d_rb))))
+    d_scalars = Scalars(*(d if wanted else None
+                          for wanted, d in zip(learnt, (d_cw, d_cb, d_rw, d_rb), strict=True)))
     c_z = None
     if spec.z_loss:
         c_z = terms.z_loss_p_coef(xp, spec, tgt, kept.row_max, kept.log_norm, g_pos)
     return Coefficients(c_main, c_reg, c_z), d_scalars
 
 
+def _regularizer(spec: Spec) -> terms.Regularizer | None:
+    return None if spec.regularizer is None else terms.REGULARIZERS[spec.regularizer]
+
+
 def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
                      kept: Residuals, c: Coefficients) -> Any:
     top, norm = kept.row_max, kept.log_norm
-    regularizer = terms.REGULARIZERS.get(spec.regularizer)
+    regularizer = _regularizer(spec)
     log_p_y = None  # cross entropy's gradient does not read p_y
     if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
         log_p_y = kernels.finite_log_p(xp, tgt.log_p_at_target(kernels, z, top, norm))
@@ -211,7 +216,7 @@ def _target_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     """``dl/dt = (1 - label_smoothing) dl/dq`` for a soft target."""
     lp = kernels.log_p(xp, z, kept.row_max, kept.log_norm)
     d_q = c.main[..., None] * terms.main_gradient_q(xp, spec, tgt, lp)
-    regularizer = terms.REGULARIZERS.get(spec.regularizer)
+    regularizer = _regularizer(spec)
     if regularizer is not None:
         share = regularizer.gradient_q(xp, spec, tgt, xp.exp(lp))
         if share is not None:

@@ -14,10 +14,10 @@ __all__ = ["Spec", "Scalars", "Inputs", "Residuals", "Gradients"]
 class Spec:
     """The static part of one loss evaluation (hashable, so JAX can treat it as static).
 
-    ``axis`` is normalised to a non-negative int. ``regularizer`` is ``None``,
-    ``"entropy"`` or ``"reverse"``. ``soft`` says the target holds a probability vector
-    per position rather than a class index. ``softcap`` and ``z_loss`` are off at
-    ``None`` and ``0.0``, and then cost nothing.
+    ``axis`` is normalised to a non-negative int. ``regularizer`` is ``None`` or a name in
+    ``terms.REGULARIZERS`` (``"entropy"``, ``"reverse"``, ``"poly"``). ``soft`` says the
+    target holds a probability vector per position rather than a class index. ``softcap``
+    and ``z_loss`` are off at ``None`` and ``0.0``, and then cost nothing.
     """
 
     axis: int

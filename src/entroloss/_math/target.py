@@ -33,6 +33,15 @@ class Target:
         ``wq`` is 0 at unusable positions.
     """
 
+    # arrays of the caller's library, or None (set in __init__)
+    valid: Any
+    invalid: Any
+    usable: Any
+    index: Any
+    scale: Any
+    q: Any
+    wq: Any
+
     def __init__(self, xp: Any, spec: Spec, target: Any, weight: Any, shape: tuple, dtype: Any):
         self.xp, self.spec = xp, spec
         self.num_classes = shape[-1]

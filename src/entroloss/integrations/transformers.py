@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import types
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -324,5 +324,6 @@ class ModelLossMixin:
                      num_items_in_batch: Any = None) -> Any:
         from transformers import Trainer
 
-        return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+        trainer = cast(Trainer, self)  # a mixin: self is the trainer it is a base of
+        return Trainer.compute_loss(trainer, model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)

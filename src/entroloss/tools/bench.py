@@ -217,7 +217,7 @@ def _interleaved(platform, fns: dict, repeats: int, budget_s: float, warm_ups: i
     for fn in fns.values():  # warm-up: jit compilation and caches, not timed
         for _ in range(warm_ups):
             _block(platform, fn())
-    times = {name: [] for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     for r in range(repeats):
         for name, fn in fns.items():
@@ -315,13 +315,13 @@ def memory_candidates(chunk_size=None) -> tuple:
     return out
 
 
-def peak_extra_memory(n: int, c: int, candidates=memory_candidates(), runs: int = 3):
+def peak_extra_memory(n: int, c: int, candidates: tuple | None = None, runs: int = 3):
     """Peak resident memory added by one torch CPU forward+backward, in multiples of the
     logits' bytes (the gradient, which any loss must return, is 1.0 of it): the median of
     ``runs`` fresh processes (glibc may keep freed blocks of some sizes resident, which
-    varies from run to run)."""
+    varies from run to run). ``candidates`` defaults to ``memory_candidates()``."""
     out = {}
-    for which in candidates:
+    for which in memory_candidates() if candidates is None else candidates:
         figures = []
         for _ in range(runs):
             result = subprocess.run(
@@ -424,7 +424,7 @@ def report(rows, missing, ran: dict, memory: dict | None = None) -> dict:
 def main(args) -> int:
     """``entroloss bench``: the table (or ``--json``: ``"ok"``, what ran, the machine, the
     rows, the memory figures, what was skipped); exit 2 when nothing could be timed."""
-    shapes = QUICK_SHAPES if args.quick else None
+    shapes: tuple[tuple[int, ...], ...] | None = QUICK_SHAPES if args.quick else None
     if args.shape:
         shapes = tuple(tuple(s) for s in args.shape)
     dtypes = tuple(dict.fromkeys(args.dtype or ("float32",)))

@@ -77,7 +77,8 @@ def linear_fn(loss: str, chunk_size: int | None):
 
     if loss == "entropy":
         return lambda h, w, b, y: el.linear_entropy(h, w, bias=b, chunk_size=chunk_size).mean()
-    fn, options = getattr(el, f"linear_{loss}"), timed_options(MIN_ENT if loss == "min_ent" else CROSS_ENTROPY)
+    fn = getattr(el, f"linear_{loss}")
+    options = timed_options(MIN_ENT if loss == "min_ent" else CROSS_ENTROPY)
     return lambda h, w, b, y: fn(h, w, y, bias=b, chunk_size=chunk_size, **options)
 
 
@@ -123,11 +124,13 @@ def torch_step(fn, args: tuple):
 
 
 def jax_step(fn, args: tuple):
-    """The jitted value_and_grad (hidden, W, b), compiled once; and XLA's temp bytes."""
+    """The jitted value_and_grad (hidden, W, b), compiled once; and XLA's temp bytes (None
+    where the backend gives no memory analysis)."""
     import jax
 
     compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2))).lower(*args).compile()
-    temp = compiled.memory_analysis().temp_size_in_bytes
+    analysis = compiled.memory_analysis()
+    temp = None if analysis is None else analysis.temp_size_in_bytes
     return (lambda: compiled(*args)), temp
 
 
@@ -198,7 +201,8 @@ def compare(p, args: tuple, loss: str, chunk_size: int | None, repeats: int) -> 
     if p.library == "jax":
         built = {k: jax_step(f, args) for k, f in fns.items()}
         steps = {k: s for k, (s, _) in built.items()}
-        memory, kind = {k: t / MIB for k, (_, t) in built.items()}, "XLA temp"
+        memory = {k: None if t is None else t / MIB for k, (_, t) in built.items()}
+        kind = "XLA temp"
     else:
         steps = {k: torch_step(f, args) for k, f in fns.items()}
         memory, kind = _torch_memory(p, loss, steps, shape, chunk_size)
@@ -225,7 +229,8 @@ def run(library=None, device=None, *, shape=DEFAULT_SHAPE, chunk_size=DEFAULT_CH
                 for p in platforms if p.library not in LIBRARIES]
     usable = [p for p in platforms if p.library in LIBRARIES]
     losses = LOSSES if losses is None else losses
-    total, rows = len(usable) * len(losses), []
+    total = len(usable) * len(losses)
+    rows: list[HeadRow] = []
     for p in usable:
         args = inputs(p, shape)
         for loss in losses:

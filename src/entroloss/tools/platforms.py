@@ -47,7 +47,7 @@ class Platform:
         if self.library == "jax":  # jax builds on its default device, then moves
             import jax
 
-            if dtype == "int64" and not jax.config.jax_enable_x64:
+            if dtype == "int64" and not jax.config.read("jax_enable_x64"):
                 dtype = "int32"  # what JAX would truncate to, without its warning
             return jax.device_put(self.xp.asarray(a, dtype=self.dtype(dtype)), self.device)
         return self.xp.asarray(a, dtype=self.dtype(dtype), device=self.device)
@@ -96,7 +96,7 @@ def _jax(p: Platform) -> None:
         p.device = jax.devices(kind)[0]
     except RuntimeError:
         raise Unavailable(f"jax has no {kind} device here") from None
-    if not jax.config.jax_enable_x64:
+    if not jax.config.read("jax_enable_x64"):
         p.dtypes = tuple(d for d in p.dtypes if d != "float64")
     p.xp = xp
 

@@ -101,6 +101,7 @@ def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
     num = z.shape[-1]
     rows = z.reshape(-1, num)
     soft = np.asarray(target).dtype.kind == "f"
+    targets: np.ndarray  # (rows, classes) soft, (rows,) class indices
     if soft:
         targets = np.moveaxis(np.asarray(target, dtype=np.float64), axis, -1).reshape(-1, num)
     else:

@@ -155,7 +155,7 @@ class _BatchGradients:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         logits, _ = mlp_forward(self.xp, leaves, x)
         loss = self.fn(logits, y, **self.options)
-        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
 
 
 def _sgd_momentum_step(params: dict, velocity: dict, grads: dict, *, lr: float,
@@ -224,8 +224,8 @@ def load_mnist1d(samples: int, seed: int = 0) -> tuple:
     standardised on the training part: (x_train, y_train, x_test, y_test)."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError:
-        raise SystemExit("the MNIST-1D part needs the mnist1d package: pip install mnist1d")
+    except ImportError as err:
+        raise SystemExit("the MNIST-1D part needs the mnist1d package: pip install mnist1d") from err
     args = get_dataset_args()
     args.num_samples = samples
     args.seed = seed
@@ -243,7 +243,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -
     correct = predicted == labels
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
