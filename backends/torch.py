@@ -38,6 +38,10 @@ _AUTOGRAD_KERNELS = torch_kernels.AUTOGRAD_KERNELS
 # keeps the logits and numbers per position; autograd keeps several logits-sized
 # intermediates) and on time. Measured on CPU, torch on one thread (docs/performance.md).
 AUTOGRAD_MAX_ELEMENTS = 2**15
+# With a regularizer the autograd graph runs several more logits-sized backward nodes
+# (the entropy's p log p, the reverse term's exp): measured at 128x100 it is 1.08-1.15x
+# the Function, at 256x10 0.81-0.94x, so its threshold is lower.
+AUTOGRAD_MAX_ELEMENTS_REGULARIZED = 2**12
 
 
 def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
@@ -51,8 +55,9 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
     saturated prediction, where the hand-derived backward (``terms.focal_slopes``) is
     finite (tests/test_extremes.py). Cross entropy, the entropy, the reverse cross
     entropy, the polynomial term, the cap and the z-loss differentiate finitely."""
-    return (spec.chunk_size is None and spec.gamma == 0
-            and logits.numel() <= AUTOGRAD_MAX_ELEMENTS)
+    most = AUTOGRAD_MAX_ELEMENTS if spec.regularizer is None else AUTOGRAD_MAX_ELEMENTS_REGULARIZED
+    return spec.chunk_size is None and spec.gamma == 0 and logits.numel() <= min(
+        most, AUTOGRAD_MAX_ELEMENTS)
 
 
 class _Loss(torch.autograd.Function):

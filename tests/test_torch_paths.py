@@ -86,6 +86,10 @@ def test_the_path_is_chosen_by_size_and_options_only():
     assert not adapter.uses_autograd(dataclasses.replace(spec, chunk_size=2), small)
     # the focal family's plain derivative is NaN where its hand-derived one is finite
     assert not adapter.uses_autograd(dataclasses.replace(spec, gamma=1.0), small)
+    # a regularizer moves the threshold down (measured), never up
+    mid = torch.zeros(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED + 1)[None]
+    assert adapter.uses_autograd(spec, mid)
+    assert not adapter.uses_autograd(dataclasses.replace(spec, regularizer="entropy"), mid)
 
 
 def test_small_logits_are_differentiated_by_torchs_autograd():
