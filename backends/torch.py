@@ -19,7 +19,7 @@ import torch
 
 from entroloss import _math
 
-from . import kernels_for, torch_modules
+from . import kernels_for, torch_kernels, torch_modules
 
 # the nn.Module losses, one per entry of the registry, importable from here too
 globals().update({name: getattr(torch_modules, name) for name in torch_modules.__all__})
@@ -28,6 +28,36 @@ __all__ = ["loss", "value_and_grad", *torch_modules.__all__]
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _RESIDUALS = len(_math.Residuals._fields)
 _KERNELS = kernels_for(xp)  # loaded with the adapter: torch.compile cannot trace an import
+_AUTOGRAD_KERNELS = torch_kernels.AUTOGRAD_KERNELS
+
+# The largest logits (in elements) whose loss torch's own autograd differentiates through
+# ``_math.forward`` (no autograd.Function). Below it a call is per-op overhead: the
+# Function costs a Python forward and a Python backward that the engine calls back into
+# (an empty Function alone is ~37 us forward+backward on CPU), while autograd runs the
+# forward's few ops' derivatives as C++ nodes. Above it the Function wins on memory (it
+# keeps the logits and numbers per position; autograd keeps several logits-sized
+# intermediates) and on time. Measured on CPU, torch on one thread (docs/performance.md).
+AUTOGRAD_MAX_ELEMENTS = 2**15
+# With a regularizer the autograd graph runs several more logits-sized backward nodes
+# (the entropy's p log p, the reverse term's exp): measured at 128x100 it is 1.08-1.15x
+# the Function, at 256x10 0.81-0.94x, so its threshold is lower.
+AUTOGRAD_MAX_ELEMENTS_REGULARIZED = 2**12
+
+
+def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
+    """Whether a call is differentiated by torch's autograd through ``_math.forward``
+    (True) or by the ``autograd.Function`` around the shared backward: by the logits'
+    size and the options alone, so that one call always takes one path.
+
+    ``chunk_size`` asks for bounded memory, which only the Function keeps. A focal main
+    term (``gamma != 0``: focal, adaptive CE) keeps the Function at every size: the
+    plain derivative of ``-(1 - p)^gamma log p`` is NaN at a masked class and at a
+    saturated prediction, where the hand-derived backward (``terms.focal_slopes``) is
+    finite (tests/test_extremes.py). Cross entropy, the entropy, the reverse cross
+    entropy, the polynomial term, the cap and the z-loss differentiate finitely."""
+    most = AUTOGRAD_MAX_ELEMENTS if spec.regularizer is None else AUTOGRAD_MAX_ELEMENTS_REGULARIZED
+    return spec.chunk_size is None and spec.gamma == 0 and logits.numel() <= min(
+        most, AUTOGRAD_MAX_ELEMENTS)
 
 
 class _Loss(torch.autograd.Function):
@@ -92,6 +122,9 @@ def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
             "weight requires grad, but entroloss differentiates the logits, a soft target and "
             "the weights and bases, not the class weights; pass weight.detach()"
         )
+    if uses_autograd(spec, logits):
+        with _no_autocast(logits.device.type):
+            return _math.forward(xp, spec, logits, target, weight, scalars, _AUTOGRAD_KERNELS)[0]
     return _Loss.apply(spec, logits, target, weight, *scalars)
 
 

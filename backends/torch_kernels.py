@@ -166,3 +166,38 @@ KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=lo
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
                   add_product=add_product)
+
+
+# --- the autograd table: the same primitives as torch ops that autograd differentiates ---
+#
+# Where torch's own autograd differentiates ``_math.forward`` (small shapes, see
+# ``backends/torch.py``), no kernel may write into a tensor autograd has recorded: these
+# allocate each result (the in-place ops above would corrupt the graph's saved tensors).
+# The row maximum is detached: ``log p = (z - m) - log sum exp(z - m)`` does not depend on
+# ``m`` (its derivative in ``m`` is ``-1 + sum p = 0``), so its gradient is exactly 0, as
+# in torch's own log_softmax; an ``amax`` node would only add a backward op.
+
+
+def _row_stats_autograd(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    top = z.detach().amax(dim=-1, keepdim=True).clamp_min_(torch.finfo(z.dtype).min)
+    return top, torch.sub(z, top).exp().sum(dim=-1, keepdim=True).clamp_min(1.0).log()
+
+
+def _finite_log_p_autograd(xp: Any, lp: torch.Tensor) -> torch.Tensor:
+    # the definition's where(lp < floor, floor, lp): clamp's gradient is 0 below the floor
+    # (a masked class) as the where's is, and NaN stays NaN
+    return lp.clamp(min=-math.sqrt(torch.finfo(lp.dtype).max))
+
+
+def _sum_p_log_p_autograd(xp: Any, finite_lp: torch.Tensor) -> torch.Tensor:
+    return torch.exp(finite_lp).mul(finite_lp).sum(dim=-1)
+
+
+def _mass_off_target_autograd(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.exp(finite_lp).scatter(-1, index, 0.0).sum(dim=-1)
+
+
+AUTOGRAD_KERNELS = Kernels(row_stats=_row_stats_autograd, take_along_last=take_along_last,
+                           finite_log_p=_finite_log_p_autograd,
+                           sum_p_log_p=_sum_p_log_p_autograd,
+                           mass_off_target=_mass_off_target_autograd)

@@ -164,6 +164,10 @@ def _add_bench(commands) -> None:
                        "timing, the memory figures and the skipped platforms; no progress "
                        "on stderr")
     _add_bench_linear(bench)
+    bench.add_argument("--step", action="store_true",
+                       help="instead: a whole torch CPU training step (the demo's MLP, a small "
+                       "CIFAR-100 CNN) with each loss against the step with the user's own "
+                       "loss, interleaved; --repeats steps a block")
 
 
 def _add_bench_linear(bench) -> None:
@@ -179,6 +183,10 @@ def _add_bench_linear(bench) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench" and args.step:
+        from .tools import bench_step
+
+        return bench_step.main(args)
     if args.command == "bench" and args.linear:
         from .tools import bench_linear
 
