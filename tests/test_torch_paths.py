@@ -54,7 +54,7 @@ def _call(definition, options, soft, *, autograd, monkeypatch):
     inputs = [z] + ([target] if soft else []) + list(learnt.values())
     grads = torch.autograd.grad(value.sum(), inputs, allow_unused=True)
     d_target = grads[1] if soft else None
-    return value, grads[0], d_target, dict(zip(learnt, grads[1 + soft:]))
+    return value, grads[0], d_target, dict(zip(learnt, grads[1 + soft:], strict=True))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

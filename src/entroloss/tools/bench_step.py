@@ -83,7 +83,7 @@ def run(models=MODELS, losses=None, *, steps: int = 20, blocks: int = 15,
             model, x, y, classes = _model(torch, name)
             candidates = {"ours": _stepper(torch, model, x, y, bound(definition)),
                           "user": _stepper(torch, model, x, y, torch_user_baseline(definition))}
-            times = {k: [] for k in candidates}
+            times: dict[str, list[float]] = {k: [] for k in candidates}
             for fn in candidates.values():  # warm-up: first calls, allocator, caches
                 for _ in range(3):
                     fn()
@@ -93,7 +93,7 @@ def run(models=MODELS, losses=None, *, steps: int = 20, blocks: int = 15,
                     for _ in range(steps):
                         fn()
                     times[k].append((time.perf_counter() - start) / steps)
-            ratios = [a / b for a, b in zip(times["ours"], times["user"])]
+            ratios = [a / b for a, b in zip(times["ours"], times["user"], strict=True)]
             rows.append(StepRow(name, int(x.shape[0]), classes, definition.name,
                                 statistics.median(times["ours"]) * 1e6,
                                 statistics.median(times["user"]) * 1e6,
