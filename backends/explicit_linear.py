@@ -15,12 +15,13 @@ from . import kernels_for
 
 def _batch(call: Any) -> linear.Batch:
     return linear.batch(call.hidden, call.head.classifier, call.head.bias, call.target,
-                        call.weight, call.scalars)
+                        call.weight, call.scalars, call.sample_weight)
 
 
 def loss(call: Any) -> Any:
     xp = call.xp
-    return linear.forward(xp, kernels_for(xp), call.spec, _batch(call), keep=call.keep)[0]
+    return linear.forward(xp, kernels_for(xp), call.spec, _batch(call), keep=call.keep,
+                          denominator=call.denominator)[0]
 
 
 def value_and_grad(call: Any, kernels: Any = None) -> tuple:
@@ -28,7 +29,8 @@ def value_and_grad(call: Any, kernels: Any = None) -> tuple:
     xp = call.xp
     kernels = kernels_for(xp) if kernels is None else kernels
     value, denominator, grads = linear.forward(xp, kernels, call.spec, _batch(call),
-                                               with_grads=True, keep=call.keep)
+                                               with_grads=True, keep=call.keep,
+                                               denominator=call.denominator)
     if call.spec.reduction == "mean":
         grads = linear.scale(xp, grads, linear.cotangent_factor(xp, call.spec, 1.0, denominator))
     return value, grads
