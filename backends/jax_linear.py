@@ -1,6 +1,6 @@
 """JAX: the linear-head losses as a ``jax.custom_vjp``.
 
-The forward rule (run only under differentiation) forms the gradients of the sum while
+The forward rule (run only under differentiation) forms the gradients of the loss while
 each chunk of logits is in hand for reductions "mean" and "sum", and the backward rule
 scales them by the cotangent; for "none" the backward recomputes each chunk for its
 per-row cotangents. Traced (under ``jax.jit``, ``vmap``, ...) the chunks are one
@@ -88,7 +88,7 @@ def _backward(spec, floats, fixed, residuals, cotangent):
         cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
     g = cotangent.astype(compute_dtype(jnp, cotangent.dtype))
     if grads is not None:
-        grads = linear.scale(jnp, grads, linear.cotangent_factor(jnp, spec, g, denominator))
+        grads = linear.scale(jnp, grads, g)  # the forward's are the reduced loss's
     else:
         grads = linear.backward(jnp, _kernels(hidden), spec, _batch(floats, *inputs), g,
                                 denominator, wants=static.wants)

@@ -1,7 +1,7 @@
 """torch: the linear-head losses as a ``torch.autograd.Function``.
 
 With reduction "mean" or "sum" and a gradient wanted, the forward forms the gradients of
-the sum while each chunk of logits is in hand (three matmuls a chunk, as the naive
+the loss while each chunk of logits is in hand (three matmuls a chunk, as the naive
 forward plus backward), and the first backward scales them by the cotangent in place and
 hands them out (a second backward, after ``retain_graph=True``, recomputes them). With
 "none" the backward recomputes each chunk for its per-row cotangents. Gradients reach
@@ -57,8 +57,7 @@ class _LinearLoss(torch.autograd.Function):
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.grads is not None:
                 g = grad.to(compute_dtype(xp, grad.dtype))
-                factor = linear.cotangent_factor(xp, call.spec, g, ctx.denominator)
-                grads = _scale_in_place(ctx.grads, factor)
+                grads = _scale_in_place(ctx.grads, g)  # the forward's are the reduced loss's
                 ctx.grads = None  # handed out: the graph keeps no second reference
             else:
                 grads = _recompute(ctx, grad)

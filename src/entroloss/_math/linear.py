@@ -17,9 +17,12 @@ chunk, written back by rows as the hidden states' is: of the target's own size `
 no memory of the logits' size beyond the target's.
 
 Gradients are linear in the per-row cotangent, so when the cotangent is one number
-(reductions "mean" and "sum") the gradients of the *sum* of the losses can be formed in
-the forward while each chunk is in hand (``with_grads``) and scaled by the cotangent
-later: three matmuls per chunk in all, as the naive forward plus backward.
+(reductions "mean" and "sum") the gradients of the reduced loss can be formed in the
+forward while each chunk is in hand (``with_grads``) and scaled by the cotangent later:
+three matmuls per chunk in all, as the naive forward plus backward. The mean's ``1/D`` is
+in the per-row cotangent of that pass (``D`` is read from the target first, or given), so
+that a half-precision gradient is rounded once, after its float32 accumulation, and a unit
+cotangent leaves it exact.
 """
 
 from __future__ import annotations
@@ -360,8 +363,8 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: 
     """``(value, denominator, grads)``: the reduced loss in the hidden states' dtype (per
     row with "none"); the mean's divisor (``denominator`` where the call gives it, a
     constant; else the counted one; None outside "mean"); with ``with_grads`` the
-    :class:`HeadGradients` of the *sum* of the per-row losses (else None), for
-    :func:`scale` to finish. With ``kernels.scan`` (``jax.lax.scan``'s contract) the
+    :class:`HeadGradients` of the reduced loss (else None), for :func:`scale` to
+    multiply by the cotangent. With ``kernels.scan`` (``jax.lax.scan``'s contract) the
     chunks are one loop body over equal chunks rather than a Python loop. ``keep``: the
     rows that count (:func:`kept_rows`), or None for all."""
     hidden = batch.hidden
@@ -369,8 +372,15 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: 
     (kept,) = _kept_batch(xp, keep, batch)
     g_rows = None
     if with_grads:
-        g_rows = xp.ones((kept.hidden.shape[0],), dtype=compute_dtype(xp, hidden.dtype),
-                         device=device(kept.hidden))
+        dtype, where = compute_dtype(xp, hidden.dtype), device(kept.hidden)
+        if spec.reduction == "mean" and denominator is None:
+            denominator = _whole_denominator(xp, spec, kept.inputs,
+                                             kept.head.classifier.shape[0], dtype)
+        # each row's cotangent: 1/D under "mean" (0 where D is not > 0), else 1
+        factor = cotangent_factor(xp, spec, 1.0, denominator)
+        shape = (kept.hidden.shape[0],)
+        g_rows = (xp.full(shape, factor, dtype=dtype, device=where) if isinstance(factor, float)
+                  else xp.broadcast_to(xp.astype(factor, dtype), shape))
     loss, counted, grads = _sweep(xp, kernels, spec, kept, g_rows, wants)
     denominator = counted if denominator is None else denominator
     value = _reduce(xp, spec, _spread(xp, keep, rows, loss), denominator)
@@ -380,7 +390,8 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: 
 
 
 def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> Any:
-    """What the gradients of the sum are multiplied by for a reduced loss's cotangent.
+    """What the gradients of the sum are multiplied by for a reduced loss's cotangent
+    (the per-row cotangent of a pass with gradients).
     A mean over nothing (every position ignored) is NaN, and its gradients are 0, as the
     plain losses give them (NaN x the sum's zeros would be NaN)."""
     if spec.reduction != "mean":
@@ -392,7 +403,7 @@ def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> A
 
 
 def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
-    """The gradients of the sum times ``factor`` (a 0-d array or a number), each in its
+    """The gradients of :func:`forward` times ``factor`` (a 0-d array or a number), each in its
     own dtype (NumPy and JAX would promote a float16 gradient times a float32 factor)."""
     times = lambda g: None if g is None else xp.astype(g * factor, g.dtype, copy=False)
     return HeadGradients(times(grads.hidden), times(grads.classifier), times(grads.bias),
