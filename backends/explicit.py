@@ -15,16 +15,19 @@ from . import kernels_for
 
 
 def loss(xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
-         scalars: _math.Scalars) -> Any:
-    return _math.forward(xp, spec, logits, target, weight, scalars, kernels_for(xp))[0]
+         scalars: _math.Scalars, *, sample_weight: Any = None, denominator: Any = None) -> Any:
+    return _math.forward(xp, spec, logits, target, weight, scalars, kernels_for(xp),
+                         sample_weight=sample_weight, denominator=denominator)[0]
 
 
 def value_and_grad(xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
-                   scalars: _math.Scalars) -> tuple:
+                   scalars: _math.Scalars, *, sample_weight: Any = None,
+                   denominator: Any = None) -> tuple:
     kernels = kernels_for(xp)
-    value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, kernels)
+    value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, kernels,
+                                     sample_weight=sample_weight, denominator=denominator)
     # d(sum of the output)/d(inputs): a cotangent of ones (a scalar broadcasts for "none")
     cotangent = xp.ones_like(value) if spec.reduction == "none" else 1.0
     grads = _math.backward(xp, spec, residuals, target, weight, scalars, cotangent,
-                           logits.dtype, kernels)
+                           logits.dtype, kernels, sample_weight=sample_weight)
     return value, grads.logits, grads.scalars

@@ -7,7 +7,9 @@ applied to the tangents of its inputs. JAX transposes that linear map for revers
 order (``jax.hessian``). Works under ``jax.jit`` and ``jax.vmap``. The static part of a
 call (the spec and the weights or bases given as Python floats) is a non-differentiable
 argument; the logits, a soft target, and weights and bases given as arrays are
-differentiated. The class weights are treated as constants. XLA fuses the generic
+differentiated. The class weights, the sample weights and a denominator are constants
+(their tangents are ignored: ``jax.grad`` gives them 0); a denominator given as a Python
+number is static, like the scalars given as floats. XLA fuses the generic
 definitions itself, so JAX has no kernel table.
 """
 
@@ -27,9 +29,18 @@ def _merge(floats: _math.Scalars, arrays: _math.Scalars) -> _math.Scalars:
     return _math.Scalars(*(f if a is None else a for f, a in zip(floats, arrays, strict=True)))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _loss(spec, floats, logits, target, weight, arrays):
-    return _math.forward(jnp, spec, logits, target, weight, _merge(floats, arrays))[0]
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _loss(spec, floats, fixed, logits, target, weight, arrays, constants):
+    sample_weight, denominator = _constants(fixed, constants)
+    return _math.forward(jnp, spec, logits, target, weight, _merge(floats, arrays),
+                         sample_weight=sample_weight, denominator=denominator)[0]
+
+
+def _constants(fixed: Any, constants: tuple) -> tuple:
+    """``(sample_weight, denominator)``: the denominator is ``fixed`` where it was a Python
+    number, else the array in ``constants``."""
+    sample_weight, denominator = constants
+    return sample_weight, fixed if denominator is None else denominator
 
 
 def _is_zero(tangent: Any) -> bool:
@@ -37,16 +48,19 @@ def _is_zero(tangent: Any) -> bool:
 
 
 @partial(_loss.defjvp, symbolic_zeros=True)
-def _loss_jvp(spec, floats, primals, tangents):
-    logits, target, weight, arrays = primals
-    d_logits, d_target, _, d_arrays = tangents
+def _loss_jvp(spec, floats, fixed, primals, tangents):
+    logits, target, weight, arrays, constants = primals
+    d_logits, d_target, _, d_arrays, _ = tangents
     scalars = _merge(floats, arrays)
-    value, residuals = _math.forward(jnp, spec, logits, target, weight, scalars)
+    sample_weight, denominator = _constants(fixed, constants)
+    value, residuals = _math.forward(jnp, spec, logits, target, weight, scalars,
+                                     sample_weight=sample_weight, denominator=denominator)
     per_position = spec.reduction == "none"
     cotangent = jnp.ones_like(value) if per_position else 1.0
     want_target = spec.soft and not _is_zero(d_target)
     grads = _math.backward(jnp, spec, residuals, target, weight, scalars, cotangent,
-                           value.dtype, want_target=want_target, per_position=per_position)
+                           value.dtype, want_target=want_target, per_position=per_position,
+                           sample_weight=sample_weight)
     dtype = _math.compute_dtype(jnp, value.dtype)
 
     def pair(gradient, tangent):  # <gradient, tangent> per position (or in all)
@@ -65,7 +79,9 @@ def _loss_jvp(spec, floats, primals, tangents):
 
 
 def loss(xp: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
-         scalars: _math.Scalars) -> Any:
+         scalars: _math.Scalars, *, sample_weight: Any = None, denominator: Any = None) -> Any:
     floats = _math.Scalars(*(v if isinstance(v, float) else None for v in scalars))
     arrays = _math.Scalars(*(None if isinstance(v, float) else v for v in scalars))
-    return _loss(spec, floats, logits, target, weight, arrays)
+    fixed = denominator if isinstance(denominator, float) else None
+    constants = (sample_weight, None if fixed is not None else denominator)
+    return _loss(spec, floats, fixed, logits, target, weight, arrays, constants)

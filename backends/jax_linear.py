@@ -1,6 +1,6 @@
 """JAX: the linear-head losses as a ``jax.custom_vjp``.
 
-The forward rule (run only under differentiation) forms the gradients of the sum while
+The forward rule (run only under differentiation) forms the gradients of the loss while
 each chunk of logits is in hand for reductions "mean" and "sum", and the backward rule
 scales them by the cotangent; for "none" the backward recomputes each chunk for its
 per-row cotangents. Traced (under ``jax.jit``, ``vmap``, ...) the chunks are one
@@ -10,7 +10,8 @@ concrete arrays, they stay a Python loop (a scan there would be traced and compi
 anew at every call), whose chunks are freed as it goes. The static part of a call (the
 spec, the weights or bases given as Python floats) is non-differentiable; ``hidden``,
 ``classifier``, ``bias``, a soft target and weights or bases given as arrays are
-differentiated (class indices have no gradient; the class weights are constants). The
+differentiated (class indices have no gradient; the class weights, the sample weights and
+a denominator are constants: their cotangents are zero). The
 rules see which inputs are differentiated (``symbolic_zeros``), so that a soft target's
 gradient, of the target's size, is formed only when it is asked for. Ignored rows are
 computed and masked (the target is not read under tracing).
@@ -42,13 +43,22 @@ def _merge(floats: Scalars, arrays: Scalars) -> Scalars:
     return Scalars(*(f if a is None else a for f, a in zip(floats, arrays, strict=True)))
 
 
-def _batch(floats: Scalars, hidden, classifier, bias, target, weight, arrays) -> linear.Batch:
-    return linear.batch(hidden, classifier, bias, target, weight, _merge(floats, arrays))
+def _batch(floats: Scalars, hidden, classifier, bias, target, weight, arrays,
+           constants) -> linear.Batch:
+    return linear.batch(hidden, classifier, bias, target, weight, _merge(floats, arrays),
+                        sample_weight=constants[0])
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _loss(spec, floats, hidden, *rest):
-    return linear.forward(jnp, _kernels(hidden), spec, _batch(floats, hidden, *rest))[0]
+def _denominator(fixed: Any, constants: tuple) -> Any:
+    """The call's denominator: ``fixed`` where it was a Python number, else the array in
+    ``constants`` (or None)."""
+    return fixed if constants[1] is None else constants[1]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _loss(spec, floats, fixed, hidden, *rest):
+    return linear.forward(jnp, _kernels(hidden), spec, _batch(floats, hidden, *rest),
+                          denominator=_denominator(fixed, rest[-1]))[0]
 
 
 @jax.tree_util.register_static
@@ -59,25 +69,26 @@ class _Static:
     wants: linear.Wants
 
 
-def _forward(spec, floats, *primals):
+def _forward(spec, floats, fixed, *primals):
     unwrap = lambda attribute: jax.tree.map(lambda p: getattr(p, attribute), primals)
     inputs = hidden, *_ = unwrap("value")
     wants = linear.Wants(target=spec.soft and unwrap("perturbed")[3])
     fused = spec.reduction != "none"
     value, denominator, grads = linear.forward(jnp, _kernels(hidden), spec,
                                                _batch(floats, *inputs), with_grads=fused,
-                                               wants=wants)
+                                               wants=wants,
+                                               denominator=_denominator(fixed, inputs[-1]))
     return value, (inputs, denominator, grads, _Static(wants))
 
 
-def _backward(spec, floats, residuals, cotangent):
+def _backward(spec, floats, fixed, residuals, cotangent):
     inputs, denominator, grads, static = residuals
-    hidden, classifier, bias, target, weight, arrays = inputs
+    hidden, classifier, bias, target, weight, arrays, constants = inputs
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
     g = cotangent.astype(compute_dtype(jnp, cotangent.dtype))
     if grads is not None:
-        grads = linear.scale(jnp, grads, linear.cotangent_factor(jnp, spec, g, denominator))
+        grads = linear.scale(jnp, grads, g)  # the forward's are the reduced loss's
     else:
         grads = linear.backward(jnp, _kernels(hidden), spec, _batch(floats, *inputs), g,
                                 denominator, wants=static.wants)
@@ -87,7 +98,7 @@ def _backward(spec, floats, residuals, cotangent):
     # target that is not differentiated (its gradient was not formed)
     d_target = None if grads.target is None else grads.target.astype(target.dtype)
     return (like(grads.hidden, hidden), like(grads.classifier, classifier),
-            like(grads.bias, bias), d_target, None, d_arrays)
+            like(grads.bias, bias), d_target, None, d_arrays, None)
 
 
 _loss.defvjp(_forward, _backward, symbolic_zeros=True)
@@ -96,8 +107,11 @@ _loss.defvjp(_forward, _backward, symbolic_zeros=True)
 def loss(call: Any) -> Any:
     floats = Scalars(*(v if isinstance(v, float) else None for v in call.scalars))
     arrays = Scalars(*(None if isinstance(v, float) else v for v in call.scalars))
-    return _loss(call.spec, floats, call.hidden, call.head.classifier, call.head.bias,
-                 call.target, call.weight, arrays)
+    denominator = call.denominator
+    fixed = denominator if isinstance(denominator, float) else None
+    constants = (call.sample_weight, None if fixed is not None else denominator)
+    return _loss(call.spec, floats, fixed, call.hidden, call.head.classifier, call.head.bias,
+                 call.target, call.weight, arrays, constants)
 
 
 def value_and_grad(call: Any) -> tuple:

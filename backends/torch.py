@@ -62,17 +62,19 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
 
 class _Loss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec, logits, target, weight, *scalars):
+    def forward(ctx, spec, logits, target, weight, sample_weight, denominator, *scalars):
         scalars = _math.Scalars(*scalars)
         with _no_autocast(logits.device.type):  # computed in the dtypes _math decides
-            value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS)
+            value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS,
+                                             sample_weight=sample_weight,
+                                             denominator=denominator)
         ctx.spec, ctx.logits_dtype = spec, logits.dtype
-        _keep(ctx, (target, weight, *residuals, *scalars))
+        _keep(ctx, (target, weight, sample_weight, denominator, *residuals, *scalars))
         return value
 
     @staticmethod
     def backward(ctx, grad):
-        target, weight, *kept = _kept(ctx)
+        target, weight, sample_weight, denominator, *kept = _kept(ctx)
         residuals = _math.Residuals(*kept[:_RESIDUALS])
         scalars = _math.Scalars(*kept[_RESIDUALS:])
         want_target = ctx.needs_input_grad[2]
@@ -84,14 +86,16 @@ class _Loss(torch.autograd.Function):
                 # logits and scalars, with the out-of-place definitions as kernels
                 kernels = _math.GENERIC
                 _, residuals = _math.forward(xp, ctx.spec, residuals.logits, target, weight,
-                                             scalars, kernels)
+                                             scalars, kernels, sample_weight=sample_weight,
+                                             denominator=denominator)
             grads = _math.backward(xp, ctx.spec, residuals, target, weight, scalars, grad,
-                                   ctx.logits_dtype, kernels, want_target=want_target)
+                                   ctx.logits_dtype, kernels, want_target=want_target,
+                                   sample_weight=sample_weight)
         wanted = ctx.needs_input_grad[-_SCALARS:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype)
                           for d, want, v in zip(grads.scalars, wanted, scalars, strict=True))
         d_target = grads.target.to(target.dtype) if want_target else None
-        return None, grads.logits, d_target, None, *d_scalars
+        return None, grads.logits, d_target, None, None, None, *d_scalars
 
 
 def _keep(ctx: Any, values: tuple) -> None:
@@ -116,21 +120,30 @@ def _no_autocast(device_type: str) -> Any:
 
 
 def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
-         scalars: _math.Scalars) -> Any:
-    if weight is not None and weight.requires_grad:
-        raise ValueError(
-            "weight requires grad, but entroloss differentiates the logits, a soft target and "
-            "the weights and bases, not the class weights; pass weight.detach()"
-        )
+         scalars: _math.Scalars, *, sample_weight: Any = None, denominator: Any = None) -> Any:
+    constants(weight=weight, sample_weight=sample_weight, denominator=denominator)
     if uses_autograd(spec, logits):
         with _no_autocast(logits.device.type):
-            return _math.forward(xp, spec, logits, target, weight, scalars, _AUTOGRAD_KERNELS)[0]
-    return _Loss.apply(spec, logits, target, weight, *scalars)
+            return _math.forward(xp, spec, logits, target, weight, scalars, _AUTOGRAD_KERNELS,
+                                 sample_weight=sample_weight, denominator=denominator)[0]
+    return _Loss.apply(spec, logits, target, weight, sample_weight, denominator, *scalars)
 
 
-def value_and_grad(*args: Any) -> tuple:
+def constants(**arrays: Any) -> None:
+    """Refuse a class weight, sample weight or denominator that requires grad: they are
+    constants of the loss, and a gradient that silently never reaches them would be a
+    silent wrong."""
+    for name, value in arrays.items():
+        if torch.is_tensor(value) and value.requires_grad:
+            raise ValueError(
+                f"{name} requires grad, but entroloss differentiates the logits, a soft "
+                f"target and the weights and bases, not the class weights, sample weights "
+                f"or denominator; pass {name}.detach()")
+
+
+def value_and_grad(*args: Any, **options: Any) -> tuple:
     """The explicit path, kept off torch's autograd graph."""
     from . import explicit
 
     with torch.no_grad():
-        return explicit.value_and_grad(*args)
+        return explicit.value_and_grad(*args, **options)

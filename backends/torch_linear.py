@@ -1,7 +1,7 @@
 """torch: the linear-head losses as a ``torch.autograd.Function``.
 
 With reduction "mean" or "sum" and a gradient wanted, the forward forms the gradients of
-the sum while each chunk of logits is in hand (three matmuls a chunk, as the naive
+the loss while each chunk of logits is in hand (three matmuls a chunk, as the naive
 forward plus backward), and the first backward scales them by the cotangent in place and
 hands them out (a second backward, after ``retain_graph=True``, recomputes them). With
 "none" the backward recomputes each chunk for its per-row cotangents. Gradients reach
@@ -20,6 +20,7 @@ import torch
 from entroloss._math import Scalars, compute_dtype, linear
 
 from . import explicit_linear, kernels_for
+from .torch import constants
 
 _KERNELS = kernels_for(xp)
 _FIRST_SCALAR = 7  # the Function's inputs: call, grad_mode, hidden, classifier, bias, target, weight
@@ -31,11 +32,13 @@ class _LinearLoss(torch.autograd.Function):
         needs = ctx.needs_input_grad
         wants = linear.Wants(needs[2], needs[3], needs[4], target=needs[5])
         fused = grad_mode and any(needs) and call.spec.reduction != "none"
-        batch = linear.batch(hidden, classifier, bias, target, weight, Scalars(*scalars))
+        batch = linear.batch(hidden, classifier, bias, target, weight, Scalars(*scalars),
+                             call.sample_weight)
         with torch.autocast(hidden.device.type, enabled=False):
             value, denominator, grads = linear.forward(xp, _KERNELS, call.spec, batch,
                                                        with_grads=fused, wants=wants,
-                                                       keep=call.keep)
+                                                       keep=call.keep,
+                                                       denominator=call.denominator)
         ctx.call, ctx.wants, ctx.grads, ctx.denominator = call, wants, grads, denominator
         ctx.floats = Scalars(*(None if torch.is_tensor(v) else v for v in scalars))
         # the inputs cost no memory to keep: a backward after the first (retain_graph=True)
@@ -54,8 +57,7 @@ class _LinearLoss(torch.autograd.Function):
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.grads is not None:
                 g = grad.to(compute_dtype(xp, grad.dtype))
-                factor = linear.cotangent_factor(xp, call.spec, g, ctx.denominator)
-                grads = _scale_in_place(ctx.grads, factor)
+                grads = _scale_in_place(ctx.grads, g)  # the forward's are the reduced loss's
                 ctx.grads = None  # handed out: the graph keeps no second reference
             else:
                 grads = _recompute(ctx, grad)
@@ -77,16 +79,15 @@ def _scale_in_place(grads: linear.HeadGradients, factor: Any) -> linear.HeadGrad
 def _recompute(ctx: Any, grad: Any) -> linear.HeadGradients:
     hidden, classifier, bias, target, weight, *tensors = ctx.saved_tensors
     scalars = Scalars(*(f if t is None else t for f, t in zip(ctx.floats, tensors, strict=True)))
-    batch = linear.batch(hidden, classifier, bias, target, weight, scalars)
+    batch = linear.batch(hidden, classifier, bias, target, weight, scalars,
+                         ctx.call.sample_weight)
     return linear.backward(xp, _KERNELS, ctx.call.spec, batch, grad, ctx.denominator,
                            wants=ctx.wants, keep=ctx.call.keep)
 
 
 def loss(call: Any) -> Any:
-    if call.weight is not None and call.weight.requires_grad:
-        raise ValueError("weight requires grad, but entroloss differentiates the hidden states, "
-                         "the classifier, the bias, a soft target and the weights and bases, "
-                         "not the class weights; pass weight.detach()")
+    constants(weight=call.weight, sample_weight=call.sample_weight,
+              denominator=call.denominator)
     head = call.head
     return _LinearLoss.apply(call, torch.is_grad_enabled(), call.hidden, head.classifier,
                              head.bias, call.target, call.weight, *call.scalars)

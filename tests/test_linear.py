@@ -19,7 +19,7 @@ from entroloss import _linear
 from entroloss._math import linear
 from entroloss.tools.reference import central_differences
 from tests.helpers.assertions import assert_close
-from tests.helpers.cases import GRID_ARGS, GRID_IDS, draw, scalar_names
+from tests.helpers.cases import GRID_ARGS, GRID_IDS, arrays_back, arrays_on, draw, scalar_names
 from tests.helpers.platforms import backend_dtype_params, backend_params
 
 FEATURES = 4
@@ -89,9 +89,7 @@ def expected(lc: LinearCase, scalars: dict) -> tuple:
 def on_backend(lc: LinearCase, backend, dtype: str = "float64", scalars: dict | None = None):
     """(hidden, classifier, target, keywords) as arrays of ``backend``."""
     target = backend.asarray(lc.target, dtype if lc.target.dtype.kind == "f" else "int64")
-    options = dict(lc.options)
-    if options.get("weight") is not None:
-        options["weight"] = backend.asarray(options["weight"], dtype)
+    options = arrays_on(lc.options, backend, dtype)
     for name, value in (scalars or {}).items():
         options[name] = backend.asarray(value, dtype)
     if lc.bias is not None:
@@ -309,9 +307,7 @@ def test_lower_precision_accumulates_in_float32(backend, dtype, loss):
     hidden, classifier, target, options = on_backend(lc, backend, dtype)
     rounded = LinearCase(lc.loss, backend.to_numpy(hidden), backend.to_numpy(classifier),
                          None if lc.bias is None else backend.to_numpy(options["bias"]),
-                         lc.target, dict(lc.options))
-    if "weight" in options:
-        rounded.options["weight"] = backend.to_numpy(options["weight"])
+                         lc.target, arrays_back(lc.options, options, backend))
     value, grads = expected(rounded, {})
     fn = getattr(el, f"linear_{loss}")
     got_value, got = autograd(backend, fn, hidden, classifier, target,

@@ -46,9 +46,8 @@ def test_gradcheck(loss, target_kind):
     fn = getattr(el, loss)
     z = torch.tensor(case.logits, requires_grad=True)
     target = torch.as_tensor(case.target)
-    options = dict(case.options)
-    if "weight" in options:
-        options["weight"] = torch.as_tensor(options["weight"])
+    options = {name: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+               for name, v in case.options.items()}
     names = scalar_names(loss)
     scalars = [torch.tensor(options.pop(n, 2.5 if n.endswith("base") else 0.8),
                             dtype=torch.float64, requires_grad=True) for n in names]

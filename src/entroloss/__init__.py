@@ -9,7 +9,7 @@ backend is chosen by the type of the logits, and no framework is imported here.
 from typing import Any
 
 from . import _api, _linear
-from ._api import entropy, log_softmax, softmax, value_and_grad
+from ._api import denominator, entropy, log_softmax, softmax, value_and_grad
 from ._linear import linear_entropy, linear_value_and_grad
 from ._losses import LOSSES as _LOSSES
 from ._token_stats import TokenStats, linear_token_stats, token_stats
@@ -23,7 +23,7 @@ for _d in _LOSSES:
     globals()[f"linear_{_d.name}"] = getattr(_linear, f"linear_{_d.name}")
 
 __all__ = [
-    "LOSS_NAMES", "TokenStats", "entropy", "linear_entropy", "linear_token_stats",
+    "LOSS_NAMES", "TokenStats", "denominator", "entropy", "linear_entropy", "linear_token_stats",
     "linear_value_and_grad", "log_softmax", "softmax", "token_stats", "value_and_grad",
 ]
 __all__ += [*LOSS_NAMES, *(f"linear_{name}" for name in LOSS_NAMES)]  # the registry's

@@ -13,7 +13,8 @@ import math
 import sys
 from typing import Any, Callable, Protocol, TypeVar
 
-from . import _docs, _math
+from . import _arrays, _docs, _math
+from ._math.target import Target
 from . import _validate as check
 from ._losses import LOSSES, LossDef
 from ._prepare import COMMON, defaults, prepare_cached, with_defaults
@@ -23,10 +24,16 @@ __all__ = ["entropy", "log_softmax", "softmax", "value_and_grad", "PUBLIC"]
 
 class _HasDtype(Protocol):
     """What the functions below read of an array themselves (the rest goes through its
-    namespace): its dtype."""
+    namespace): its dtype, shape and number of dimensions."""
 
     @property
     def dtype(self) -> Any: ...
+
+    @property
+    def shape(self) -> tuple: ...
+
+    @property
+    def ndim(self) -> int: ...
 
 
 # An array of any array-API library; a result has the logits' type (library, device, dtype).
@@ -43,7 +50,8 @@ def _make(definition: LossDef) -> Callable:
 
     def loss(logits: Any, target: Any, /, **options: Any) -> Any:
         p = prepare_cached(definition, logits, target, with_defaults(name, every, options))
-        return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars)
+        return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars,
+                                       sample_weight=p.sample_weight, denominator=p.denominator)
 
     # Python's own errors (a missing target, a third positional) name the loss
     loss.__code__ = loss.__code__.replace(co_name=name)
@@ -125,11 +133,87 @@ def value_and_grad(loss_fn: Callable[..., Array], logits: Array, target: Array, 
     from entroloss.backends import explicit
 
     run = getattr(_adapter(p.logits), "value_and_grad", explicit.value_and_grad)
-    value, d_logits, d_scalars = run(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars)
+    value, d_logits, d_scalars = run(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars,
+                                     sample_weight=p.sample_weight, denominator=p.denominator)
     grads = {"logits": d_logits}
     for name, slot in p.learnt.items():
         grads[name] = p.xp.astype(getattr(d_scalars, slot), getattr(p.scalars, slot).dtype)
     return value, grads
+
+
+# --- the mean's divisor, for a global one ------------------------------------------------
+
+
+def denominator(target: Array, /, *, weight: Array | None = None,
+                ignore_index: int | None = None, sample_weight: Array | None = None,
+                axis: int = -1) -> Array:
+    """What ``reduction="mean"`` divides by for this batch: the local denominator.
+
+    For class indices the summed ``sample_weight * weight[y]`` of the positions whose
+    target is not ``ignore_index`` (their number without weights); for soft targets the
+    number of positions (their summed ``sample_weight``). Add it over the micro-batches of
+    a step (and all-reduce it over the ranks), then pass the total as every call's
+    ``denominator=``: the micro-batches' losses then add up to the whole batch's loss,
+    gradients included ([Normalization](normalization.md)).
+
+    Args:
+        target: class indices, or probabilities with the classes along ``axis``, as for
+            the losses.
+        weight: class weights ``(C,)``, as for the losses (class indices only matter).
+        ignore_index: as for the losses.
+        sample_weight: one weight per position, as for the losses.
+        axis: the class axis of a soft target (ignored for class indices).
+
+    Returns:
+        A 0-d array of the target's library and device: in the class or sample weights'
+        dtype where one is given, else the library's default floating dtype.
+
+    Examples:
+        Two of four positions ignored, class weights 1 and 3:
+
+        >>> import numpy as np, entroloss as el
+        >>> print(el.denominator(np.array([0, 1, -100, -100]), weight=np.array([1.0, 3.0]),
+        ...                      ignore_index=-100))
+        4.0
+    """
+    try:
+        xp = _arrays.namespace(target)
+    except TypeError:
+        raise TypeError(f"target must be an array of a library supporting the array API, "
+                        f"got {type(target).__name__}") from None
+    if _arrays.is_dtype(xp, target, "integral"):
+        soft, positions = False, tuple(target.shape)
+    elif _arrays.is_dtype(xp, target, "real floating"):
+        axis = check.normalize_axis(axis, target.ndim)
+        soft, positions = True, tuple(target.shape[:axis]) + tuple(target.shape[axis + 1:])
+    else:
+        raise TypeError(f"target must hold integer class indices or floating-point "
+                        f"probabilities, got {target.dtype}")
+    ignore_index = check.check_ignore_index(ignore_index)
+    if soft and ignore_index is not None:
+        raise ValueError("ignore_index applies to class-index targets only, not to soft targets")
+    reads = check.reads_data(True, target)
+    if weight is not None:
+        classes = weight.shape[0] if getattr(weight, "ndim", None) == 1 else 0
+        weight = check.class_weight(xp, target, weight, classes, reads)
+        if not soft and reads:  # the loss refuses these indices too
+            check.class_indices(xp, target, classes, ignore_index)
+    sample_weight = check.sample_weight(xp, target, sample_weight, positions, reads)
+    given = [a for a in (weight, sample_weight) if a is not None]
+    where = _arrays.device(target)
+    dtype = (xp.result_type(*given) if given else
+             xp.__array_namespace_info__().default_dtypes(device=where)["real floating"])
+    sw = None if sample_weight is None else xp.astype(sample_weight, dtype)
+    if soft:  # each position counts once (or its sample weight), whatever the class weights
+        count = float(math.prod(positions)) if sw is None else xp.sum(sw)
+    else:  # the losses' own rule (``Target.mean_denominator``)
+        w = None if weight is None else xp.astype(weight, dtype)
+        spec = _math.Spec(axis=len(positions), soft=False, ignore_index=ignore_index,
+                          indices_checked=True)
+        shape = positions + (1 if w is None else w.shape[0],)
+        count = Target(xp, spec, target, w, shape, dtype, sw).mean_denominator(
+            xp.zeros(positions, dtype=dtype, device=where))
+    return xp.asarray(count, dtype=dtype, device=where) if isinstance(count, float) else count
 
 
 # --- the primitives ------------------------------------------------------------------------

@@ -31,6 +31,14 @@ COMMON_DOCS = {
     "a number > 0; a ``-inf`` logit (a masked class) stays ``-inf``. ``None``: no cap.",
     "z_loss": "add ``z_loss * s * logsumexp(z)^2`` (PaLM's z-loss, ``s`` the target's class "
     "weight) at every counted position, reduced with the loss; a number >= 0.",
+    "sample_weight": "one weight per position (the target's shape for class indices; the "
+    "logits' shape minus the class axis), finite and >= 0: it multiplies the position's "
+    "whole loss (z-loss included), and under ``\"mean\"`` the position counts "
+    "``sample_weight * s`` in the divisor. A constant: not differentiated.",
+    "denominator": "with ``reduction=\"mean\"`` only: what the sum is divided by, in place "
+    "of the counted one (a number > 0 or a 0-d array, integer or floating; a constant, not "
+    "differentiated). Pass the whole step's `denominator` (summed over micro-batches, "
+    "all-reduced over ranks) so that micro-batch losses add up to the whole batch's.",
 }
 
 _TARGET = ("integer class indices with the logits' shape minus the class axis, or "

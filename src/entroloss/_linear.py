@@ -10,6 +10,7 @@ the hidden states' adapter runs ``_math.linear``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import sys
@@ -40,6 +41,8 @@ class LinearCall:
     learnt: dict  # public name -> slot, for the weights and bases given as arrays
     positions: tuple  # hidden.shape[:-1]
     keep: Any  # the rows that count (ignore_index), or None: see linear.kept_rows
+    sample_weight: Any = None  # one weight per row (N,), or None
+    denominator: Any = None  # what "mean" divides by, given by the call, or None
 
 
 class _Shape:
@@ -119,12 +122,17 @@ def _prepare(definition: LossDef, hidden: Any, classifier: Any, target: Any, o: 
     pipeline.target_rules(xp, target, soft, static["ignore_index"])
     reads = check.reads_data(o["validate"], hidden)  # no device sync
     weight = check.class_weight(xp, hidden, o["weight"], num_classes, reads)
+    sample_weight, denominator = pipeline.normalization(xp, hidden, o, static["reduction"],
+                                                        tuple(hidden.shape[:-1]), reads)
     read = scalars or (lambda xp_, h, r: pipeline.scalars(xp_, h, definition, o, r))
     values, learnt = read(xp, hidden, reads)
     indices_checked = pipeline.read_target(xp, target, soft, target.ndim - 1, num_classes,
                                            static["ignore_index"], reads)
-    return _as_rows(xp, static, soft, indices_checked, hidden, head, target, weight,
+    call = _as_rows(xp, static, soft, indices_checked, hidden, head, target, weight,
                     values, learnt)
+    if sample_weight is not None:
+        sample_weight = xp.reshape(sample_weight, (call.hidden.shape[0],))
+    return dataclasses.replace(call, sample_weight=sample_weight, denominator=denominator)
 
 
 def _as_rows(xp: Any, static: dict, soft: bool, indices_checked: bool, hidden: Any,

@@ -17,7 +17,7 @@ from . import _validate as check
 from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
 
 __all__ = ["COMMON", "Prepared", "prepare", "prepare_cached", "defaults", "with_defaults", "static_options",
-           "target_rules", "scalars", "read_target", "make_spec"]
+           "target_rules", "scalars", "normalization", "read_target", "make_spec"]
 
 # The keywords every loss takes beyond its own, with their defaults, annotations (as the
 # signatures show them) and documentation (one line each; _docs.py writes the docstrings).
@@ -31,6 +31,8 @@ COMMON: dict[str, tuple[Any, str]] = {
     "chunk_size": (None, "int | None"),
     "softcap": (None, "float | None"),
     "z_loss": (0.0, "float"),
+    "sample_weight": (None, "Array | None"),
+    "denominator": (None, "float | Array | None"),
 }
 
 
@@ -44,6 +46,8 @@ class Prepared(NamedTuple):
     weight: Any
     scalars: _math.Scalars
     learnt: dict  # public name -> slot, for the weights and bases given as arrays
+    sample_weight: Any  # one weight per position, or None
+    denominator: Any  # what "mean" divides by, given (a float or a 0-d array), or None
 
 
 def defaults(definition: LossDef) -> dict:
@@ -107,6 +111,16 @@ def scalars(xp: Any, x: Any, definition: LossDef, o: dict, reads: bool) -> tuple
     return _math.Scalars(*values), learnt
 
 
+def normalization(xp: Any, x: Any, o: dict, reduction: str, positions: tuple,
+                  reads: bool) -> tuple:
+    """``(sample_weight, denominator)``, checked: the weight of each position (``positions``
+    its shape) and the mean's divisor given by the call (in the compute dtype of ``x``, the
+    array the others must match, where it is an array)."""
+    dtype = _math.compute_dtype(xp, x.dtype)
+    return (check.sample_weight(xp, x, o["sample_weight"], positions, reads),
+            check.denominator(xp, x, o["denominator"], reduction, dtype, reads))
+
+
 def _at_least(name: str, value: Any, low: float, reads: bool) -> None:
     if isinstance(value, float):
         bad = value < low
@@ -146,11 +160,17 @@ def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
     target_rules(xp, target, soft, static["ignore_index"])
     reads = check.reads_data(o["validate"], logits)
     weight = check.class_weight(xp, logits, o["weight"], num_classes, reads)
+    sample_weight, denominator = normalization(xp, logits, o, static["reduction"],
+                                               _positions(logits, axis), reads)
     values, learnt = scalars(xp, logits, definition, o, reads)
     indices_checked = read_target(xp, target, soft, axis, num_classes, static["ignore_index"],
                                   reads)
     spec = make_spec(static, axis=axis, soft=soft, indices_checked=indices_checked)
-    return Prepared(xp, spec, logits, target, weight, values, learnt)
+    return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
+
+
+def _positions(logits: Any, axis: int) -> tuple:
+    return tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
 
 
 # --- the static part of a call, cached ------------------------------------------------------
@@ -229,10 +249,14 @@ def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dic
     weight, values, learnt = o["weight"], static.scalars, {}
     if static.arrays:
         weight = check.class_weight(xp, logits, weight, num_classes, reads)
+    # a Python denominator is in the key, but its float is made here (a cheap check)
+    sample_weight, denominator = normalization(xp, logits, o, spec.reduction,
+                                               _positions(logits, spec.axis), reads)
+    if static.arrays:
         values, learnt = scalars(xp, logits, definition, o, reads)
     indices_checked = read_target(xp, target, spec.soft, spec.axis, num_classes,
                                   spec.ignore_index, reads)
     if indices_checked != spec.indices_checked:
         spec = dataclasses.replace(spec, indices_checked=indices_checked)
-    return Prepared(xp, spec, logits, target, weight, values, learnt)
+    return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
 

@@ -288,3 +288,53 @@ def soft_rows(xp: Any, target: Any, axis: int) -> None:
             f"soft target rows must sum to 1 along axis {axis} (within {tolerance:.1e}); "
             f"the worst row is off by {float(worst):.3g}"
         )
+
+
+def sample_weight(xp: Any, logits: Any, value: Any, positions: tuple, data_checks: bool) -> Any:
+    """One weight per position (the logits' shape minus the class axis), floating,
+    non-negative and finite (the values read where the data checks run)."""
+    if value is None:
+        return None
+    value = same_library(xp, logits, "sample_weight", value)
+    if not _arrays.is_dtype(xp, value, "real floating"):
+        raise TypeError(f"sample_weight must have a real floating-point dtype, got {value.dtype}")
+    if tuple(value.shape) != positions:
+        raise ValueError(f"sample_weight must have shape {positions}, one weight per position "
+                         f"(the target's shape for class indices), got {tuple(value.shape)}")
+    if data_checks and is_concrete(value) and _fails(xp.all((value >= 0) & xp.isfinite(value))):
+        raise ValueError("sample_weight must be non-negative and finite (and not NaN)")
+    return value
+
+
+def denominator(xp: Any, logits: Any, value: Any, reduction: str, dtype: Any,
+                data_checks: bool) -> Any:
+    """What ``reduction="mean"`` divides by, given by the caller: a real number > 0 and
+    finite (a Python float then), or a 0-d array of the logits' library (integer or
+    floating; returned in ``dtype``, the compute dtype), whose value is read where the data
+    checks run. A constant: nothing differentiates it."""
+    if value is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(f"denominator applies to reduction='mean' only (it replaces what the "
+                         f"mean divides by), got reduction={reduction!r}")
+    if isinstance(value, bool):
+        raise TypeError("denominator must be a real number or a 0-d array, got bool")
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"denominator must be finite and > 0, got {value}")
+        return value
+    if not hasattr(value, "shape"):
+        raise TypeError(f"denominator must be a real number or a 0-d array, got "
+                        f"{type(value).__name__}")
+    value = same_library(xp, logits, "denominator", value)
+    if value.ndim != 0:
+        raise ValueError(f"denominator must be a 0-d array (or a number), got shape "
+                         f"{tuple(value.shape)}")
+    if not (_arrays.is_dtype(xp, value, "real floating") or _arrays.is_dtype(xp, value, "integral")):
+        raise TypeError(f"denominator must have a real (integer or floating) dtype, got "
+                        f"{value.dtype}")
+    value = xp.astype(value, dtype)
+    if data_checks and is_concrete(value) and _fails(xp.isfinite(value) & (value > 0)):
+        raise ValueError(f"denominator must be finite and > 0, got {value!r}")
+    return value

@@ -1,8 +1,9 @@
 """Random loss cases that cover every option and their combinations.
 
 A case is a loss, a target kind and a reduction; the seed derived from them draws the
-shapes and the options (class weights, label smoothing, bases, weights, eps, gamma), so
-every combination appears across the grid and each case is reproducible by its id.
+shapes and the options (class weights, label smoothing, bases, weights, eps, gamma, sample
+weights and, under "mean", a given denominator), so every combination appears across the
+grid and each case is reproducible by its id.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ def draw(loss: str, target_kind: str, reduction: str, salt: str = "") -> Case:
     for option in _losses.by_name(loss).options:  # focal's gamma, MIX-ENT's eps, ...
         if option.name == "gamma" or rng.random() < 0.5:
             options[option.name] = float(rng.choice(option.samples))
+    # The normalization options (issue 26), drawn last (the draws above stay as they were)
+    # and with a probability rather than as axes: one weight per position, an exact zero
+    # sometimes; under "mean" the caller's divisor, a Python number or a 0-d array.
+    if rng.random() < 0.35:
+        positions = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+        sample_weight = rng.uniform(0.0, 2.0, size=positions)
+        if rng.random() < 0.5:
+            sample_weight.reshape(-1)[-1] = 0.0
+        options["sample_weight"] = sample_weight
+    if reduction == "mean" and rng.random() < 0.3:
+        denominator = float(rng.uniform(0.5, 20.0))
+        options["denominator"] = denominator if rng.random() < 0.5 else np.asarray(denominator)
     return Case(loss, logits, target, options)
 
 
@@ -89,14 +102,25 @@ GRID_IDS = [case_id for case_id, _ in GRID]
 GRID_ARGS = [args for _, args in GRID]
 
 
+def arrays_on(options: dict, backend, dtype: str = "float64") -> dict:
+    """``options`` with every NumPy array among them (class and sample weights, a 0-d
+    denominator) as an array of ``backend``; Python values as they are."""
+    return {name: backend.asarray(value, dtype) if isinstance(value, np.ndarray) else value
+            for name, value in options.items()}
+
+
+def arrays_back(options: dict, on: dict, backend) -> dict:
+    """``options`` with each array replaced by its value on the backend (``on``), back in
+    NumPy: rounded to the dtype the backend saw."""
+    return {name: backend.to_numpy(on[name]) if isinstance(value, np.ndarray) else value
+            for name, value in options.items()}
+
+
 def on_backend(case: Case, backend, dtype: str = "float64"):
     """(logits, target, options) as arrays of ``backend``; scalars stay Python floats."""
     logits = backend.asarray(case.logits, dtype)
     target = backend.asarray(case.target, dtype if case.target.dtype.kind == "f" else "int64")
-    options = dict(case.options)
-    if options.get("weight") is not None:
-        options["weight"] = backend.asarray(options["weight"], dtype)
-    return logits, target, options
+    return logits, target, arrays_on(case.options, backend, dtype)
 
 
 def rounded(case: Case, dtype: str, backend) -> Case:
@@ -104,8 +128,6 @@ def rounded(case: Case, dtype: str, backend) -> Case:
     if dtype == "float64":
         return case
     logits, target, options = on_backend(case, backend, dtype)
-    out = dict(case.options)
-    if "weight" in out:
-        out["weight"] = backend.to_numpy(options["weight"])
+    out = arrays_back(case.options, options, backend)
     new_target = backend.to_numpy(target) if case.target.dtype.kind == "f" else case.target
     return Case(case.loss, backend.to_numpy(logits), new_target, out)

@@ -121,7 +121,8 @@ def run_ranks(job: Callable, out_dir) -> list:
 # Every rank's work of the suite, run by one spawn: a rank's first DistributedDataParallel
 # imports torch._dynamo (and sympy), about 5 s of both cores, paid once rather than per
 # file. Each entry is a module-level function of the rank returning a JSON-able result.
-DDP_JOBS = ("tests.test_distributed:ddp_job", "tests.test_linear_distributed:ddp_job")
+DDP_JOBS = ("tests.test_distributed:ddp_job", "tests.test_linear_distributed:ddp_job",
+            "tests.test_normalization:ddp_job")
 
 
 def _every_job(rank: int) -> dict:

@@ -18,16 +18,17 @@ from .positions import Asked, PerPosition, class_axis_back, gradients, loss_term
 from .primitives import Kernels, in_dtype
 from .spec import Gradients, Inputs, Residuals, Scalars, Spec
 
-__all__ = ["applies", "loss_terms_chunked", "gradients_chunked"]
+__all__ = ["applies", "loss_terms_chunked", "gradients_chunked", "rows_of"]
 
 
 def applies(spec: Spec, positions: int) -> bool:
     return spec.chunk_size is not None and positions > spec.chunk_size
 
 
-def _as_rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
-    """Logits as ``(N, C)``, the target as ``(N,)`` or ``(N, C)``, the spec of one chunk
-    and the chunks' row slices."""
+def _as_rows(xp: Any, spec: Spec, logits: Any, inputs: Inputs) -> tuple:
+    """Logits as ``(N, C)``, the inputs with the target as ``(N,)`` or ``(N, C)`` and the
+    sample weights as ``(N,)``, the spec of one chunk and the chunks' row slices."""
+    target = inputs.target
     z = logits if spec.axis == logits.ndim - 1 else xp.moveaxis(logits, spec.axis, -1)
     rows, classes = math.prod(z.shape[:-1]), z.shape[-1]
     z = xp.reshape(z, (rows, classes))
@@ -36,18 +37,30 @@ def _as_rows(xp: Any, spec: Spec, logits: Any, target: Any) -> tuple:
         target = xp.reshape(t, (rows, classes))
     else:
         target = xp.reshape(target, (rows,))
+    sample_weight = inputs.sample_weight
+    if sample_weight is not None:
+        sample_weight = xp.reshape(sample_weight, (rows,))
     row_spec = replace(spec, axis=1, chunk_size=None)
     assert spec.chunk_size is not None, "called where applies(spec, ...)"
-    return z, target, row_spec, row_slices(rows, spec.chunk_size)
+    inputs = inputs._replace(target=target, sample_weight=sample_weight)
+    return z, inputs, row_spec, row_slices(rows, spec.chunk_size)
+
+
+def rows_of(inputs: Inputs, rows: slice) -> Inputs:
+    """The inputs of some rows: the target's and the sample weights' (the class weights and
+    scalars are the same for every row)."""
+    sample_weight = inputs.sample_weight
+    return inputs._replace(target=inputs.target[rows, ...],
+                           sample_weight=None if sample_weight is None else sample_weight[rows])
 
 
 def loss_terms_chunked(xp: Any, kernels: Kernels, spec: Spec, logits: Any,
                        inputs: Inputs) -> PerPosition:
     """:func:`.positions.loss_terms` over all rows, one chunk at a time. The loss has the
     positions' shape; the other per-position arrays are flat, ``(N,)`` or ``(N, 1)``."""
-    z, target, row_spec, chunks = _as_rows(xp, spec, logits, inputs.target)
-    parts = [loss_terms(xp, kernels, row_spec, z[rows, :],
-                        inputs._replace(target=target[rows, ...])) for rows in chunks]
+    z, inputs, row_spec, chunks = _as_rows(xp, spec, logits, inputs)
+    parts = [loss_terms(xp, kernels, row_spec, z[rows, :], rows_of(inputs, rows))
+             for rows in chunks]
     loss, main, top, norm = (xp.concat([getattr(p, name) for p in parts])
                              for name in ("loss", "main", "row_max", "log_norm"))
     reg = None if parts[0].reg is None else xp.concat([p.reg for p in parts])
@@ -66,15 +79,14 @@ def gradients_chunked(xp: Any, kernels: Kernels, spec: Spec, residuals: Residual
     cotangent per row. The scalars' gradients are summed over the chunks (or, with
     ``asked.per_position``, concatenated into the positions' shape)."""
     r = residuals
-    z, target, row_spec, chunks = _as_rows(xp, spec, r.logits, inputs.target)
+    z, inputs, row_spec, chunks = _as_rows(xp, spec, r.logits, inputs)
     dz = rows_out(xp, z, logits_dtype)
     parts_scalars, parts_target = [], []
     for rows in chunks:
         kept = Residuals(z[rows, :], r.row_max[rows, :], r.log_norm[rows, :], r.main[rows],
                          None if r.reg is None else r.reg[rows], None)
         d_rows, d_scalars, d_target = gradients(xp, kernels, row_spec, kept,
-                                                inputs._replace(target=target[rows, ...]),
-                                                g_pos[rows], asked)
+                                                rows_of(inputs, rows), g_pos[rows], asked)
         write_rows(dz, rows, in_dtype(xp, d_rows, logits_dtype))
         parts_scalars.append(d_scalars)
         parts_target.append(d_target)

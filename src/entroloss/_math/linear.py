@@ -17,9 +17,12 @@ chunk, written back by rows as the hidden states' is: of the target's own size `
 no memory of the logits' size beyond the target's.
 
 Gradients are linear in the per-row cotangent, so when the cotangent is one number
-(reductions "mean" and "sum") the gradients of the *sum* of the losses can be formed in
-the forward while each chunk is in hand (``with_grads``) and scaled by the cotangent
-later: three matmuls per chunk in all, as the naive forward plus backward.
+(reductions "mean" and "sum") the gradients of the reduced loss can be formed in the
+forward while each chunk is in hand (``with_grads``) and scaled by the cotangent later:
+three matmuls per chunk in all, as the naive forward plus backward. The mean's ``1/D`` is
+in the per-row cotangent of that pass (``D`` is read from the target first, or given), so
+that a half-precision gradient is rounded once, after its float32 accumulation, and a unit
+cotangent leaves it exact.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 from .arrays import device, scatters_rows
 from .chunking import (EqualChunks, equal_chunks, row_slices, rows_out, rows_result, rows_within,
                        summed, write_rows)
+from .chunks import rows_of
 from .passes import safe_divide
 from .positions import Asked, gradients, loss_terms
 from .primitives import Kernels, compute_dtype
@@ -53,7 +57,7 @@ class Head(NamedTuple):
 
 class Batch(NamedTuple):
     """One call's rows: ``hidden (N, H)``, the head, and the target (``(N,)`` or
-    ``(N, C)``), class weights and scalars."""
+    ``(N, C)``), class weights, scalars and sample weights (``(N,)`` or None)."""
 
     head: Head
     hidden: Any
@@ -61,9 +65,9 @@ class Batch(NamedTuple):
 
 
 def batch(hidden: Any, classifier: Any, bias: Any, target: Any, weight: Any,
-          scalars: Scalars) -> Batch:
+          scalars: Scalars, sample_weight: Any = None) -> Batch:
     """A :class:`Batch` from the arrays a linear-head loss is called with."""
-    return Batch(Head(classifier, bias), hidden, Inputs(target, weight, scalars))
+    return Batch(Head(classifier, bias), hidden, Inputs(target, weight, scalars, sample_weight))
 
 
 class Wants(NamedTuple):
@@ -175,14 +179,14 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, g_rows: Any,
     wants = wants._replace(target=wants.target and spec.soft)
     if kernels.scan is not None:
         return _scanned_sweep(xp, kernels, kernels.scan, spec, size, batch, g_rows, wants)
-    hidden, target = batch.hidden, batch.inputs.target
+    hidden = batch.hidden
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, batch.head, dtype)  # one cast of the classifier, not a chunk's
     row_spec = replace(spec, chunk_size=None)
     accumulator = None if g_rows is None else _Accumulator(xp, kernels, batch, wide, wants)
     losses, denominator = [], 0.0
     for rows in row_slices(hidden.shape[0], size):
-        chunk = batch.inputs._replace(target=target[rows, ...])
+        chunk = rows_of(batch.inputs, rows)
         h_rows = _counted(xp, spec, xp.astype(hidden[rows, :], dtype, copy=False), chunk.target)
         z = _logits(xp, h_rows, wide, dtype)
         per = loss_terms(xp, kernels, row_spec, z, chunk)
@@ -219,20 +223,24 @@ def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, plan: EqualChun
     return xp.where(real, padded, xp.astype(xp.argmax(head.bias), target.dtype))
 
 
-def _whole_denominator(xp: Any, spec: Spec, target: Any, weight: Any, num_classes: int,
-                      dtype: Any) -> Any:
+def _whole_denominator(xp: Any, spec: Spec, inputs: Inputs, num_classes: int,
+                       dtype: Any) -> Any:
     """The mean's divisor over all rows at once, by ``Target.mean_denominator``: for class
-    indices it reads the index, ``ignore_index`` and the class weights only (one number
-    per row), so the smoothing, whose dense ``q`` would be of the logits' size, is left
-    out; for a soft target it is the number of rows."""
+    indices it reads the index, ``ignore_index``, the class weights and the sample weights
+    only (one number per row), so the smoothing, whose dense ``q`` would be of the logits'
+    size, is left out; for a soft target it is the number of rows (or their summed sample
+    weight)."""
     if spec.reduction != "mean":
         return None
+    target, weight, _, sample_weight = inputs
     rows = target.shape[0]
+    if sample_weight is not None:
+        sample_weight = xp.astype(sample_weight, dtype, copy=False)
     if spec.soft:
-        return float(rows)
+        return float(rows) if sample_weight is None else xp.sum(sample_weight)
     tgt = Target(xp, replace(spec, label_smoothing=0.0), target,
                  None if weight is None else xp.astype(weight, dtype, copy=False),
-                 (rows, num_classes), dtype)
+                 (rows, num_classes), dtype, sample_weight)
     return tgt.mean_denominator(xp.zeros((rows,), dtype=dtype, device=device(target)))
 
 
@@ -255,10 +263,10 @@ def _chunk_body(xp: Any, kernels: Kernels, spec: Spec, wide: Head, inputs: Input
     row_spec, dtype = replace(spec, chunk_size=None), wide.classifier.dtype
 
     def body(carry: tuple, rows: tuple) -> tuple:
-        h_rows, t_rows, g_chunk = rows
+        h_rows, t_rows, sw_rows, g_chunk = rows
         h_rows = _counted(xp, spec, xp.astype(h_rows, dtype, copy=False), t_rows)
         z = _logits(xp, h_rows, wide, dtype)
-        chunk = inputs._replace(target=t_rows)
+        chunk = inputs._replace(target=t_rows, sample_weight=sw_rows)
         per = loss_terms(xp, kernels, row_spec, z, chunk)
         if g_chunk is None:
             return carry, (per.loss, None, None)
@@ -281,19 +289,19 @@ def _scanned_sweep(xp: Any, kernels: Kernels, scan: Callable, spec: Spec, size: 
                    batch: Batch, g_rows: Any, wants: Wants) -> tuple:
     """:func:`_sweep` as one ``scan(body, carry, chunks) -> (carry, stacked)`` over equal
     chunks of at most ``size`` rows (``kernels.scan``, with ``jax.lax.scan``'s contract)."""
-    head, hidden, (target, weight, scalars) = batch
+    head, hidden, (target, weight, scalars, sample_weight) = batch
     dtype = compute_dtype(xp, hidden.dtype)
     wide = _in_compute_dtype(xp, head, dtype)
     rows = hidden.shape[0]
     plan = equal_chunks(rows, size)
-    chunks = (plan.stack(xp, plan.pad(xp, hidden, 0)),
-              plan.stack(xp, _padded_target(xp, spec, target, head, plan)),
-              None if g_rows is None else plan.stack(xp, plan.pad(xp, g_rows, 0)))
+    padded = lambda x: None if x is None else plan.stack(xp, plan.pad(xp, x, 0))
+    chunks = (padded(hidden), plan.stack(xp, _padded_target(xp, spec, target, head, plan)),
+              padded(sample_weight), padded(g_rows))
     body = _chunk_body(xp, kernels, spec, wide, batch.inputs, wants)
     carry = None if g_rows is None else _zero_grads(xp, head, scalars, wants, dtype)
     carry, (losses, d_hidden, d_target) = scan(body, carry, chunks)
     loss = plan.unstack(xp, losses[..., None], rows)[:, 0]
-    denominator = _whole_denominator(xp, spec, target, weight, head.classifier.shape[0], dtype)
+    denominator = _whole_denominator(xp, spec, batch.inputs, head.classifier.shape[0], dtype)
     if carry is None:
         return loss, denominator, None
     d_w, d_b, d_s = carry
@@ -325,9 +333,12 @@ def _kept_batch(xp: Any, keep: Any, batch: Batch, *more: Any) -> tuple:
     """The batch of the kept rows, and of each of ``more`` (per-row arrays)."""
     if keep is None:
         return (batch, *more)
-    hidden, target, *kept = (xp.take(a, keep, axis=0)
-                             for a in (batch.hidden, batch.inputs.target, *more))
-    return (batch._replace(hidden=hidden, inputs=batch.inputs._replace(target=target)), *kept)
+    take = lambda a: None if a is None else xp.take(a, keep, axis=0)
+    inputs = batch.inputs
+    hidden, target, sample_weight, *kept = map(take, (batch.hidden, inputs.target,
+                                                      inputs.sample_weight, *more))
+    inputs = inputs._replace(target=target, sample_weight=sample_weight)
+    return (batch._replace(hidden=hidden, inputs=inputs), *kept)
 
 
 def _spread(xp: Any, keep: Any, rows: int, values: Any) -> Any:
@@ -350,11 +361,12 @@ def _reduce(xp: Any, spec: Spec, loss: Any, denominator: Any) -> Any:
 
 
 def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: bool = False,
-            wants: Wants = Wants(), keep: Any = None) -> tuple:
+            wants: Wants = Wants(), keep: Any = None, denominator: Any = None) -> tuple:
     """``(value, denominator, grads)``: the reduced loss in the hidden states' dtype (per
-    row with "none"); the mean's divisor (else None); with ``with_grads`` the
-    :class:`HeadGradients` of the *sum* of the per-row losses (else None), for
-    :func:`scale` to finish. With ``kernels.scan`` (``jax.lax.scan``'s contract) the
+    row with "none"); the mean's divisor (``denominator`` where the call gives it, a
+    constant; else the counted one; None outside "mean"); with ``with_grads`` the
+    :class:`HeadGradients` of the reduced loss (else None), for :func:`scale` to
+    multiply by the cotangent. With ``kernels.scan`` (``jax.lax.scan``'s contract) the
     chunks are one loop body over equal chunks rather than a Python loop. ``keep``: the
     rows that count (:func:`kept_rows`), or None for all."""
     hidden = batch.hidden
@@ -362,9 +374,17 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: 
     (kept,) = _kept_batch(xp, keep, batch)
     g_rows = None
     if with_grads:
-        g_rows = xp.ones((kept.hidden.shape[0],), dtype=compute_dtype(xp, hidden.dtype),
-                         device=device(kept.hidden))
-    loss, denominator, grads = _sweep(xp, kernels, spec, kept, g_rows, wants)
+        dtype, where = compute_dtype(xp, hidden.dtype), device(kept.hidden)
+        if spec.reduction == "mean" and denominator is None:
+            denominator = _whole_denominator(xp, spec, kept.inputs,
+                                             kept.head.classifier.shape[0], dtype)
+        # each row's cotangent: 1/D under "mean" (0 where D is not > 0), else 1
+        factor = cotangent_factor(xp, spec, 1.0, denominator)
+        shape = (kept.hidden.shape[0],)
+        g_rows = (xp.full(shape, factor, dtype=dtype, device=where) if isinstance(factor, float)
+                  else xp.broadcast_to(xp.astype(factor, dtype), shape))
+    loss, counted, grads = _sweep(xp, kernels, spec, kept, g_rows, wants)
+    denominator = counted if denominator is None else denominator
     value = _reduce(xp, spec, _spread(xp, keep, rows, loss), denominator)
     if grads is not None:
         grads = grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
@@ -372,7 +392,8 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: 
 
 
 def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> Any:
-    """What the gradients of the sum are multiplied by for a reduced loss's cotangent.
+    """What the gradients of the sum are multiplied by for a reduced loss's cotangent
+    (the per-row cotangent of a pass with gradients).
     A mean over nothing (every position ignored) is NaN, and its gradients are 0, as the
     plain losses give them (NaN x the sum's zeros would be NaN)."""
     if spec.reduction != "mean":
@@ -384,7 +405,7 @@ def cotangent_factor(xp: Any, spec: Spec, cotangent: Any, denominator: Any) -> A
 
 
 def scale(xp: Any, grads: HeadGradients, factor: Any) -> HeadGradients:
-    """The gradients of the sum times ``factor`` (a 0-d array or a number), each in its
+    """The gradients of :func:`forward` times ``factor`` (a 0-d array or a number), each in its
     own dtype (NumPy and JAX would promote a float16 gradient times a float32 factor)."""
     times = lambda g: None if g is None else xp.astype(g * factor, g.dtype, copy=False)
     return HeadGradients(times(grads.hidden), times(grads.classifier), times(grads.bias),

@@ -20,17 +20,22 @@ def _positions(spec: Spec, shape: tuple) -> int:
 
 
 def forward(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, scalars: Scalars,
-            kernels: Kernels = GENERIC) -> tuple[Any, Residuals]:
+            kernels: Kernels = GENERIC, *, sample_weight: Any = None,
+            denominator: Any = None) -> tuple[Any, Residuals]:
     """The reduced loss, in the logits' dtype, and the residuals for :func:`backward`.
 
-    ``weight`` is the class-weight vector or ``None``. Inputs are assumed validated.
-    ``kernels`` is the logits' library's table of native primitives.
+    ``weight`` is the class-weight vector or ``None``; ``sample_weight`` one weight per
+    position or ``None``. ``denominator`` (``reduction="mean"`` only; a number > 0 or a
+    0-d array, a constant) replaces the mean's counted divisor. Inputs are assumed
+    validated. ``kernels`` is the logits' library's table of native primitives.
     """
-    inputs = Inputs(target, weight, scalars)
+    inputs = Inputs(target, weight, scalars, sample_weight)
     if chunks.applies(spec, _positions(spec, tuple(logits.shape))):
         per = chunks.loss_terms_chunked(xp, kernels, spec, logits, inputs)
     else:
         per = loss_terms(xp, kernels, spec, logits, inputs)
+    if denominator is not None:
+        per = per._replace(denominator=denominator)
     if spec.reduction == "none":
         value = per.loss
     else:
@@ -51,7 +56,8 @@ def safe_divide(xp: Any, total: Any, denominator: Any) -> Any:
 
 def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any,
              scalars: Scalars, cotangent: Any, logits_dtype: Any, kernels: Kernels = GENERIC, *,
-             want_target: bool = False, per_position: bool = False) -> Gradients:
+             want_target: bool = False, per_position: bool = False,
+             sample_weight: Any = None) -> Gradients:
     """Gradients of ``sum(cotangent * loss)`` for the logits (in ``logits_dtype``), the
     four scalars (in the compute dtype; ``None`` where a scalar is a Python float; per
     position, unreduced, with ``per_position``) and, with ``want_target``, a soft target
@@ -67,7 +73,8 @@ def backward(xp: Any, spec: Spec, residuals: Residuals, target: Any, weight: Any
         g_pos = xp.reshape(g, r.main.shape)
     else:
         g_pos = xp.broadcast_to(g, r.main.shape)
-    inputs, asked = Inputs(target, weight, scalars), Asked(want_target, per_position)
+    inputs = Inputs(target, weight, scalars, sample_weight)
+    asked = Asked(want_target, per_position)
     if chunks.applies(spec, math.prod(r.main.shape)):
         return chunks.gradients_chunked(xp, kernels, spec, r, inputs, g_pos, logits_dtype, asked)
     dz, d_scalars, d_target = gradients(xp, kernels, spec, r, inputs, g_pos, asked)

@@ -77,12 +77,14 @@ def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
 
 def read_target(xp: Any, spec: Spec, z: Any, inputs: Inputs) -> tuple[Target, Scalars]:
     """The target as ``w * q`` and the four scalars, classes last and in the dtype of
-    ``z``, the logits with classes last."""
-    target, weight, scalars = inputs
+    ``z``, the logits with classes last (the sample weights, of the positions' shape, are
+    in that layout already: moving the class axis last keeps the other axes' order)."""
+    target, weight, scalars, sample_weight = inputs
     if spec.soft and spec.axis != z.ndim - 1:
         target = xp.moveaxis(target, spec.axis, -1)
     w = None if weight is None else in_dtype(xp, weight, z.dtype)
-    return (Target(xp, spec, target, w, tuple(z.shape), z.dtype),
+    sw = None if sample_weight is None else in_dtype(xp, sample_weight, z.dtype)
+    return (Target(xp, spec, target, w, tuple(z.shape), z.dtype, sw),
             Scalars(*(_scalar(xp, v, z.dtype) for v in scalars)))
 
 
@@ -107,6 +109,8 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
         loss = loss + scaled * (s.reg_weight / ln(xp, s.reg_base))
     if spec.z_loss:
         loss = loss + terms.z_loss_value(xp, spec, tgt, top, norm)
+    if tgt.sample_weight is not None:  # the whole position's loss, z-loss included
+        loss = loss * tgt.sample_weight
     if tgt.valid is not None:
         loss = xp.where(tgt.valid, loss, 0.0)
         main = xp.where(tgt.valid, main, 0.0)
@@ -130,6 +134,8 @@ def gradients(xp: Any, kernels: Kernels, spec: Spec, kept: Residuals, inputs: In
     if spec.softcap is not None:
         z, slope = kernels.soft_cap_with_slope(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, z, inputs)
+    if tgt.sample_weight is not None:  # l_i = sw_i * (every term): its cotangent is sw_i g_i
+        g_pos = g_pos * tgt.sample_weight
     if tgt.valid is not None:
         g_pos = xp.where(tgt.valid, g_pos, 0.0)
     if tgt.invalid is not None:  # an unchecked out-of-range index: a NaN row, not a number

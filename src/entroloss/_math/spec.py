@@ -53,11 +53,14 @@ class Scalars(NamedTuple):
 
 class Inputs(NamedTuple):
     """What a call gives besides the logits: the target (in the logits' layout), the
-    class weights (or None) and the four scalars."""
+    class weights (or None), the four scalars, and the weight of each position
+    (``sample_weight``: the positions' shape, or None), which multiplies the position's
+    loss and its share of the mean's divisor."""
 
     target: Any
     weight: Any
     scalars: Scalars
+    sample_weight: Any = None
 
 
 class Residuals(NamedTuple):
@@ -71,7 +74,7 @@ class Residuals(NamedTuple):
     log_norm: Any  # (..., 1)
     main: Any  # the main term F per position
     reg: Any  # the regularizer G per position
-    denominator: Any  # the mean's divisor
+    denominator: Any  # the mean's divisor: the counted one, or the one the call gave
 
 
 class Gradients(NamedTuple):

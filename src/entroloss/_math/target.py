@@ -31,6 +31,7 @@ class Target:
       scale: ``s_i``, the class weight of the target class (class indices with weights).
       q, wq: the dense distribution and ``w * q`` (soft targets and smoothed indices);
         ``wq`` is 0 at unusable positions.
+      sample_weight: the weight of each position (the positions' shape), or None.
     """
 
     # arrays of the caller's library, or None (set in __init__)
@@ -42,8 +43,10 @@ class Target:
     q: Any
     wq: Any
 
-    def __init__(self, xp: Any, spec: Spec, target: Any, weight: Any, shape: tuple, dtype: Any):
+    def __init__(self, xp: Any, spec: Spec, target: Any, weight: Any, shape: tuple, dtype: Any,
+                 sample_weight: Any = None):
         self.xp, self.spec = xp, spec
+        self.sample_weight = sample_weight
         self.num_classes = shape[-1]
         self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
         self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
@@ -128,11 +131,14 @@ class Target:
     def mean_denominator(self, loss: Any) -> Any:
         """torch's rule for ``reduction="mean"``: the summed class weight of the counted
         positions for class indices, the number of positions for soft targets (a Python
-        float where it needs no data)."""
+        float where it needs no data); each position counts its ``sample_weight`` times
+        (Keras' and torch's weighted mean: ``sum(sw s l) / sum(sw s)``)."""
         xp = self.xp
-        if self.scale is None and self.valid is None:
+        if self.scale is None and self.valid is None and self.sample_weight is None:
             return float(math.prod(loss.shape))  # known without reading the data
         ones = xp.ones_like(loss) if self.scale is None else self.scale
+        if self.sample_weight is not None:
+            ones = ones * self.sample_weight
         if self.valid is not None:
             ones = xp.where(self.valid, ones, 0.0)
         return xp.sum(ones)

@@ -35,7 +35,7 @@ __all__ = ["patch", "unpatch", "is_patched", "loss_names", "ModelLossMixin"]
 IGNORE = -100  # Transformers' label for "no loss here"
 _STATE = "_entroloss_patch"
 # what the patch itself sets on the loss, so not options a caller may pass
-_OWNED = ("bias", "ignore_index", "reduction", "softcap")
+_OWNED = ("bias", "ignore_index", "reduction", "softcap", "denominator")
 
 
 @dataclasses.dataclass
@@ -95,7 +95,7 @@ def _check_options(function: Any, name: str, options: dict, chunk_size: Any) -> 
     owned = sorted(set(options) & set(_OWNED))
     if owned:
         raise TypeError(f"patch() sets {', '.join(owned)} itself (the head's bias, -100, the "
-                        f"model's soft cap, Transformers' reduction); remove "
+                        f"model's soft cap, Transformers' reduction and num_items_in_batch); remove "
                         f"{', '.join(map(repr, owned))}")
     function(torch.zeros(2, 1), torch.zeros(3, 1), torch.tensor([0, 1]),
              chunk_size=chunk_size, **options)
@@ -161,7 +161,9 @@ def patch(model: Any, loss: str = "cross_entropy", *, return_logits: bool = Fals
     Calls without ``labels`` (generation) run the model unchanged. With labels, the labels
     are shifted as Transformers does (or ``shift_labels=`` is used), ``-100`` (or
     ``ignore_index=``) is ignored, and ``num_items_in_batch=`` (the Trainer's, under
-    gradient accumulation) makes the loss the sum divided by it. Returns ``model``.
+    gradient accumulation: the step's count of labels, over its micro-batches and ranks) is
+    the loss's ``denominator=``: the micro-batches' losses then add up to the step's mean.
+    Returns ``model``.
     """
     function = _loss_function(loss)
     head = _head(model)
@@ -288,15 +290,12 @@ def _forward(model: Any, args: tuple, kwargs: dict) -> Any:
         # pad then shift, as Transformers: the last position predicts nothing
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     shift_labels = shift_labels.to(hidden.device)
-    reduction = "mean" if num_items is None else "sum"
+    if isinstance(num_items, torch.Tensor):  # the Trainer's count: on its own device, 0-d or (1,)
+        num_items = num_items.to(hidden.device).reshape(())
     value = state.function(hidden, head.weight, shift_labels, bias=head.bias,
                            ignore_index=ignore_index, softcap=state.softcap,
-                           reduction=reduction, **state.options)
+                           denominator=num_items, **state.options)
     value = value.float()  # Transformers' loss is float32 whatever the model's dtype
-    if num_items is not None:
-        if isinstance(num_items, torch.Tensor):
-            num_items = num_items.to(value.device)
-        value = value / num_items
     aux = getattr(output, "aux_loss", None)
     if aux is not None:  # mixture-of-experts: the model adds its balancing loss to the loss
         coefficient = getattr(model, "router_aux_loss_coef", None)

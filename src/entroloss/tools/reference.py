@@ -33,7 +33,7 @@ __all__ = ["loss", "gradient", "central_differences", "resolve_options", "STEP"]
 # public function and the reference, and ignored.
 COMMON = {"axis": -1, "weight": None, "ignore_index": None, "label_smoothing": 0.0,
           "reduction": "mean", "validate": True, "chunk_size": None, "softcap": None,
-          "z_loss": 0.0}
+          "z_loss": 0.0, "sample_weight": None, "denominator": None}
 STEP = 1e-6  # the central-difference step of ``gradient``
 
 
@@ -106,6 +106,10 @@ def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
         targets = np.moveaxis(np.asarray(target, dtype=np.float64), axis, -1).reshape(-1, num)
     else:
         targets = np.asarray(target).reshape(-1)
+    # one weight per position, in the positions' order (the logits' shape minus the class
+    # axis, which moving that axis last keeps)
+    weights = ([1.0] * rows.shape[0] if o["sample_weight"] is None else
+               [float(v) for v in np.asarray(o["sample_weight"], dtype=np.float64).reshape(-1)])
     losses, counted = [], 0.0
     for i in range(rows.shape[0]):
         zi = [float(v) for v in rows[i]]
@@ -122,14 +126,17 @@ def loss(name: str, logits, target, /, **options: Any) -> np.ndarray:
             value += s * o["reg_weight"] * reg / math.log(o["reg_base"])
         if o["z_loss"]:  # PaLM's z-loss, weighted by s as the regularizer is
             value += s * o["z_loss"] * lse**2
-        losses.append(value)
-        counted += s
+        # a position's weight scales its whole loss, and its count in the mean's divisor
+        losses.append(weights[i] * value)
+        counted += weights[i] * s
     out = np.array(losses, dtype=np.float64).reshape(z.shape[:-1])
     if o["reduction"] == "none":
         return out
     if o["reduction"] == "sum":
         return np.float64(sum(losses))
-    denominator = float(out.size) if soft else counted
+    if o["denominator"] is not None:  # the caller's divisor (the whole step's), as it is
+        return np.float64(sum(losses) / float(o["denominator"]))
+    denominator = (sum(weights) if soft else counted)
     return np.float64(sum(losses) / denominator) if denominator > 0 else np.float64(math.nan)
 
 
