@@ -1,9 +1,10 @@
 """Opt-in data checks for JAX under ``jax.jit``, through ``jax.experimental.checkify``.
 
 Under ``jax.jit`` (and ``grad``, ``vmap``) the loss cannot read its data while tracing, so
-the checks that read values (docs/reliability.md) are skipped; an out-of-range class index then
-gives NaN, and a bad soft target, a negative class weight or a bad array base is computed
-as given (docs/reliability.md). This module turns those checks into ``checkify`` checks,
+the checks that read values (docs/reliability.md) are skipped (``validate="eager"`` is an
+error there); an out-of-range class index, a soft-target row that is no distribution, a
+negative class weight or a bad array base then gives NaN (docs/backends.md). This module
+turns those checks into ``checkify`` checks,
 which JAX carries out of the compiled function as an error value::
 
     import jax, entroloss as el

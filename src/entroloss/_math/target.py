@@ -76,7 +76,7 @@ class Target:
         if spec.ignore_index is not None:
             self.valid = target != spec.ignore_index
         # Out-of-range indices are refused by validation when the data can be read;
-        # where it cannot (jax.jit, validate=False) their positions become NaN.
+        # where it did not (jax.jit, validate=False) their positions become NaN.
         if not spec.target_checked:
             self.invalid = (target < 0) | (target >= self.num_classes)
             if self.valid is not None:
@@ -118,8 +118,9 @@ class Target:
         (dense targets) or ``values[..., y]`` (sparse ones).
 
         Entries with ``w_c q_c = 0`` contribute exactly 0, even where the value is +inf
-        (a masked class), so no ``0 * inf`` NaN appears. Negative ``w_c q_c`` (reachable
-        only unchecked, under jit or ``validate=False``) is kept, as the backward keeps it.
+        (a masked class), so no ``0 * inf`` NaN appears. Negative ``w_c q_c`` is kept, as
+        the backward keeps it (unchecked, its position is NaN anyway: ``invalid``, and a
+        negative class weight is made NaN by ``_validate.value_rule``).
         """
         xp = self.xp
         if self.wq is None:
