@@ -108,10 +108,10 @@ def scalars(xp: Any, x: Any, definition: LossDef, o: dict, reads: bool) -> tuple
 
 
 def _at_least(xp: Any, name: str, value: Any, low: float, reads: Any) -> Any:
-    message = f"{name} must be >= {low:g}, got {value!r}"
+    message = lambda: f"{name} must be >= {low:g}, got {value!r}"  # noqa: E731
     if isinstance(value, float):
         if value < low:
-            raise ValueError(message)
+            raise ValueError(message())
         return value
     return check.value_rule(xp, value, value >= low, reads, message)  # (NaN where not read)
 

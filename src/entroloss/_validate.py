@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from . import _arrays
 from ._arrays import is_concrete
@@ -190,19 +190,21 @@ def _readable(x: Any, reads: Any) -> bool:
     return False
 
 
-def value_rule(xp: Any, x: Any, ok: Any, reads: Any, message: str) -> Any:
+def value_rule(xp: Any, x: Any, ok: Any, reads: Any, message: Callable[[], str]) -> Any:
     """``x`` (class weights or a parameter given as an array) against its rule ``ok``, a
     boolean per entry: where the checks run and ``ok`` can be read, a ``ValueError``
-    with ``message`` if an entry fails; where not (tracing, ``validate=False``, an
+    with ``message()`` if an entry fails (formatted only then: a tensor's repr cannot be
+    traced by ``torch.compile``); where not (tracing, ``validate=False``, an
     accelerator under ``validate=True``), the entries that fail made NaN, without reading
     ``ok`` (no host sync, traceable), so that the loss says so instead of giving a number.
     Multiplied, not selected, so that where autograd differentiates it ``x``'s own
     gradient is NaN too, not 0 (and a good ``x`` times 1 is ``x`` exactly)."""
-    every = xp.all(ok)
-    if _readable(x, reads) and _readable(every, reads):
-        if not bool(every):
-            raise ValueError(message)
-        return x
+    if _readable(x, reads):
+        every = xp.all(ok)
+        if _readable(every, reads):
+            if not bool(every):
+                raise ValueError(message())
+            return x
     one = xp.ones_like(ok, dtype=x.dtype)
     # (asarray: NumPy's 0-d product is a NumPy scalar, which would pass for a Python float)
     return xp.asarray(x * xp.where(ok, one, one * math.nan))
@@ -240,7 +242,7 @@ def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, dat
         return value
     # a base of 0 would give a loss of 0 (1 / ln 0 = -0) and 1 an infinite one
     return value_rule(xp, value, _valid_base(value, any_base) & xp.isfinite(value), data_checks,
-                      f"{name} must be a finite number {rule}, got {value!r}")
+                      lambda: f"{name} must be a finite number {rule}, got {value!r}")
 
 
 def _valid_base(value: Any, any_base: bool) -> Any:
@@ -260,7 +262,7 @@ def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_check
     # not read, a negative weight becomes NaN, as a NaN weight: so the positions whose
     # target puts mass on its class (all, for a soft or smoothed target), and the mean
     return value_rule(xp, weight, weight >= 0, data_checks,
-                      "weight must be non-negative (and not NaN)")
+                      lambda: "weight must be non-negative (and not NaN)")
 
 
 def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
