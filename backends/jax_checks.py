@@ -1,9 +1,10 @@
 """Opt-in data checks for JAX under ``jax.jit``, through ``jax.experimental.checkify``.
 
 Under ``jax.jit`` (and ``grad``, ``vmap``) the loss cannot read its data while tracing, so
-the checks that read values (docs/reliability.md) are skipped; an out-of-range class index then
-gives NaN, and a bad soft target, a negative class weight or a bad array base is computed
-as given (docs/reliability.md). This module turns those checks into ``checkify`` checks,
+the checks that read values (docs/reliability.md) are skipped (``validate="eager"`` is an
+error there); an out-of-range class index, a soft-target row that is no distribution, a
+negative class weight or a bad array base then gives NaN (docs/backends.md). This module
+turns those checks into ``checkify`` checks,
 which JAX carries out of the compiled function as an error value::
 
     import jax, entroloss as el
@@ -30,7 +31,6 @@ at trace time as always.
 
 from __future__ import annotations
 
-import math
 from functools import wraps
 from typing import Any, Callable
 
@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from entroloss._losses import LOSSES
+from entroloss._math.target import soft_row_tolerance
 
 __all__ = ["checked", "with_checks", "check_inputs"]
 
@@ -69,7 +70,7 @@ def check_inputs(logits: Any, target: Any, /, *, axis: int = -1, weight: Any = N
                            bad=bad)
     elif target.size:
         checkify.check(jnp.all(target >= 0), "soft target must be non-negative (and not NaN)")
-        tolerance = max(math.sqrt(float(jnp.finfo(target.dtype).eps)), 1e-4)
+        tolerance = soft_row_tolerance(jnp, target.dtype)  # the eager check's rule
         wide = jnp.float64 if target.dtype == jnp.float64 else jnp.float32
         worst = jnp.max(jnp.abs(jnp.sum(target.astype(wide), axis=axis) - 1))
         checkify.check(worst <= tolerance,

@@ -209,7 +209,7 @@ def denominator(target: Array, /, *, weight: Array | None = None,
     else:  # the losses' own rule (``Target.mean_denominator``)
         w = None if weight is None else xp.astype(weight, dtype)
         spec = _math.Spec(axis=len(positions), soft=False, ignore_index=ignore_index,
-                          indices_checked=True)
+                          target_checked=True)
         shape = positions + (1 if w is None else w.shape[0],)
         count = Target(xp, spec, target, w, shape, dtype, sw).mean_denominator(
             xp.zeros(positions, dtype=dtype, device=where))

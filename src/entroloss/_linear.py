@@ -120,22 +120,22 @@ def _prepare(definition: LossDef, hidden: Any, classifier: Any, target: Any, o: 
     target = check.same_library(xp, hidden, "target", target)
     soft = _target_kind(xp, hidden, target, num_classes)
     pipeline.target_rules(xp, target, soft, static["ignore_index"])
-    reads = check.reads_data(o["validate"], hidden)  # no device sync
+    reads = check.reads_data(o["validate"], hidden, target)  # no device sync
     weight = check.class_weight(xp, hidden, o["weight"], num_classes, reads)
     sample_weight, denominator = pipeline.normalization(xp, hidden, o, static["reduction"],
                                                         tuple(hidden.shape[:-1]), reads)
     read = scalars or (lambda xp_, h, r: pipeline.scalars(xp_, h, definition, o, r))
     values, learnt = read(xp, hidden, reads)
-    indices_checked = pipeline.read_target(xp, target, soft, target.ndim - 1, num_classes,
+    target_checked = pipeline.read_target(xp, target, soft, target.ndim - 1, num_classes,
                                            static["ignore_index"], reads)
-    call = _as_rows(xp, static, soft, indices_checked, hidden, head, target, weight,
+    call = _as_rows(xp, static, soft, target_checked, hidden, head, target, weight,
                     values, learnt)
     if sample_weight is not None:
         sample_weight = xp.reshape(sample_weight, (call.hidden.shape[0],))
     return dataclasses.replace(call, sample_weight=sample_weight, denominator=denominator)
 
 
-def _as_rows(xp: Any, static: dict, soft: bool, indices_checked: bool, hidden: Any,
+def _as_rows(xp: Any, static: dict, soft: bool, target_checked: bool, hidden: Any,
              head: linear.Head, target: Any, weight: Any, values: Any, learnt: dict) -> LinearCall:
     positions = tuple(hidden.shape[:-1])
     rows, classes = math.prod(positions), head.classifier.shape[0]
@@ -143,7 +143,7 @@ def _as_rows(xp: Any, static: dict, soft: bool, indices_checked: bool, hidden: A
     if chunk_size is None:
         itemsize = 8 if _math.compute_dtype(xp, hidden.dtype) == xp.float64 else 4
         chunk_size = linear.default_chunk_size(classes, itemsize)
-    spec = pipeline.make_spec(static, axis=1, soft=soft, indices_checked=indices_checked,
+    spec = pipeline.make_spec(static, axis=1, soft=soft, target_checked=target_checked,
                               chunk_size=chunk_size)
     target = xp.reshape(target, (rows, classes) if soft else (rows,))
     keep = None

@@ -104,7 +104,7 @@ def scalars(xp: Any, x: Any, definition: LossDef, o: dict, reads: bool) -> tuple
         value = check.scalar_param(xp, x, scalar.name, o[scalar.name], base=scalar.is_base,
                                    data_checks=reads)
         if scalar.low is not None:
-            _at_least(scalar.name, value, scalar.low, reads)
+            value = _at_least(xp, scalar.name, value, scalar.low, reads)
         if not isinstance(value, float):
             learnt[scalar.name] = slot
         values.append(value)
@@ -121,30 +121,30 @@ def normalization(xp: Any, x: Any, o: dict, reduction: str, positions: tuple,
             check.denominator(xp, x, o["denominator"], reduction, dtype, reads))
 
 
-def _at_least(name: str, value: Any, low: float, reads: bool) -> None:
+def _at_least(xp: Any, name: str, value: Any, low: float, reads: Any) -> Any:
+    message = lambda: f"{name} must be >= {low:g}, got {value!r}"  # noqa: E731
     if isinstance(value, float):
-        bad = value < low
-    else:  # an array is read only where the data checks run
-        bad = reads and check.is_concrete(value) and not bool(value >= low)
-    if bad:
-        raise ValueError(f"{name} must be >= {low:g}, got {value!r}")
+        if value < low:
+            raise ValueError(message())
+        return value
+    return check.value_rule(xp, value, value >= low, reads, message)  # (NaN where not read)
 
 
 def read_target(xp: Any, target: Any, soft: bool, axis: int, num_classes: int,
-                ignore_index: int | None, reads: bool) -> bool:
-    """The target's data checks (where ``reads``); True if the class indices were read."""
+                ignore_index: int | None, reads: Any) -> bool:
+    """The target's data checks (where ``reads``); True if the target was read (and so
+    the math need not mark its bad positions NaN)."""
     if not (reads and check.is_concrete(target)):
         return False
     if soft:
-        check.soft_rows(xp, target, axis)
-        return False
-    return check.class_indices(xp, target, num_classes, ignore_index)
+        return check.soft_rows(xp, target, axis, reads)
+    return check.class_indices(xp, target, num_classes, ignore_index, reads)
 
 
-def make_spec(static: dict, *, axis: int, soft: bool, indices_checked: bool,
+def make_spec(static: dict, *, axis: int, soft: bool, target_checked: bool,
               chunk_size: int | None = None) -> _math.Spec:
     fields = {**static, "chunk_size": static["chunk_size"] if chunk_size is None else chunk_size}
-    return _math.Spec(axis=axis, soft=soft, indices_checked=indices_checked, **fields)
+    return _math.Spec(axis=axis, soft=soft, target_checked=target_checked, **fields)
 
 
 def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
@@ -158,14 +158,14 @@ def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
     target = check.same_library(xp, logits, "target", target)
     soft = check.target_kind(xp, logits, target, axis)
     target_rules(xp, target, soft, static["ignore_index"])
-    reads = check.reads_data(o["validate"], logits)
+    reads = check.reads_data(o["validate"], logits, target)
     weight = check.class_weight(xp, logits, o["weight"], num_classes, reads)
     sample_weight, denominator = normalization(xp, logits, o, static["reduction"],
                                                _positions(logits, axis), reads)
     values, learnt = scalars(xp, logits, definition, o, reads)
-    indices_checked = read_target(xp, target, soft, axis, num_classes, static["ignore_index"],
+    target_checked = read_target(xp, target, soft, axis, num_classes, static["ignore_index"],
                                   reads)
-    spec = make_spec(static, axis=axis, soft=soft, indices_checked=indices_checked)
+    spec = make_spec(static, axis=axis, soft=soft, target_checked=target_checked)
     return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
 
 
@@ -206,7 +206,7 @@ def prepare_cached(definition: LossDef, logits: Any, target: Any, o: dict) -> Pr
         if len(STATIC_CALLS) >= STATIC_CALLS_MAX:
             STATIC_CALLS.clear()
         arrays = any(part is _ARRAY for part in key)
-        reads = check.reads_data(o["validate"], logits)
+        reads = check.reads_data(o["validate"], logits, target)
         STATIC_CALLS[key] = _Static(p.xp, p.spec, p.scalars, reads, arrays)
     return p
 
@@ -254,9 +254,9 @@ def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dic
                                                _positions(logits, spec.axis), reads)
     if static.arrays:
         values, learnt = scalars(xp, logits, definition, o, reads)
-    indices_checked = read_target(xp, target, spec.soft, spec.axis, num_classes,
+    target_checked = read_target(xp, target, spec.soft, spec.axis, num_classes,
                                   spec.ignore_index, reads)
-    if indices_checked != spec.indices_checked:
-        spec = dataclasses.replace(spec, indices_checked=indices_checked)
+    if target_checked != spec.target_checked:
+        spec = dataclasses.replace(spec, target_checked=target_checked)
     return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
 

@@ -2,8 +2,10 @@
 
 Shape, dtype and option checks always run. Checks that read the data (class-index range,
 soft-target rows, class-weight and array-parameter values) run when ``validate=True`` and
-the arrays are concrete; under ``jax.jit`` tracing (or for any lazy array) they cannot,
-and are skipped.
+the arrays are concrete; under ``jax.jit`` tracing, inside ``torch.compile`` (or for any
+lazy array) they cannot: ``validate="eager"`` then raises (:func:`cannot_read`), and
+otherwise a class weight or parameter that breaks its rule is made NaN here
+(:func:`value_rule`) and a bad target position NaN by the math (``_math/target.py``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from . import _arrays
 from ._arrays import is_concrete
+from ._math.target import soft_row_tolerance
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -144,19 +147,75 @@ def check_validate(validate: Any) -> Any:
     raise TypeError(f"validate must be True, False or 'eager', got {validate!r}")
 
 
-def reads_data(validate: Any, x: Any) -> bool:
-    """Whether the checks that read the data run for ``x``: with ``validate=True`` where
-    that costs no device-to-host sync (an array on the host, not a traced or lazy one);
-    with ``validate="eager"`` wherever the values exist, on an accelerator too."""
-    if validate is False or not is_concrete(x):
+def reads_data(validate: Any, x: Any, *more: Any) -> Any:
+    """Whether the checks that read the data run for ``x`` (the logits or hidden states)
+    and ``more`` (the target): with ``validate=True`` where that costs no device-to-host
+    sync (an array on the host, not a traced or lazy one); with ``validate="eager"``
+    wherever the values exist, on an accelerator too, and where they do not (tracing) it
+    is an error: a check asked for must not pass silently. Falsy, True, or "eager" (which
+    the checks below pass on, so that a value they cannot read raises too)."""
+    if validate is False:
         return False
-    return validate == "eager" or _arrays.on_host(x)
+    for array in (x, *more):
+        if not is_concrete(array):
+            if validate == "eager":
+                raise cannot_read(array)
+            return False
+    return "eager" if validate == "eager" else _arrays.on_host(x)
 
 
-def _fails(condition: Any) -> bool:
+def cannot_read(x: Any) -> ValueError:
+    """The error of ``validate="eager"`` where the data has no values yet (tracing)."""
+    where, how = {
+        "jax": ("under jax.jit (or another JAX transformation)",
+                "; to check traced data use entroloss.backends.jax_checks (checkify)"),
+        "torch": ("inside torch.compile",
+                  "; to check the data call the loss outside the compiled region"),
+    }.get(_arrays.library(x) or "", ("for a lazy array", ""))
+    return ValueError(
+        f"validate='eager' cannot check the data {where}: its values cannot be read while "
+        f"tracing. Pass validate=True (the data checks are skipped while tracing and a class "
+        f"index out of range, a soft-target row that is no distribution, a negative class "
+        f"weight or a bad base gives NaN){how}")
+
+
+def _readable(x: Any, reads: Any) -> bool:
+    """Whether to check ``x``'s values: the checks run and ``x`` can be read now; under
+    ``validate="eager"`` an ``x`` that cannot be read is an error."""
+    if not reads:
+        return False
+    if is_concrete(x):
+        return True
+    if reads == "eager":
+        raise cannot_read(x)
+    return False
+
+
+def value_rule(xp: Any, x: Any, ok: Any, reads: Any, message: Callable[[], str]) -> Any:
+    """``x`` (class weights or a parameter given as an array) against its rule ``ok``, a
+    boolean per entry: where the checks run and ``ok`` can be read, a ``ValueError``
+    with ``message()`` if an entry fails (formatted only then: a tensor's repr cannot be
+    traced by ``torch.compile``); where not (tracing, ``validate=False``, an
+    accelerator under ``validate=True``), the entries that fail made NaN, without reading
+    ``ok`` (no host sync, traceable), so that the loss says so instead of giving a number.
+    Multiplied, not selected, so that where autograd differentiates it ``x``'s own
+    gradient is NaN too, not 0 (and a good ``x`` times 1 is ``x`` exactly)."""
+    if _readable(x, reads):
+        every = xp.all(ok)
+        if _readable(every, reads):
+            if not bool(every):
+                raise ValueError(message())
+            return x
+    one = xp.ones_like(ok, dtype=x.dtype)
+    # (asarray: NumPy's 0-d product is a NumPy scalar, which would pass for a Python float)
+    return xp.asarray(x * xp.where(ok, one, one * math.nan))
+
+
+def _fails(condition: Any, reads: Any = True) -> bool:
     """True where a 0-d boolean check is readable and false. Inside ``jax.jit`` even
-    operations on concrete arrays are staged, so the result is tested, not the inputs."""
-    return is_concrete(condition) and not bool(condition)
+    operations on concrete arrays are staged, so the result is tested, not the inputs
+    (and under ``validate="eager"`` an unreadable result raises)."""
+    return _readable(condition, reads) and not bool(condition)
 
 
 def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, data_checks: bool,
@@ -180,10 +239,11 @@ def scalar_param(xp: Any, logits: Any, name: str, value: Any, *, base: bool, dat
         raise ValueError(f"{name} must be a 0-d array, got shape {tuple(value.shape)}")
     if not _arrays.is_dtype(xp, value, "real floating"):
         raise TypeError(f"{name} must have a real floating-point dtype, got {value.dtype}")
-    if base and data_checks and is_concrete(value):
-        if _fails(_valid_base(value, any_base) & xp.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
-    return value
+    if not base:
+        return value
+    # a base of 0 would give a loss of 0 (1 / ln 0 = -0) and 1 an infinite one
+    return value_rule(xp, value, _valid_base(value, any_base) & xp.isfinite(value), data_checks,
+                      lambda: f"{name} must be a finite number {rule}, got {value!r}")
 
 
 def _valid_base(value: Any, any_base: bool) -> Any:
@@ -200,9 +260,10 @@ def class_weight(xp: Any, logits: Any, weight: Any, num_classes: int, data_check
         raise ValueError(
             f"weight must have shape ({num_classes},), one entry per class, got {tuple(weight.shape)}"
         )
-    if data_checks and is_concrete(weight) and _fails(xp.all(weight >= 0)):
-        raise ValueError("weight must be non-negative (and not NaN)")
-    return weight
+    # not read, a negative weight becomes NaN, as a NaN weight: so the positions whose
+    # target puts mass on its class (all, for a soft or smoothed target), and the mean
+    return value_rule(xp, weight, weight >= 0, data_checks,
+                      lambda: "weight must be non-negative (and not NaN)")
 
 
 def target_kind(xp: Any, logits: Any, target: Any, axis: int) -> bool:
@@ -248,7 +309,8 @@ def _shape_hint(logits: Any, target: Any, axis: int, *, integral: bool) -> str:
     return ""
 
 
-def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | None) -> bool:
+def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | None,
+                  reads: Any = True) -> bool:
     """Refuse indices outside [0, C) that are not ignore_index; True if the data was read
     (so the loss may skip its own out-of-range handling)."""
     if math.prod(target.shape) == 0:
@@ -260,7 +322,7 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
     if ignore_index is not None:
         outside = outside & (target != ignore_index)
     none_outside = ~xp.any(outside)
-    if not is_concrete(none_outside):
+    if not _readable(none_outside, reads):
         return False
     if not bool(none_outside):
         # the largest offending index (every offending value is >= the target's minimum)
@@ -273,24 +335,29 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
     return True
 
 
-def soft_rows(xp: Any, target: Any, axis: int) -> None:
+def soft_rows(xp: Any, target: Any, axis: int, reads: Any = True) -> bool:
+    """Refuse a soft target with a negative (or NaN) entry or a row whose sum is off 1 by
+    more than :func:`soft_row_tolerance` (the math's rule where the rows are not read);
+    True if the rows were read."""
     if math.prod(target.shape) == 0:
-        return
-    if _fails(xp.all(target >= 0)):
+        return True
+    non_negative = xp.all(target >= 0)
+    if not _readable(non_negative, reads):  # staged (inside jax.jit): the math marks them
+        return False
+    if not bool(non_negative):
         raise ValueError("soft target must be non-negative (and not NaN)")
-    # Rounding in a float32 softmax over many classes is far below 1e-4 (and a float32
-    # softmax cast to float64 must pass), while real mistakes are far above it.
-    tolerance = max(math.sqrt(xp.finfo(target.dtype).eps), 1e-4)
+    tolerance = soft_row_tolerance(xp, target.dtype)
     sums = xp.sum(xp.astype(target, xp.float32 if target.dtype != xp.float64 else xp.float64), axis=axis)
     worst = xp.max(xp.abs(sums - 1))
-    if _fails(worst <= tolerance):
+    if _fails(worst <= tolerance, reads):
         raise ValueError(
             f"soft target rows must sum to 1 along axis {axis} (within {tolerance:.1e}); "
             f"the worst row is off by {float(worst):.3g}"
         )
+    return True
 
 
-def sample_weight(xp: Any, logits: Any, value: Any, positions: tuple, data_checks: bool) -> Any:
+def sample_weight(xp: Any, logits: Any, value: Any, positions: tuple, data_checks: Any) -> Any:
     """One weight per position (the logits' shape minus the class axis), floating,
     non-negative and finite (the values read where the data checks run)."""
     if value is None:
@@ -301,9 +368,9 @@ def sample_weight(xp: Any, logits: Any, value: Any, positions: tuple, data_check
     if tuple(value.shape) != positions:
         raise ValueError(f"sample_weight must have shape {positions}, one weight per position "
                          f"(the target's shape for class indices), got {tuple(value.shape)}")
-    if data_checks and is_concrete(value) and _fails(xp.all((value >= 0) & xp.isfinite(value))):
-        raise ValueError("sample_weight must be non-negative and finite (and not NaN)")
-    return value
+    # where the data cannot be read, a bad weight makes its position NaN (value_rule)
+    return value_rule(xp, value, (value >= 0) & xp.isfinite(value), data_checks,
+                      lambda: "sample_weight must be non-negative and finite (and not NaN)")
 
 
 def denominator(xp: Any, logits: Any, value: Any, reduction: str, dtype: Any,

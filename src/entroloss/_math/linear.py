@@ -212,15 +212,22 @@ def _sweep(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, g_rows: Any,
 
 
 def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, plan: EqualChunks) -> Any:
-    """A padded row's target: no mass (soft), or the class of the largest bias (0 without
-    one), whose log p at a zero hidden state is finite even where other classes are
-    masked with -inf."""
-    padded = plan.pad(xp, target, 0)
+    """A padded row's target: the class of the largest bias (0 without one), whose log p
+    at a zero hidden state is finite even where other classes are masked with -inf; for
+    a soft target its one-hot row, a distribution (a row of no mass would be marked NaN
+    where the rows were not checked, and NaN times a zero cotangent is NaN)."""
     rows = plan.padded_rows
-    if spec.soft or head.bias is None or rows == target.shape[0]:
-        return padded
+    if rows == target.shape[0]:
+        return target
+    padded = plan.pad(xp, target, 0)
     real = xp.arange(rows, device=device(target)) < target.shape[0]
-    return xp.where(real, padded, xp.astype(xp.argmax(head.bias), target.dtype))
+    if not spec.soft:
+        if head.bias is None:
+            return padded
+        return xp.where(real, padded, xp.astype(xp.argmax(head.bias), target.dtype))
+    top = 0 if head.bias is None else xp.argmax(head.bias)
+    hot = xp.astype(xp.arange(target.shape[1], device=device(target)) == top, target.dtype)
+    return xp.where(real[:, None], padded, hot)
 
 
 def _whole_denominator(xp: Any, spec: Spec, inputs: Inputs, num_classes: int,

@@ -28,7 +28,10 @@ class Spec:
     eps: float = 1e-6
     label_smoothing: float = 0.0
     ignore_index: int | None = None
-    indices_checked: bool = False  # validation read the class indices: all in range
+    # validation read the target: class indices all in range, soft rows distributions;
+    # where it did not (jax.jit, torch.compile, validate=False, an accelerator under
+    # validate=True) the math marks a bad position NaN, at a little cost (target.py)
+    target_checked: bool = False
     chunk_size: int | None = None  # rows per chunk: bounded memory (see chunks.py)
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap), first
     z_loss: float = 0.0  # + s * z_loss * logsumexp(capped logits)^2 per counted position

@@ -15,7 +15,24 @@ from .arrays import device
 from .primitives import in_dtype, index_dtype, log_p, one_hot
 from .spec import Spec
 
-__all__ = ["Target"]
+__all__ = ["Target", "soft_row_tolerance", "bad_soft_rows"]
+
+
+def soft_row_tolerance(xp: Any, dtype: Any) -> float:
+    """How far a soft target's row may sum from 1: the one rule of the eager check
+    (``_validate.soft_rows``), of ``backends.jax_checks`` and of the unchecked math below.
+    Rounding in a float32 softmax over many classes is far below 1e-4 (and a float32
+    softmax cast to float64 must pass), while real mistakes are far above it; a float16
+    or bfloat16 target gets ``sqrt(eps)`` of its own dtype."""
+    return max(math.sqrt(float(xp.finfo(dtype).eps)), 1e-4)
+
+
+def bad_soft_rows(xp: Any, t: Any, tolerance: float) -> Any:
+    """Per position (classes last), True where the row is no distribution: an entry
+    negative or NaN, or a sum off 1 by more than ``tolerance`` (NaN and inf included,
+    hence the negated comparisons). Two reductions per row."""
+    fits = xp.abs(xp.sum(t, axis=-1) - 1.0) <= tolerance
+    return ~((xp.min(t, axis=-1) >= 0) & fits)
 
 
 class Target:
@@ -25,8 +42,9 @@ class Target:
       index: the class index per position, shape ``(..., 1)`` (sparse and smoothed
         indices); 0 where the position is ignored or its index unusable.
       valid: positions not equal to ``ignore_index``.
-      invalid: out-of-range indices that validation did not read (jit, ``validate=False``):
-        their positions become NaN.
+      invalid: positions whose target validation did not read (jit, ``validate=False``)
+        and that break its rules, an out-of-range index or a soft row that is no
+        distribution (:func:`bad_soft_rows`): their loss and gradient become NaN.
       usable: positions whose index may be used (neither ignored nor invalid).
       scale: ``s_i``, the class weight of the target class (class indices with weights).
       q, wq: the dense distribution and ``w * q`` (soft targets and smoothed indices);
@@ -53,7 +71,10 @@ class Target:
         self.weight = weight  # the class weights w (classes last), or None
         self.valid = self.invalid = self.usable = self.index = self.scale = self.q = None
         if spec.soft:
-            self.q = self.keep * xp.astype(target, dtype) + self.smooth
+            t = xp.astype(target, dtype)
+            if not spec.target_checked:  # (checked rows cost nothing here)
+                self.invalid = bad_soft_rows(xp, t, soft_row_tolerance(xp, target.dtype))
+            self.q = self.keep * t + self.smooth
         else:
             self._read_indices(target, weight, shape, dtype)
         self.wq = None
@@ -67,8 +88,8 @@ class Target:
         if spec.ignore_index is not None:
             self.valid = target != spec.ignore_index
         # Out-of-range indices are refused by validation when the data can be read;
-        # where it cannot (jax.jit, validate=False) their positions become NaN.
-        if not spec.indices_checked:
+        # where it did not (jax.jit, validate=False) their positions become NaN.
+        if not spec.target_checked:
             self.invalid = (target < 0) | (target >= self.num_classes)
             if self.valid is not None:
                 self.invalid = self.invalid & self.valid
@@ -109,8 +130,9 @@ class Target:
         (dense targets) or ``values[..., y]`` (sparse ones).
 
         Entries with ``w_c q_c = 0`` contribute exactly 0, even where the value is +inf
-        (a masked class), so no ``0 * inf`` NaN appears. Negative ``w_c q_c`` (reachable
-        only unchecked, under jit or ``validate=False``) is kept, as the backward keeps it.
+        (a masked class), so no ``0 * inf`` NaN appears. Negative ``w_c q_c`` is kept, as
+        the backward keeps it (unchecked, its position is NaN anyway: ``invalid``, and a
+        negative class weight is made NaN by ``_validate.value_rule``).
         """
         xp = self.xp
         if self.wq is None:
@@ -124,7 +146,7 @@ class Target:
         """``a_c = -log(q_c + eps)`` (dense targets; MIX-ENT). Where ``q_c = 0`` it is
         ``-log(eps)`` taken in Python: an eps below the dtype's range would round to 0."""
         xp = self.xp
-        zero = self.q == 0
+        zero = self.q <= 0  # (< 0 only in a row that is no distribution: NaN, no log warning)
         inside = xp.where(zero, 1.0, self.q + self.spec.eps)  # no log(0), even transiently
         return xp.where(zero, -math.log(self.spec.eps), -xp.log(inside))
 
