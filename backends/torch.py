@@ -56,8 +56,7 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
     finite (tests/test_extremes.py). Cross entropy, the entropy, the reverse cross
     entropy, the polynomial term, the cap and the z-loss differentiate finitely."""
     most = AUTOGRAD_MAX_ELEMENTS if spec.regularizer is None else AUTOGRAD_MAX_ELEMENTS_REGULARIZED
-    return spec.chunk_size is None and spec.gamma == 0 and logits.numel() <= min(
-        most, AUTOGRAD_MAX_ELEMENTS)
+    return spec.chunk_size is None and spec.gamma == 0 and logits.numel() <= most
 
 
 class _Loss(torch.autograd.Function):
