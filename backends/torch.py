@@ -56,7 +56,9 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
     finite (tests/test_extremes.py). Cross entropy, the entropy, the reverse cross
     entropy, the polynomial term, the cap and the z-loss differentiate finitely."""
     most = AUTOGRAD_MAX_ELEMENTS if spec.regularizer is None else AUTOGRAD_MAX_ELEMENTS_REGULARIZED
-    return spec.chunk_size is None and spec.gamma == 0 and logits.numel() <= most
+    # class slices all-reduce their row sums in place, which autograd cannot differentiate
+    return (spec.chunk_size is None and spec.gamma == 0 and spec.classes is None
+            and logits.numel() <= most)
 
 
 class _Loss(torch.autograd.Function):
@@ -79,6 +81,10 @@ class _Loss(torch.autograd.Function):
         want_target = ctx.needs_input_grad[2]
         kernels = _KERNELS
         with _no_autocast(grad.device.type):
+            if torch.is_grad_enabled() and ctx.spec.classes is not None:
+                raise RuntimeError(
+                    "double backward (create_graph=True) is not supported with class_group: "
+                    "the collectives of the class slices are not differentiated")
             if torch.is_grad_enabled():
                 # create_graph=True: torch differentiates the shared backward itself, so the
                 # forward is run again where autograd sees how its residuals depend on the

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _api, _arrays, _docs, _losses, _math
+from . import _api, _arrays, _docs, _losses, _math, _sharded
 from . import _prepare as pipeline
 from . import _validate as check
 from ._losses import LossDef
@@ -112,13 +112,32 @@ def _prepare(definition: LossDef, hidden: Any, classifier: Any, target: Any, o: 
              scalars: Callable | None = None) -> LinearCall:
     """Check every argument before any work (the plain losses' steps, after the head's),
     then the spec of logits ``(N, C)``. ``scalars(xp, hidden, reads)`` overrides how the
-    four scalars are read."""
+    four scalars are read. Where the classifier's rows are sharded over processes, every
+    process raises together (``_sharded``)."""
+    if not _sharded.sliced(o):
+        return _prepare_call(definition, hidden, classifier, target, o, scalars)
+
+    def measure() -> tuple:
+        pipeline.static_options(definition, o)
+        xp = _hidden_namespace(hidden)
+        head = _head(xp, hidden, classifier, o["bias"])
+        target_ = check.same_library(xp, hidden, "target", target)
+        return head.classifier.shape[0], math.prod(hidden.shape[:-1]), target_
+
+    return _sharded.prepare(o, hidden, measure, lambda classes: _prepare_call(
+        definition, hidden, classifier, target, o, scalars, classes))
+
+
+def _prepare_call(definition: LossDef, hidden: Any, classifier: Any, target: Any, o: dict,
+                  scalars: Callable | None = None,
+                  classes: _math.ClassSlice | None = None) -> LinearCall:
     static = pipeline.static_options(definition, o)
     xp = _hidden_namespace(hidden)
     head = _head(xp, hidden, classifier, o["bias"])
-    num_classes = head.classifier.shape[0]
+    local_classes = head.classifier.shape[0]
+    num_classes = local_classes if classes is None else classes.num_classes
     target = check.same_library(xp, hidden, "target", target)
-    soft = _target_kind(xp, hidden, target, num_classes)
+    soft = _target_kind(xp, hidden, target, local_classes)
     pipeline.target_rules(xp, target, soft, static["ignore_index"])
     reads = check.reads_data(o["validate"], hidden, target)  # no device sync
     weight = check.class_weight(xp, hidden, o["weight"], num_classes, reads)
@@ -127,24 +146,28 @@ def _prepare(definition: LossDef, hidden: Any, classifier: Any, target: Any, o: 
     read = scalars or (lambda xp_, h, r: pipeline.scalars(xp_, h, definition, o, r))
     values, learnt = read(xp, hidden, reads)
     target_checked = pipeline.read_target(xp, target, soft, target.ndim - 1, num_classes,
-                                           static["ignore_index"], reads)
+                                           static["ignore_index"], reads, classes is not None)
     call = _as_rows(xp, static, soft, target_checked, hidden, head, target, weight,
-                    values, learnt)
+                    values, learnt, classes)
     if sample_weight is not None:
         sample_weight = xp.reshape(sample_weight, (call.hidden.shape[0],))
     return dataclasses.replace(call, sample_weight=sample_weight, denominator=denominator)
 
 
 def _as_rows(xp: Any, static: dict, soft: bool, target_checked: bool, hidden: Any,
-             head: linear.Head, target: Any, weight: Any, values: Any, learnt: dict) -> LinearCall:
+             head: linear.Head, target: Any, weight: Any, values: Any, learnt: dict,
+             sliced: _math.ClassSlice | None = None) -> LinearCall:
     positions = tuple(hidden.shape[:-1])
     rows, classes = math.prod(positions), head.classifier.shape[0]
     chunk_size = static["chunk_size"]
     if chunk_size is None:
+        # of all classes where the processes hold slices: every process takes the same
+        # chunks, and so the same collectives, whatever its slice
         itemsize = 8 if _math.compute_dtype(xp, hidden.dtype) == xp.float64 else 4
-        chunk_size = linear.default_chunk_size(classes, itemsize)
+        chunk_size = linear.default_chunk_size(classes if sliced is None else sliced.num_classes,
+                                               itemsize)
     spec = pipeline.make_spec(static, axis=1, soft=soft, target_checked=target_checked,
-                              chunk_size=chunk_size)
+                              chunk_size=chunk_size, classes=sliced)
     target = xp.reshape(target, (rows, classes) if soft else (rows,))
     keep = None
     if check.is_concrete(target) and _arrays.library(hidden) != "jax":

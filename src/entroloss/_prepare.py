@@ -9,10 +9,11 @@ logits would have. The static part of a plain call is cached (:func:`prepare_cac
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from typing import Any, NamedTuple
 
-from . import _arrays, _math
+from . import _arrays, _math, _sharded
 from . import _validate as check
 from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
 
@@ -33,6 +34,8 @@ COMMON: dict[str, tuple[Any, str]] = {
     "z_loss": (0.0, "float"),
     "sample_weight": (None, "Array | None"),
     "denominator": (None, "float | Array | None"),
+    "class_group": (None, "Any"),
+    "class_axis": (None, "str | None"),
 }
 
 
@@ -131,10 +134,13 @@ def _at_least(xp: Any, name: str, value: Any, low: float, reads: Any) -> Any:
 
 
 def read_target(xp: Any, target: Any, soft: bool, axis: int, num_classes: int,
-                ignore_index: int | None, reads: Any) -> bool:
+                ignore_index: int | None, reads: Any, sliced: bool = False) -> bool:
     """The target's data checks (where ``reads``); True if the target was read (and so
-    the math need not mark its bad positions NaN)."""
+    the math need not mark its bad positions NaN). A soft target's slice of the classes
+    (``sliced``) is checked by ``_sharded`` once every process has passed its checks."""
     if not (reads and check.is_concrete(target)):
+        return False
+    if soft and sliced:
         return False
     if soft:
         return check.soft_rows(xp, target, axis, reads)
@@ -142,18 +148,40 @@ def read_target(xp: Any, target: Any, soft: bool, axis: int, num_classes: int,
 
 
 def make_spec(static: dict, *, axis: int, soft: bool, target_checked: bool,
-              chunk_size: int | None = None) -> _math.Spec:
+              chunk_size: int | None = None,
+              classes: _math.ClassSlice | None = None) -> _math.Spec:
     fields = {**static, "chunk_size": static["chunk_size"] if chunk_size is None else chunk_size}
-    return _math.Spec(axis=axis, soft=soft, target_checked=target_checked, **fields)
+    return _math.Spec(axis=axis, soft=soft, target_checked=target_checked, classes=classes,
+                      **fields)
 
 
 def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
-    """Check every argument of a plain loss (its own options first), then build the spec."""
+    """Check every argument of a plain loss (its own options first), then build the spec;
+    where the classes are sharded over processes, every process raises together."""
+    if _sharded.sliced(o):
+        return _sharded.prepare(o, logits, lambda: _measure(definition, logits, target, o),
+                                lambda classes: _prepare(definition, logits, target, o, classes))
+    return _prepare(definition, logits, target, o)
+
+
+def _measure(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple:
+    """A sharded call's local checks: ``(classes of this slice, rows, target)``."""
+    static_options(definition, o)
+    xp = check.namespace_of_logits(logits)
+    axis = check.normalize_axis(o["axis"], logits.ndim)
+    if logits.shape[axis] == 0:
+        raise ValueError(f"logits have 0 classes along axis {axis}; at least 1 is needed")
+    target = check.same_library(xp, logits, "target", target)
+    return logits.shape[axis], math.prod(_positions(logits, axis)), target
+
+
+def _prepare(definition: LossDef, logits: Any, target: Any, o: dict,
+             classes: _math.ClassSlice | None = None) -> Prepared:
     static = static_options(definition, o)
     xp = check.namespace_of_logits(logits)
     axis = check.normalize_axis(o["axis"], logits.ndim)
-    num_classes = logits.shape[axis]
-    if num_classes == 0:
+    num_classes = logits.shape[axis] if classes is None else classes.num_classes
+    if logits.shape[axis] == 0:
         raise ValueError(f"logits have 0 classes along axis {axis}; at least 1 is needed")
     target = check.same_library(xp, logits, "target", target)
     soft = check.target_kind(xp, logits, target, axis)
@@ -164,8 +192,9 @@ def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
                                                _positions(logits, axis), reads)
     values, learnt = scalars(xp, logits, definition, o, reads)
     target_checked = read_target(xp, target, soft, axis, num_classes, static["ignore_index"],
-                                  reads)
-    spec = make_spec(static, axis=axis, soft=soft, target_checked=target_checked)
+                                  reads, classes is not None)
+    spec = make_spec(static, axis=axis, soft=soft, target_checked=target_checked,
+                     classes=classes)
     return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
 
 
@@ -216,7 +245,7 @@ def _static_key(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple
     neither an array nor a Python value (its checks will say what is wrong), or inside
     torch.compile, which must not trace a mutation of the cache."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.compiler.is_compiling():
+    if torch is not None and torch.compiler.is_compiling() or _sharded.sliced(o):
         return None
     try:
         key = [definition.name, *_described(logits), *_described(target)]

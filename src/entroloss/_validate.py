@@ -335,19 +335,25 @@ def class_indices(xp: Any, target: Any, num_classes: int, ignore_index: int | No
     return True
 
 
-def soft_rows(xp: Any, target: Any, axis: int, reads: Any = True) -> bool:
+def soft_rows(xp: Any, target: Any, axis: int, reads: Any = True, group: Any = None) -> bool:
     """Refuse a soft target with a negative (or NaN) entry or a row whose sum is off 1 by
     more than :func:`soft_row_tolerance` (the math's rule where the rows are not read);
-    True if the rows were read."""
+    True if the rows were read. With ``group`` (a ``_math.ClassSlice``'s collectives) the
+    target is this process's slice of the classes, and a row is every slice's."""
     if math.prod(target.shape) == 0:
         return True
     non_negative = xp.all(target >= 0)
+    if group is not None:  # a count of the slices with a bad entry
+        bad = xp.astype(xp.logical_not(non_negative), xp.float32)
+        non_negative = group.sum(xp.reshape(bad, (1,)))[0] == 0
     if not _readable(non_negative, reads):  # staged (inside jax.jit): the math marks them
         return False
     if not bool(non_negative):
         raise ValueError("soft target must be non-negative (and not NaN)")
     tolerance = soft_row_tolerance(xp, target.dtype)
     sums = xp.sum(xp.astype(target, xp.float32 if target.dtype != xp.float64 else xp.float64), axis=axis)
+    if group is not None:
+        sums = group.sum(sums)
     worst = xp.max(xp.abs(sums - 1))
     if _fails(worst <= tolerance, reads):
         raise ValueError(

@@ -31,7 +31,7 @@ autograd; none of them re-derives anything. ``docs/math.md`` derives every gradi
 from .passes import backward, forward
 from .primitives import (GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, soft_cap,
                          softmax)
-from .spec import Gradients, Inputs, Residuals, Scalars, Spec
+from .spec import ClassSlice, Gradients, Inputs, Residuals, Scalars, Spec
 
-__all__ = ["Spec", "Scalars", "Inputs", "Residuals", "Gradients", "Kernels", "GENERIC", "forward",
+__all__ = ["Spec", "ClassSlice", "Scalars", "Inputs", "Residuals", "Gradients", "Kernels", "GENERIC", "forward",
            "backward", "log_softmax", "softmax", "entropy", "soft_cap", "compute_dtype", "ln"]

@@ -394,7 +394,7 @@ def forward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, *, with_grads: 
     denominator = counted if denominator is None else denominator
     value = _reduce(xp, spec, _spread(xp, keep, rows, loss), denominator)
     if grads is not None:
-        grads = grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
+        grads = grads._replace(hidden=_spread(xp, keep, rows, _over_slices(spec, grads.hidden)))
     return xp.astype(value, hidden.dtype, copy=False), denominator, grads
 
 
@@ -434,4 +434,13 @@ def backward(xp: Any, kernels: Kernels, spec: Spec, batch: Batch, cotangent: Any
         g_rows = xp.broadcast_to(g, (rows,))
     kept, g_rows = _kept_batch(xp, keep, batch, g_rows)
     _, _, grads = _sweep(xp, kernels, spec, kept, g_rows, wants)
-    return grads._replace(hidden=_spread(xp, keep, rows, grads.hidden))
+    return grads._replace(hidden=_spread(xp, keep, rows, _over_slices(spec, grads.hidden)))
+
+
+def _over_slices(spec: Spec, d_hidden: Any) -> Any:
+    """The hidden states' gradient where each process holds a slice of the classifier's
+    rows: each slice's ``dl/dz @ W`` is a share of it, summed over the processes (one
+    all-reduce of the hidden states' size, as a column-parallel layer's backward)."""
+    if d_hidden is None or spec.classes is None:
+        return d_hidden
+    return spec.classes.group.sum(d_hidden)

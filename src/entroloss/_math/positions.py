@@ -12,7 +12,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import terms
-from .primitives import Kernels, compute_dtype, in_dtype, ln
+from .primitives import Kernels, compute_dtype, in_dtype, ln, row_stats_of_slices
 from .spec import Inputs, Residuals, Scalars, Spec
 from .target import Target
 
@@ -93,7 +93,8 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
     if spec.softcap is not None:
         z = kernels.soft_cap(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, z, inputs)
-    top, norm = kernels.row_stats(xp, z)
+    top, norm = (kernels.row_stats(xp, z) if spec.classes is None
+                 else row_stats_of_slices(xp, z, spec.classes.group))
     # log p in full only where a term reads every class; else only at the target
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
     log_p_y = tgt.log_p_at_target(kernels, z, top, norm) if tgt.sparse else None
@@ -201,7 +202,7 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     if c.z_loss is not None:  # the z-loss's gradient is a multiple of p: one more coefficient
         grad = grad._replace(p_coef=grad.p_coef + c.z_loss)
     return kernels.softmax_affine(xp, z, top, norm, grad.p_coef[..., None], tgt.index,
-                                  grad.onehot_coef, grad.log_p_coef)
+                                  tgt.onehot_coef(grad.onehot_coef), grad.log_p_coef)
 
 
 def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,

@@ -89,6 +89,14 @@ def row_stats(xp: Any, z: Any) -> tuple[Any, Any]:
     return top, log_norm(xp, sum_exp_shifted(xp, z, top))
 
 
+def row_stats_of_slices(xp: Any, z: Any, group: Any) -> tuple[Any, Any]:
+    """:func:`row_stats` where each process holds a slice of the classes: the maximum over
+    every slice first, then the sum of the slices' ``exp(z - row_max)``. Two all-reduces of
+    one number per row."""
+    top = group.max(row_max(xp, z))
+    return top, log_norm(xp, group.sum(sum_exp_shifted(xp, z, top)))
+
+
 def soft_cap(xp: Any, z: Any, cap: float) -> Any:
     """``cap * tanh(z / cap)`` (Gemma 2's logit soft-capping): the logits squashed
     smoothly into ``(-cap, cap)``, nearly the identity for ``|z| << cap``. A -inf logit

@@ -7,7 +7,22 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Spec", "Scalars", "Inputs", "Residuals", "Gradients"]
+__all__ = ["Spec", "ClassSlice", "Scalars", "Inputs", "Residuals", "Gradients"]
+
+
+@dataclass(frozen=True)
+class ClassSlice:
+    """The classes sharded over processes (tensor parallelism): each holds a slice of them,
+    and ``num_classes`` is the count of all slices together.
+
+    ``group`` does the collectives, as an object with ``sum(x)`` and ``max(x)`` (elementwise
+    over the processes: all-reduces of numbers per row, never of the logits) and
+    ``offset()``, the first class of this process's slice (an int, or a 0-d integer array
+    under tracing). Hashable, so that a spec holding one stays static for JAX.
+    """
+
+    num_classes: int
+    group: Any
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,9 @@ class Spec:
     chunk_size: int | None = None  # rows per chunk: bounded memory (see chunks.py)
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap), first
     z_loss: float = 0.0  # + s * z_loss * logsumexp(capped logits)^2 per counted position
+    # None: the logits hold every class; else this process's slice of them (tensor
+    # parallel): every sum over the classes is then all-reduced (target.py, terms.py)
+    classes: ClassSlice | None = None
 
 
 class Scalars(NamedTuple):

@@ -27,12 +27,16 @@ def soft_row_tolerance(xp: Any, dtype: Any) -> float:
     return max(math.sqrt(float(xp.finfo(dtype).eps)), 1e-4)
 
 
-def bad_soft_rows(xp: Any, t: Any, tolerance: float) -> Any:
+def bad_soft_rows(xp: Any, t: Any, tolerance: float, group: Any = None) -> Any:
     """Per position (classes last), True where the row is no distribution: an entry
     negative or NaN, or a sum off 1 by more than ``tolerance`` (NaN and inf included,
-    hence the negated comparisons). Two reductions per row."""
-    fits = xp.abs(xp.sum(t, axis=-1) - 1.0) <= tolerance
-    return ~((xp.min(t, axis=-1) >= 0) & fits)
+    hence the negated comparisons). Two reductions per row; where each process holds a
+    slice of the classes (``group``, a :class:`ClassSlice`'s), both are over every slice."""
+    total, negative = xp.sum(t, axis=-1), ~(xp.min(t, axis=-1) >= 0)
+    if group is not None:  # a count of the slices with a bad entry: a sum, as NaN is no max
+        total = group.sum(total)
+        negative = group.sum(xp.astype(negative, t.dtype)) > 0
+    return negative | ~(xp.abs(total - 1.0) <= tolerance)
 
 
 class Target:
@@ -50,6 +54,9 @@ class Target:
       q, wq: the dense distribution and ``w * q`` (soft targets and smoothed indices);
         ``wq`` is 0 at unusable positions.
       sample_weight: the weight of each position (the positions' shape), or None.
+      mine: where each process holds a slice of the classes (``spec.classes``), the
+        positions whose target class is in this one's slice; ``index`` is then the class
+        within the slice (0 elsewhere) and every sum over the classes is over all slices.
     """
 
     # arrays of the caller's library, or None (set in __init__)
@@ -60,26 +67,35 @@ class Target:
     scale: Any
     q: Any
     wq: Any
+    mine: Any
 
     def __init__(self, xp: Any, spec: Spec, target: Any, weight: Any, shape: tuple, dtype: Any,
                  sample_weight: Any = None):
         self.xp, self.spec = xp, spec
         self.sample_weight = sample_weight
-        self.num_classes = shape[-1]
+        self.group = None if spec.classes is None else spec.classes.group
+        self.local_classes = shape[-1]  # the classes of these logits
+        # every class, of all slices: the smoothing's C and the range of an index
+        self.num_classes = shape[-1] if spec.classes is None else spec.classes.num_classes
         self.smooth = spec.label_smoothing / self.num_classes  # the uniform part of q
         self.keep = 1.0 - spec.label_smoothing  # the share of q the target itself keeps
-        self.weight = weight  # the class weights w (classes last), or None
+        # the class weights w of these logits' classes (classes last), or None; a slice's
+        # are taken from the weights of all classes, which the scale reads by class index
+        self.weight = weight if weight is None or self.group is None else xp.take(
+            weight, xp.arange(self.local_classes, device=device(weight)) + self.group.offset())
         self.valid = self.invalid = self.usable = self.index = self.scale = self.q = None
+        self.mine = None
         if spec.soft:
             t = xp.astype(target, dtype)
             if not spec.target_checked:  # (checked rows cost nothing here)
-                self.invalid = bad_soft_rows(xp, t, soft_row_tolerance(xp, target.dtype))
+                self.invalid = bad_soft_rows(xp, t, soft_row_tolerance(xp, target.dtype),
+                                             self.group)
             self.q = self.keep * t + self.smooth
         else:
             self._read_indices(target, weight, shape, dtype)
         self.wq = None
         if self.q is not None:
-            self.wq = self.q if weight is None else weight * self.q
+            self.wq = self.q if self.weight is None else self.weight * self.q
             if self.usable is not None:
                 self.wq = xp.where(self.usable[..., None], self.wq, 0.0)
 
@@ -101,9 +117,14 @@ class Target:
             # term could be +inf there and meet a zero weight
             target = xp.where(usable, target, 0)
         self.usable = usable
-        self.index = in_dtype(xp, target, index_dtype(xp))[..., None]
+        index = in_dtype(xp, target, index_dtype(xp))[..., None]
         if weight is not None:
-            self.scale = xp.reshape(xp.take(weight, xp.reshape(self.index, (-1,))), target.shape)
+            self.scale = xp.reshape(xp.take(weight, xp.reshape(index, (-1,))), target.shape)
+        if self.group is not None:  # the class within this slice, where the slice holds it
+            index = index - self.group.offset()
+            self.mine = ((index >= 0) & (index < self.local_classes))[..., 0]
+            index = xp.where(self.mine[..., None], index, 0)
+        self.index = index
         if self.smooth > 0:
             cold = xp.full(shape, self.smooth, dtype=dtype, device=device(target))
             self.q = xp.where(self.one_hot(), self.keep + self.smooth, cold)
@@ -114,7 +135,27 @@ class Target:
         return self.wq is None
 
     def one_hot(self) -> Any:
-        return one_hot(self.xp, self.index, self.num_classes)
+        hot = one_hot(self.xp, self.index, self.local_classes)
+        return hot if self.mine is None else hot & self.mine[..., None]
+
+    def classes_sum(self, x: Any) -> Any:
+        """A sum over these logits' classes (one number per position) made the sum over
+        every class: all-reduced where each process holds a slice of them."""
+        return x if self.group is None else self.group.sum(x)
+
+    def onehot_coef(self, coef: Any) -> Any:
+        """The coefficient of ``onehot(y)`` in a gradient (one number per position), 0 where
+        this slice does not hold the target class (its stand-in index is 0)."""
+        return coef if self.mine is None else self.xp.where(self.mine, coef, 0.0)
+
+    def mass_off_target(self, kernels: Any, finite_lp: Any) -> Any:
+        """``sum_{c != y} p_c`` per position (sparse targets): every class of a slice that
+        does not hold the target."""
+        xp = self.xp
+        off = kernels.mass_off_target(xp, finite_lp, self.index)
+        if self.mine is None:
+            return off
+        return self.classes_sum(xp.where(self.mine, off, xp.sum(xp.exp(finite_lp), axis=-1)))
 
     def log_p_at_target(self, kernels: Any, z: Any, top: Any, norm: Any) -> Any:
         """``log p[..., y]`` per position (sparse targets), from the logits and their row
@@ -122,6 +163,8 @@ class Target:
         or its index unusable (its stand-in class carries no mass)."""
         xp = self.xp
         z_y = kernels.take_along_last(xp, z, self.index)
+        if self.mine is not None:  # the slice that holds the class gives its logit
+            z_y = self.classes_sum(xp.where(self.mine[..., None], z_y, 0.0))
         picked = log_p(xp, z_y, top, norm)[..., 0]
         return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
 
@@ -140,7 +183,7 @@ class Target:
                 return values
             return self.scale * xp.where(self.scale != 0, values, 0.0)
         safe = xp.where(self.wq != 0, values, 0.0)
-        return xp.sum(self.wq * safe, axis=-1)
+        return self.classes_sum(xp.sum(self.wq * safe, axis=-1))
 
     def reverse_log(self) -> Any:
         """``a_c = -log(q_c + eps)`` (dense targets; MIX-ENT). Where ``q_c = 0`` it is

@@ -128,7 +128,7 @@ def main_gradient_onehot(xp: Any, spec: Spec, target: Target, log_p_y: Any,
 def main_gradient_dense(xp: Any, spec: Spec, target: Target, finite_lp: Any, p: Any) -> Any:
     """``dF/dz = v - p sum_c v_c`` (per unit coefficient)."""
     v = target.wq * focal_slopes(xp, finite_lp, spec.gamma)
-    return v - p * xp.sum(v, axis=-1, keepdims=True)
+    return v - p * target.classes_sum(xp.sum(v, axis=-1, keepdims=True))
 
 
 def main_gradient_q(xp: Any, spec: Spec, target: Target, lp: Any) -> Any:
@@ -145,7 +145,7 @@ def main_gradient_q(xp: Any, spec: Spec, target: Target, lp: Any) -> Any:
 
 def entropy_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp: Any,
                   log_p_y: Any) -> Any:
-    return 0.0 - kernels.sum_p_log_p(xp, finite_lp)
+    return 0.0 - target.classes_sum(kernels.sum_p_log_p(xp, finite_lp))
 
 
 def entropy_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
@@ -175,9 +175,9 @@ def reverse_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_
                   log_p_y: Any) -> Any:
     if target.sparse:  # R = a_on p_y + a_off sum_{c != y} p_c, without cancellation
         a_off, a_on = reverse_levels(spec)
-        off_target = kernels.mass_off_target(xp, finite_lp, target.index)
+        off_target = target.mass_off_target(kernels, finite_lp)
         return a_on * xp.exp(log_p_y) + a_off * off_target
-    return xp.sum(xp.exp(finite_lp) * target.reverse_log(), axis=-1)
+    return target.classes_sum(xp.sum(xp.exp(finite_lp) * target.reverse_log(), axis=-1))
 
 
 def reverse_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
@@ -209,7 +209,7 @@ def poly_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp:
     that it keeps its precision as p_y -> 1."""
     if target.sparse:
         return -xp.expm1(log_p_y)
-    return 1.0 - xp.sum(target.q * xp.exp(finite_lp), axis=-1)
+    return 1.0 - target.classes_sum(xp.sum(target.q * xp.exp(finite_lp), axis=-1))
 
 
 def poly_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,

@@ -1,0 +1,118 @@
+"""torch.distributed: the collectives of a call whose classes are sharded over the ranks of
+a process group (``class_group=``), and the agreement that makes every rank raise together
+(``entroloss._sharded``).
+
+The math all-reduces numbers per row only (row maxima, sums of exponentials, the target's
+logit, the regularizers' sums): two to five all-reduces of ``N`` numbers per pass. The
+linear heads add one all-reduce of the hidden states' gradient (``N x H``), as the backward
+of any column-parallel layer does. Before any of it, one all-gather of five integers per
+rank agrees on the slices (their sizes give each rank its first class: uneven slices work)
+and one all-reduce of one integer on whether every rank's checks passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from entroloss import _math
+from entroloss import _validate as check
+
+__all__ = ["Team", "Slices"]
+
+
+class Slices:
+    """The collectives of ``_math.ClassSlice`` over a process group. Hashed by identity."""
+
+    def __init__(self, group: Any, offset: int) -> None:
+        self.group, self.first = group, offset
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return self._reduce(x, dist.ReduceOp.SUM)
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        return self._reduce(x, dist.ReduceOp.MAX)
+
+    def offset(self) -> int:
+        return self.first
+
+    def _reduce(self, x: torch.Tensor, op: Any) -> torch.Tensor:
+        out = x.detach().clone(memory_format=torch.contiguous_format)  # written in place
+        dist.all_reduce(out, op=op, group=self.group)
+        return out
+
+
+class Team:
+    """The ranks of ``group`` agreeing on a call. Refuses a group that is not one before
+    any collective (a rank with no group cannot take part in one)."""
+
+    def __init__(self, group: Any, x: Any) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("class_group needs torch.distributed initialised "
+                             "(torch.distributed.init_process_group) on every rank")
+        if not isinstance(group, dist.ProcessGroup):
+            raise TypeError(f"class_group must be a torch.distributed ProcessGroup "
+                            f"(torch.distributed.group.WORLD, new_group(...), a DeviceMesh's "
+                            f"get_group()), got {type(group).__name__}")
+        self.group = group
+        # the collectives' tensors where the group's backend takes them
+        on_gpu = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
+
+    def agree(self, error: Exception | None, local: int, rows: int, target: Any,
+              validate: Any) -> _math.ClassSlice:
+        """Every rank's slice, or the same error on every rank: one rank's own checks
+        failed, the ranks hold different rows, or (where the targets are read) different
+        class indices."""
+        print_ = _fingerprint(target, validate) if error is None else None
+        mine = torch.tensor([error is not None, local, rows, print_ is not None, print_ or 0],
+                            dtype=torch.int64, device=self.device)
+        every = [torch.empty_like(mine) for _ in range(dist.get_world_size(self.group))]
+        dist.all_gather(every, mine, group=self.group)
+        table = torch.stack(every).tolist()
+        failed = [r for r, row in enumerate(table) if row[0]]
+        if error is not None:
+            raise error
+        if failed:
+            raise ValueError(f"class_group: rank(s) {failed} of the group refused their "
+                             f"arguments (their errors say why); every rank raises with them")
+        if len({row[2] for row in table}) > 1:
+            raise ValueError(f"class_group: the ranks hold different numbers of rows "
+                             f"(positions), {[row[2] for row in table]} by rank; each rank "
+                             f"holds every row and its slice of the classes")
+        prints = {row[4] for row in table if row[3]}
+        if len(prints) > 1:
+            raise ValueError("class_group: the ranks hold different targets; each rank holds "
+                             "the same class indices (of all classes), and only its slice of "
+                             "the logits or classifier")
+        me = dist.get_rank(self.group)
+        offset = sum(row[1] for row in table[:me])
+        return _math.ClassSlice(sum(row[1] for row in table), Slices(self.group, offset))
+
+    def all_passed(self, error: Exception | None) -> None:
+        """Raise on every rank where any rank's checks failed."""
+        failed = torch.tensor([error is not None], dtype=torch.int64, device=self.device)
+        dist.all_reduce(failed, group=self.group)
+        if error is not None:
+            raise error
+        if int(failed.item()):
+            raise ValueError(f"class_group: {int(failed.item())} rank(s) of the group refused "
+                             f"their arguments (their errors say why); every rank raises "
+                             f"with them")
+
+    def reads(self, validate: Any, x: Any, target: Any) -> Any:
+        return check.reads_data(validate, x, target)
+
+
+def _fingerprint(target: Any, validate: Any) -> int | None:
+    """A number that differs, almost surely, between different class-index targets; None
+    where the target is not read (no host sync) or is a soft target (a slice per rank)."""
+    if not (torch.is_tensor(target) and not target.is_floating_point()):
+        return None
+    if not check.reads_data(validate, target) or target.numel() == 0:
+        return None
+    t = target.reshape(-1).to(torch.int64)
+    place = torch.arange(1, t.numel() + 1, dtype=torch.int64, device=t.device)
+    return int(((t + 1) * (place * 2654435761 % 2**31)).sum())  # wraps alike on every rank
