@@ -51,7 +51,8 @@ def prepare(o: dict, x: Any, measure: Callable[[], tuple[int, int, Any]],
     except Exception as e:  # raised below, on every process together
         error = e
     classes = team.agree(error, local, rows, target, o["validate"])
-    error, call = None, None
+    error = None
+    call: Any = None
     try:
         call = build(classes)
     except Exception as e:
@@ -74,6 +75,6 @@ def _team(o: dict, x: Any) -> Any:
         from .backends import torch_sharded
 
         return torch_sharded.Team(o["class_group"], x)
-    from .backends import jax_sharded
+    from .backends import jax_sharded  # type: ignore[attr-defined]
 
     return jax_sharded.Team(o["class_axis"], x)

@@ -33,5 +33,6 @@ from .primitives import (GENERIC, Kernels, compute_dtype, entropy, ln, log_softm
                          softmax)
 from .spec import ClassSlice, Gradients, Inputs, Residuals, Scalars, Spec
 
-__all__ = ["Spec", "ClassSlice", "Scalars", "Inputs", "Residuals", "Gradients", "Kernels", "GENERIC", "forward",
-           "backward", "log_softmax", "softmax", "entropy", "soft_cap", "compute_dtype", "ln"]
+__all__ = ["Spec", "ClassSlice", "Scalars", "Inputs", "Residuals", "Gradients", "Kernels",
+           "GENERIC", "forward", "backward", "log_softmax", "softmax", "entropy", "soft_cap",
+           "compute_dtype", "ln"]
