@@ -30,10 +30,12 @@ __all__ = ["loss", "gradient", "central_differences", "resolve_options", "STEP"]
 
 # The options every loss takes, with the public defaults. ``validate`` and ``chunk_size``
 # say how a loss is computed, not what: accepted, so one options dict serves both the
-# public function and the reference, and ignored.
+# public function and the reference, and ignored. ``class_group`` and ``class_axis`` say
+# where the classes are: the reference holds them all, so only None is accepted.
 COMMON = {"axis": -1, "weight": None, "ignore_index": None, "label_smoothing": 0.0,
           "reduction": "mean", "validate": True, "chunk_size": None, "softcap": None,
-          "z_loss": 0.0, "sample_weight": None, "denominator": None}
+          "z_loss": 0.0, "sample_weight": None, "denominator": None, "class_group": None,
+          "class_axis": None}
 STEP = 1e-6  # the central-difference step of ``gradient``
 
 
@@ -53,6 +55,10 @@ def resolve_options(name: str, **options: Any) -> dict:
     if unknown:
         raise TypeError(f"{name}() got unexpected keyword arguments {unknown}")
     out = {key: options.get(key, default) for key, default in COMMON.items()}
+    for where in ("class_group", "class_axis"):
+        if out[where] is not None:
+            raise ValueError(f"the reference computes the loss of every class in one process; "
+                             f"call it with {where}=None on the gathered logits")
     out.update(SLOT_DEFAULTS)
     for public, slot in definition.scalars.items():
         out[slot] = float(options.get(public, definition.scalar_default(public)))
