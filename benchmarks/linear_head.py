@@ -1,5 +1,5 @@
 """The linear-head losses against the naive loss on ``hidden @ W.T + b`` at the issue's
-shape (N=8192 tokens, H=1024, C=32768, float32, the default chunk size: 512 rows), torch
+shape (N=8192 tokens, H=1024, C=32768, float32, the default chunk size: 256 rows), torch
 and JAX: ``entroloss bench --linear`` (``entroloss.tools.bench_linear``) at that shape,
 printed as the table of docs/linear.md with the machine named.
 

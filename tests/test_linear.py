@@ -499,9 +499,9 @@ def test_jax_jit_temporaries_are_a_fraction_of_the_naive(jax_backend):
 
 
 def test_default_chunk_size_fits_the_budget():
-    """chunk_size=None: as many rows as keep a chunk's logits within 64 MiB."""
-    assert linear.default_chunk_size(32768, 4) == 512
-    assert linear.default_chunk_size(256_000, 4) == 65
+    """chunk_size=None: as many rows as keep a chunk's logits within 32 MiB."""
+    assert linear.default_chunk_size(32768, 4) == 256
+    assert linear.default_chunk_size(256_000, 4) == 32
     assert linear.default_chunk_size(10**9, 4) == 1
     call = _linear.PUBLIC[el.linear_min_ent]((_H, _W, _Y), {})
     assert call.spec.chunk_size == linear.LOGITS_BUDGET_BYTES // (5 * 8)

@@ -266,7 +266,7 @@ def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: A
         classifier: ``(C, H)``, torch's ``nn.Linear`` weight layout.
         bias: ``(C,)`` or None.
         base: the logarithm base, > 0 and != 1.
-        chunk_size: rows of logits per chunk; ``None``: as many as fit in 64 MiB.
+        chunk_size: rows of logits per chunk; ``None``: as many as fit in 32 MiB.
         softcap: cap the logits first, as `linear_cross_entropy` does; ``None``: no cap.
 
     Returns:
