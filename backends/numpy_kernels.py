@@ -17,9 +17,13 @@ from entroloss._math import Kernels
 
 def row_stats(xp: Any, z: Any) -> tuple:
     top = np.maximum(z.max(axis=-1, keepdims=True), np.finfo(z.dtype).min)
-    e = np.subtract(z, top)
-    total = np.exp(e, out=e).sum(axis=-1, keepdims=True)
+    total = sum_exp_shifted(xp, z, top)
     return top, np.log(np.maximum(total, 1.0, out=total), out=total)
+
+
+def sum_exp_shifted(xp: Any, z: Any, top: Any) -> Any:
+    e = np.subtract(z, top)  # one temporary of the logits' size, exponentiated in place
+    return np.exp(e, out=e).sum(axis=-1, keepdims=True)
 
 
 def take_along_last(xp: Any, z: Any, index: Any) -> Any:
@@ -107,7 +111,8 @@ def times_slope(xp: Any, dz: Any, slope: Any) -> Any:
     return dz
 
 
-KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p,
-                  finite_log_p=finite_log_p, sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
+                  take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
+                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope)

@@ -53,7 +53,11 @@ def _by_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def row_stats(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top = z.amax(dim=-1, keepdim=True).clamp_min_(torch.finfo(z.dtype).min)
-    return top, torch.sub(z, top).exp_().sum(dim=-1, keepdim=True).clamp_min_(1.0).log_()
+    return top, sum_exp_shifted(xp, z, top).clamp_min_(1.0).log_()
+
+
+def sum_exp_shifted(xp: Any, z: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    return torch.sub(z, top).exp_().sum(dim=-1, keepdim=True)  # one logits-sized temporary
 
 
 def take_along_last(xp: Any, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -161,8 +165,9 @@ def add_product(xp: Any, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
     return total.addmm_(a, b)  # no (C, H) temporary for the classifier's gradient
 
 
-KERNELS = Kernels(row_stats=row_stats, take_along_last=take_along_last, log_p=log_p,
-                  finite_log_p=finite_log_p, sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
+                  take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
+                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
                   add_product=add_product)

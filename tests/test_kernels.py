@@ -75,6 +75,7 @@ def _arguments(xp, data: dict) -> dict:
     total = xp.ones((z.shape[-1], z.shape[-1]), dtype=z.dtype)
     return {
         "row_stats": [(z,)],
+        "sum_exp_shifted": [(z, top)],
         "take_along_last": [(z, data["index"])],
         "log_p": [(z, top, norm)],
         "finite_log_p": [(primitives.log_p(xp, z, top, norm),)],

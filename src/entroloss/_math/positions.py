@@ -94,7 +94,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
         z = kernels.soft_cap(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, z, inputs)
     top, norm = (kernels.row_stats(xp, z) if spec.classes is None
-                 else row_stats_of_slices(xp, z, spec.classes.group))
+                 else row_stats_of_slices(xp, kernels, z, spec.classes.group))
     # log p in full only where a term reads every class; else only at the target
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
     log_p_y = tgt.log_p_at_target(kernels, z, top, norm) if tgt.sparse else None

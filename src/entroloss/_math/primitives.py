@@ -89,12 +89,12 @@ def row_stats(xp: Any, z: Any) -> tuple[Any, Any]:
     return top, log_norm(xp, sum_exp_shifted(xp, z, top))
 
 
-def row_stats_of_slices(xp: Any, z: Any, group: Any) -> tuple[Any, Any]:
+def row_stats_of_slices(xp: Any, kernels: Kernels, z: Any, group: Any) -> tuple[Any, Any]:
     """:func:`row_stats` where each process holds a slice of the classes: the maximum over
     every slice first, then the sum of the slices' ``exp(z - row_max)``. Two all-reduces of
     one number per row."""
     top = group.max(row_max(xp, z))
-    return top, log_norm(xp, group.sum(sum_exp_shifted(xp, z, top)))
+    return top, log_norm(xp, group.sum(kernels.sum_exp_shifted(xp, z, top)))
 
 
 def soft_cap(xp: Any, z: Any, cap: float) -> Any:
@@ -204,6 +204,7 @@ class Kernels:
     """
 
     row_stats: Callable = row_stats
+    sum_exp_shifted: Callable = sum_exp_shifted
     take_along_last: Callable = take_along_last
     log_p: Callable = log_p
     finite_log_p: Callable = finite_log_p
