@@ -176,8 +176,12 @@ def _add_bench_linear(bench) -> None:
                        "entropy) against the naive loss on hidden @ W.T + b, torch and JAX: "
                        "forward+backward time (median of at most 5 --repeats) and memory "
                        "(torch CPU peak resident beyond the inputs; JAX XLA temp bytes)")
+    bench.add_argument("--sharded", action="store_true",
+                       help="instead: the class-sharded (tensor-parallel) losses over 1, 2 and "
+                       "4 gloo ranks on the CPU against one process: peak memory per rank "
+                       "(each figure in fresh processes) and forward+backward time")
     bench.add_argument("--head", type=head_shape, metavar="NxHxC",
-                       help="with --linear: N tokens, H features, C classes (default: "
+                       help="with --linear or --sharded: N tokens, H features, C classes (default: "
                        "1024x128x8192, in chunks of --chunk-size rows, default 256)")
 
 
@@ -191,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         from .tools import bench_linear
 
         return bench_linear.main(args)
+    if args.command == "bench" and args.sharded:
+        from .tools import bench_sharded
+
+        return bench_sharded.main(args)
     if args.command == "bench":
         if args.head:
-            build_parser().error("--head applies to bench --linear only")
+            build_parser().error("--head applies to bench --linear only (and to --sharded)")
         from .tools import bench
 
         return bench.main(args)
