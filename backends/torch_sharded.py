@@ -61,6 +61,7 @@ class Team:
             raise ValueError("class_group needs torch.distributed initialised "
                              "(torch.distributed.init_process_group) on every rank")
         self.group = group
+        self.pending: Exception | None = None  # an error found by agree, raised by all_passed
         # the collectives' tensors where the group's backend takes them
         on_gpu = dist.get_backend(group) == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
@@ -87,16 +88,19 @@ class Team:
                              f"(positions), {[row[2] for row in table]} by rank; each rank "
                              f"holds every row and its slice of the classes")
         prints = {row[4] for row in table if row[3]}
-        if len(prints) > 1:
-            raise ValueError("class_group: the ranks hold different targets; each rank holds "
-                             "the same class indices (of all classes), and only its slice of "
-                             "the logits or classifier")
+        if len(prints) > 1:  # raised by all_passed, after each rank's own checks (a class
+            # index out of range on one rank is then that rank's error, as it would be alone)
+            self.pending = ValueError(
+                "class_group: the ranks hold different targets; each rank holds the same "
+                "class indices (of all classes), and only its slice of the logits or "
+                "classifier")
         me = dist.get_rank(self.group)
         offset = sum(row[1] for row in table[:me])
         return _math.ClassSlice(sum(row[1] for row in table), Slices(self.group, offset))
 
     def all_passed(self, error: Exception | None) -> None:
         """Raise on every rank where any rank's checks failed."""
+        error = error or self.pending
         failed = torch.tensor([error is not None], dtype=torch.int64, device=self.device)
         dist.all_reduce(failed, group=self.group)
         if error is not None:
