@@ -69,8 +69,9 @@ class Team:
     def agree(self, error: Exception | None, local: int, rows: int, target: Any,
               validate: Any) -> _math.ClassSlice:
         """Every rank's slice, or the same error on every rank: one rank's own checks
-        failed, the ranks hold different rows, or (where the targets are read) different
-        class indices."""
+        failed, or the ranks hold different rows. Different class indices (where the
+        targets are read) are raised by :meth:`all_passed`, after each rank's own checks
+        against all classes (a rank whose index is out of range says so)."""
         print_ = _fingerprint(target, validate) if error is None else None
         mine = torch.tensor([error is not None, local, rows, print_ is not None, print_ or 0],
                             dtype=torch.int64, device=self.device)

@@ -118,7 +118,6 @@ def _learnt(loss):
 def _evaluate(case, d, where):
     """The case's value and gradients; ``where`` None: one process, else ``(first class,
     end, group, mesh)`` of this rank (the gradients of the inputs it holds)."""
-    import torch
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     import entroloss as el
