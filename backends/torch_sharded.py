@@ -49,14 +49,19 @@ class Team:
     any collective (a rank with no group cannot take part in one)."""
 
     def __init__(self, group: Any, x: Any) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("class_group needs torch.distributed initialised "
-                             "(torch.distributed.init_process_group) on every rank")
         if not isinstance(group, dist.ProcessGroup):
             raise TypeError(f"class_group must be a torch.distributed ProcessGroup "
                             f"(torch.distributed.group.WORLD, new_group(...), a DeviceMesh's "
                             f"get_group()), got {type(group).__name__}")
+        if not torch.is_tensor(x):
+            raise TypeError(f"class_group (torch.distributed) needs torch tensors, got "
+                            f"{type(x).__module__}.{type(x).__name__}; with JAX, shard the "
+                            f"classes with class_axis= inside shard_map")
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("class_group needs torch.distributed initialised "
+                             "(torch.distributed.init_process_group) on every rank")
         self.group = group
+        self.pending: Exception | None = None  # an error found by agree, raised by all_passed
         # the collectives' tensors where the group's backend takes them
         on_gpu = dist.get_backend(group) == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
@@ -64,8 +69,9 @@ class Team:
     def agree(self, error: Exception | None, local: int, rows: int, target: Any,
               validate: Any) -> _math.ClassSlice:
         """Every rank's slice, or the same error on every rank: one rank's own checks
-        failed, the ranks hold different rows, or (where the targets are read) different
-        class indices."""
+        failed, or the ranks hold different rows. Different class indices (where the
+        targets are read) are raised by :meth:`all_passed`, after each rank's own checks
+        against all classes (a rank whose index is out of range says so)."""
         print_ = _fingerprint(target, validate) if error is None else None
         mine = torch.tensor([error is not None, local, rows, print_ is not None, print_ or 0],
                             dtype=torch.int64, device=self.device)
@@ -83,16 +89,19 @@ class Team:
                              f"(positions), {[row[2] for row in table]} by rank; each rank "
                              f"holds every row and its slice of the classes")
         prints = {row[4] for row in table if row[3]}
-        if len(prints) > 1:
-            raise ValueError("class_group: the ranks hold different targets; each rank holds "
-                             "the same class indices (of all classes), and only its slice of "
-                             "the logits or classifier")
+        if len(prints) > 1:  # raised by all_passed, after each rank's own checks (a class
+            # index out of range on one rank is then that rank's error, as it would be alone)
+            self.pending = ValueError(
+                "class_group: the ranks hold different targets; each rank holds the same "
+                "class indices (of all classes), and only its slice of the logits or "
+                "classifier")
         me = dist.get_rank(self.group)
         offset = sum(row[1] for row in table[:me])
         return _math.ClassSlice(sum(row[1] for row in table), Slices(self.group, offset))
 
     def all_passed(self, error: Exception | None) -> None:
         """Raise on every rank where any rank's checks failed."""
+        error = error or self.pending
         failed = torch.tensor([error is not None], dtype=torch.int64, device=self.device)
         dist.all_reduce(failed, group=self.group)
         if error is not None:
@@ -116,3 +125,61 @@ def _fingerprint(target: Any, validate: Any) -> int | None:
     t = target.reshape(-1).to(torch.int64)
     place = torch.arange(1, t.numel() + 1, dtype=torch.int64, device=t.device)
     return int(((t + 1) * (place * 2654435761 % 2**31)).sum())  # wraps alike on every rank
+
+
+# --- DTensor: the mesh gives the group ----------------------------------------------------
+
+
+def unwrap(arrays: dict, options: dict, main: str) -> tuple[dict, dict]:
+    """The local tensors of a call given ``torch.distributed.tensor.DTensor``s, and its
+    options with ``class_group`` the mesh's group where ``main`` (the logits, or the
+    classifier of a linear head) is sharded on its class dimension.
+
+    ``arrays`` maps a name to ``(value, its class dimension or None)``; each option that is
+    a DTensor is one too (the bias's class dimension 0, every other replicated). A DTensor
+    lives on a 1-D mesh, placed ``Shard`` on its class dimension or ``Replicate``; where
+    one is sharded, ``main`` is too, and all share one mesh. ``to_local()`` keeps autograd:
+    a gradient comes back as a DTensor with the input's placement."""
+    from torch.distributed.tensor import DTensor
+
+    every = dict(arrays)
+    for name, value in options.items():
+        if isinstance(value, DTensor):
+            every[name] = (value, 0 if name == "bias" else None)
+    mesh, sharded, out = None, [], {}
+    for name, (value, dim) in every.items():
+        if not isinstance(value, DTensor):
+            out[name] = value
+            continue
+        if mesh is None:
+            mesh = value.device_mesh
+        elif value.device_mesh != mesh:
+            raise ValueError(f"{name} is a DTensor on another DeviceMesh than the other "
+                             f"DTensors of the call; they must share one mesh")
+        if value.device_mesh.ndim != 1:
+            raise ValueError(f"{name} is a DTensor on a {value.device_mesh.ndim}-D "
+                             f"DeviceMesh; only a 1-D mesh (the ranks sharing the classes) "
+                             f"is supported")
+        placement = value.placements[0]
+        if placement.is_shard() and dim is not None and \
+                placement.dim % value.ndim == dim % value.ndim:  # type: ignore[attr-defined]
+            sharded.append(name)
+        elif not placement.is_replicate():
+            where = "" if dim is None else f" on its class dimension {dim % value.ndim}"
+            raise ValueError(f"{name} is a DTensor placed {placement}; only Shard{where} "
+                             f"or Replicate is supported")
+        out[name] = value.to_local()
+    if sharded and main not in sharded:
+        raise ValueError(f"{', '.join(sharded)} sharded on the classes, but {main} is not: "
+                         f"shard {main} on its class dimension (Shard) too")
+    options = {k: out.get(k, v) for k, v in options.items()}
+    if main in sharded:
+        assert mesh is not None
+        group = mesh.get_group()
+        given = options.get("class_group")
+        if given is not None and given is not group:
+            raise ValueError("class_group differs from the group of the DTensors' mesh "
+                             "(which gives the group of a sharded DTensor); pass neither "
+                             "or the mesh's get_group()")
+        options["class_group"] = group
+    return {k: out[k] for k in arrays}, options

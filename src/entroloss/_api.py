@@ -13,7 +13,7 @@ import math
 import sys
 from typing import Any, Callable, Protocol, TypeVar
 
-from . import _arrays, _docs, _math
+from . import _arrays, _docs, _math, _sharded
 from ._math.target import Target
 from . import _validate as check
 from ._losses import LOSSES, LossDef
@@ -49,6 +49,8 @@ def _make(definition: LossDef) -> Callable:
     every = defaults(definition)
 
     def loss(logits: Any, target: Any, /, **options: Any) -> Any:
+        if _sharded.has_dtensor(logits, target, options=options):
+            logits, target, options = _local(logits, target, options)
         p = prepare_cached(definition, logits, target, with_defaults(name, every, options))
         return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars,
                                        sample_weight=p.sample_weight, denominator=p.denominator)
@@ -62,6 +64,17 @@ def _make(definition: LossDef) -> Callable:
     loss.__signature__ = signature(definition, ("logits", "target"))  # type: ignore[attr-defined]
     PUBLIC[loss] = definition
     return loss
+
+
+def _local(logits: Any, target: Any, options: dict) -> tuple:
+    """A call given DTensors, as the local tensors and the mesh's group (``_sharded``):
+    the logits sharded on their class axis, or replicated; a soft target likewise."""
+    axis = options.get("axis", -1)
+    soft = getattr(target, "ndim", None) == logits.ndim and target.is_floating_point()
+    arrays, options = _sharded.unwrap({"logits": (logits, axis),
+                                       "target": (target, axis if soft else None)},
+                                      options, "logits")
+    return arrays["logits"], arrays["target"], options
 
 
 def signature(definition: LossDef, positional: tuple[str, ...], *, first: tuple = (),
@@ -230,7 +243,8 @@ def _logits_in_compute_dtype(x: Any, axis: Any, softcap: Any) -> tuple:
 
 
 def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e,
-            softcap: float | None = None) -> Array:
+            softcap: float | None = None, class_group: Any = None,
+            class_axis: str | None = None) -> Array:
     """Entropy of ``softmax(logits)`` along ``axis``: ``-sum_c p_c log p_c / ln b``.
 
     Finite for ``-inf`` (masked) logits; differentiable through each framework's own
@@ -242,6 +256,11 @@ def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e,
         base: the logarithm base, > 0 and != 1 (a 0-d array is differentiable).
         softcap: cap the logits first, as `cross_entropy` does, so that this is the
             entropy of the distribution a capped loss trains; ``None``: no cap.
+        class_group: the logits are this process's slice of the classes, over this
+            ``torch.distributed`` process group, as for `cross_entropy` (then computed
+            as `min_ent`'s entropy term, differentiated by its backward); a DTensor
+            placed ``Shard`` on ``axis`` gives it.
+        class_axis: the same over a JAX mesh axis, inside ``shard_map``.
 
     Returns:
         The entropy per position: the logits' shape minus ``axis``, their dtype.
@@ -251,6 +270,14 @@ def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e,
         >>> print(el.entropy(np.array([[0.0, 0.0], [0.0, -np.inf]]), base=2))
         [1. 0.]
     """
+    options = {"axis": axis, "softcap": softcap, "class_group": class_group,
+               "class_axis": class_axis}
+    if _sharded.has_dtensor(logits, base):
+        arrays, options = _sharded.unwrap({"logits": (logits, axis), "base": (base, None)},
+                                          options, "logits")
+        logits, base = arrays["logits"], arrays["base"]
+    if _sharded.sliced(options):
+        return _sliced_entropy(logits, base, options)
     xp, z, axis = _logits_in_compute_dtype(logits, axis, softcap)
     base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True,
                               any_base=True)
@@ -258,6 +285,25 @@ def entropy(logits: Array, /, *, axis: int = -1, base: float | Array = math.e,
     if not isinstance(base, float):
         base = xp.astype(base, h.dtype)
     return xp.astype(h / _math.ln(xp, base), logits.dtype)
+
+
+def _sliced_entropy(logits: Any, base: Any, options: dict) -> Any:
+    """The entropy of sharded classes: MIN-ENT with ``ce_weight=0``, weight 1 on the
+    entropy and reduction "none" (as ``linear_entropy``), whose sums over the classes are
+    all-reduced; the target (class 0 everywhere) is never read for a gradient."""
+    from ._losses import MIN_ENT
+
+    xp = check.namespace_of_logits(logits)
+    axis = check.normalize_axis(options["axis"], logits.ndim)
+    positions = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+    dummy = xp.zeros(positions, dtype=xp.int32, device=_arrays.device(logits))
+    base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True,
+                              any_base=True)  # (the same on every process)
+    o = with_defaults("entropy", defaults(MIN_ENT), {**options, "reduction": "none"})
+    p = prepare_cached(MIN_ENT, logits, dummy, o)
+    scalars = _math.Scalars(0.0, math.e, 1.0, base)
+    return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, scalars,
+                                   sample_weight=None, denominator=None)
 
 
 def log_softmax(x: Array, /, *, axis: int = -1, softcap: float | None = None) -> Array:

@@ -39,14 +39,13 @@ COMMON_DOCS = {
     "of the counted one (a number > 0 or a 0-d array, integer or floating; a constant, not "
     "differentiated). Pass the whole step's `denominator` (summed over micro-batches, "
     "all-reduced over ranks) so that micro-batch losses add up to the whole batch's.",
-    "class_group": "tensor parallel on torch.distributed: the process group over whose "
-    "ranks the classes are sharded. Each rank passes its slice of the classes (of the "
-    "logits, or the classifier's rows and the bias), the target's class indices of all "
-    "classes (or its slice of a soft target) and the class weights of all classes; every "
-    "rank gets the one-process loss and the gradient of its slice. Only numbers per row "
-    "cross ranks. See the Tensor parallel guide.",
-    "class_axis": "tensor parallel in JAX: inside ``shard_map``, the mesh axis over which "
-    "the classes are sharded (as ``class_group``, with ``lax.psum``/``pmax``).",
+    "class_group": "the logits (a linear head's classifier rows and bias) are this "
+    "process's slice of the classes, over this ``torch.distributed`` process group "
+    "(tensor parallelism); the target holds the global class indices (a soft target: this "
+    "slice), ``weight`` all ``C`` classes. Every process raises together on bad input. A "
+    "DTensor placed ``Shard`` on the class axis gives the group itself. ``None``: one "
+    "process holds every class. See the Tensor parallel guide.",
+    "class_axis": "the same over a JAX mesh axis, inside ``shard_map``. ``None``: no axis.",
 }
 
 _TARGET = ("integer class indices with the logits' shape minus the class axis, or "

@@ -176,6 +176,23 @@ def _as_rows(xp: Any, static: dict, soft: bool, target_checked: bool, hidden: An
                       weight, values, learnt, positions, keep)
 
 
+def _local(args: tuple, options: dict) -> tuple:
+    """A call given DTensors, as the local tensors and the mesh's group (``_sharded``):
+    the classifier (and bias) sharded on their rows, or replicated; the hidden states
+    replicated; a soft target sharded on its classes like the classifier."""
+    names = ("hidden", "classifier", "target")[:len(args)]
+    dims = {"hidden": None, "classifier": 0, "target": None}
+    if len(args) == 3 and _floating_tensor(args[2]):
+        dims["target"] = -1
+    arrays, options = _sharded.unwrap({n: (a, dims[n]) for n, a in zip(names, args, strict=True)},
+                                      options, "classifier")
+    return tuple(arrays[n] for n in names), options
+
+
+def _floating_tensor(x: Any) -> bool:
+    return callable(getattr(x, "is_floating_point", None)) and bool(x.is_floating_point())
+
+
 def _adapter(hidden: Any) -> Any:
     from entroloss import backends
 
@@ -200,7 +217,11 @@ def _make(definition: LossDef) -> Callable:
         if len(args) != 3:
             raise TypeError(f"{name}() takes hidden, classifier and target, got {len(args)} "
                             f"positional argument(s)")
-        return _prepare(definition, *args, pipeline.with_defaults(name, defaults, options))
+        if _sharded.has_dtensor(*args, options=options):
+            args, options = _local(args, options)
+        hidden, classifier, target = args
+        return _prepare(definition, hidden, classifier, target,
+                        pipeline.with_defaults(name, defaults, options))
 
     def loss(hidden: Any, classifier: Any, target: Any, /, **options: Any) -> Any:
         call = prepare((hidden, classifier, target), options)
@@ -225,7 +246,8 @@ for _definition in _losses.LOSSES:
 
 # --- the entropy: MIN-ENT's regularizer alone, per position ---------------------------------
 
-_ENTROPY_DEFAULTS = {"bias": None, "base": math.e, "chunk_size": None, "softcap": None}
+_ENTROPY_DEFAULTS = {"bias": None, "base": math.e, "chunk_size": None, "softcap": None,
+                     "class_group": None, "class_axis": None}
 
 
 def _prepare_entropy(args: tuple, options: dict) -> LinearCall:
@@ -235,6 +257,8 @@ def _prepare_entropy(args: tuple, options: dict) -> LinearCall:
     if len(args) != 2:
         raise TypeError(f"linear_entropy() takes hidden and classifier, got {len(args)} "
                         f"positional argument(s)")
+    if _sharded.has_dtensor(*args, options=options):
+        args, options = _local(args, options)
     o = pipeline.with_defaults("linear_entropy", _ENTROPY_DEFAULTS, options)
     hidden, classifier = args
     xp = _hidden_namespace(hidden)
@@ -248,12 +272,14 @@ def _prepare_entropy(args: tuple, options: dict) -> LinearCall:
         return _math.Scalars(0.0, math.e, 1.0, base), learnt
 
     plain = {**pipeline.defaults(_losses.MIN_ENT), "reduction": "none", "bias": o["bias"],
-             "chunk_size": o["chunk_size"], "softcap": o["softcap"]}
+             "chunk_size": o["chunk_size"], "softcap": o["softcap"],
+             "class_group": o["class_group"], "class_axis": o["class_axis"]}
     return _prepare(_losses.MIN_ENT, hidden, classifier, dummy, plain, scalars)
 
 
 def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: Any = math.e,
-                   chunk_size: int | None = None, softcap: float | None = None) -> Any:
+                   chunk_size: int | None = None, softcap: float | None = None,
+                   class_group: Any = None, class_axis: str | None = None) -> Any:
     """Entropy of ``softmax(hidden @ classifier.T + bias)`` per position, in base
     ``base``, without building the logits (the entropy bonus of RL fine-tuning).
 
@@ -268,6 +294,10 @@ def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: A
         base: the logarithm base, > 0 and != 1.
         chunk_size: rows of logits per chunk; ``None``: as many as fit in 32 MiB.
         softcap: cap the logits first, as `linear_cross_entropy` does; ``None``: no cap.
+        class_group: the classifier's rows (and the bias's) are this process's slice of
+            the classes, over this ``torch.distributed`` process group, as for
+            `linear_cross_entropy`; a DTensor classifier placed ``Shard(0)`` gives it.
+        class_axis: the same over a JAX mesh axis, inside ``shard_map``.
 
     Returns:
         The entropy per position, ``hidden.shape[:-1]``, in the hidden states' dtype.
@@ -279,8 +309,9 @@ def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: A
         >>> print(el.linear_entropy(np.ones((2, 3)), np.zeros((4, 3)), base=2))
         [2. 2.]
     """
-    call = _prepare_entropy((hidden, classifier), dict(bias=bias, base=base,
-                                                        chunk_size=chunk_size, softcap=softcap))
+    call = _prepare_entropy((hidden, classifier), dict(
+        bias=bias, base=base, chunk_size=chunk_size, softcap=softcap,
+        class_group=class_group, class_axis=class_axis))
     return _result(call, _adapter(hidden).loss(call))
 
 

@@ -23,11 +23,12 @@ run time, so it gets the one-process rule under tracing: bad positions give NaN.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable
 
 from . import _math
 
-__all__ = ["sliced", "prepare"]
+__all__ = ["sliced", "prepare", "has_dtensor", "unwrap"]
 
 
 def sliced(o: dict) -> bool:
@@ -78,3 +79,23 @@ def _team(o: dict, x: Any) -> Any:
     from .backends import jax_sharded  # type: ignore[attr-defined]
 
     return jax_sharded.Team(o["class_axis"], x)
+
+
+def has_dtensor(*values: Any, options: dict | None = None) -> bool:
+    """Whether any of ``values`` (or of the ``options``' values) is a
+    ``torch.distributed.tensor.DTensor``, without importing torch where no DTensor can
+    exist (the module is loaded wherever one was made)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is None:
+        return False
+    kind = module.DTensor
+    return any(isinstance(v, kind) for v in values) or (
+        options is not None and any(isinstance(v, kind) for v in options.values()))
+
+
+def unwrap(arrays: dict, options: dict, main: str) -> tuple[dict, dict]:
+    """DTensors to their local tensors, ``class_group`` the mesh's group where ``main`` is
+    sharded on its classes (``backends.torch_sharded.unwrap``)."""
+    from .backends import torch_sharded
+
+    return torch_sharded.unwrap(arrays, options, main)

@@ -69,8 +69,10 @@ def ddp_mean(loss_fn, logits, target, /, **options):
 # --- torch DistributedDataParallel, gloo, WORLD processes ------------------------------------
 
 
-def _rank(rank: int, port: int, out_dir: str, job: Callable) -> None:
-    """One rank: joins the gloo group, runs ``job(rank)`` and writes what it returns."""
+def _rank(rank: int, port: int, out_dir: str, job: Callable, world: int = WORLD,
+          timeout: float = 60) -> None:
+    """One rank: joins the gloo group of ``world`` ranks (its collectives time out after
+    ``timeout`` seconds: a hang fails), runs ``job(rank)`` and writes what it returns."""
     import torch.distributed as dist
 
     if sys.platform.startswith("linux"):  # keep gloo's own connections on the loopback
@@ -78,7 +80,7 @@ def _rank(rank: int, port: int, out_dir: str, job: Callable) -> None:
     from datetime import timedelta
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=60))
+                            world_size=world, timeout=timedelta(seconds=timeout))
     try:
         results = job(rank)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -93,29 +95,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(job: Callable, out_dir) -> list:
-    """``job(rank)`` (a module-level function, JSON-able result) on WORLD spawned ranks of
-    one gloo group; the results, rank by rank."""
+def run_ranks(job: Callable, out_dir, world: int = WORLD, timeout: float = 60) -> list:
+    """``job(rank)`` (a module-level function, JSON-able result) on ``world`` spawned ranks
+    of one gloo group; the results, rank by rank. A collective waits at most ``timeout``
+    seconds, the whole run twice that."""
     import torch.multiprocessing as mp
 
     # gloo's rendezvous can die of a signal on a loaded machine ("terminate called without
     # an active exception" in its transport threads, before any loss runs): such a start is
     # tried again on a fresh port. A Python error in a rank is not retried.
     for attempt in range(3):
-        context = mp.start_processes(_rank, args=(_free_port(), str(out_dir), job),
-                                     nprocs=WORLD, join=False, start_method="spawn")
-        deadline = time.monotonic() + 120
+        context = mp.start_processes(_rank, args=(_free_port(), str(out_dir), job, world,
+                                                  timeout),
+                                     nprocs=world, join=False, start_method="spawn")
+        deadline = time.monotonic() + 2 * timeout
         try:
             while not context.join(timeout=1):
                 if time.monotonic() > deadline:
                     for process in context.processes:
                         process.kill()
-                    pytest.fail("the DDP ranks did not finish within 120 s")
+                    pytest.fail(f"the ranks did not finish within {2 * timeout:g} s")
             break
         except mp.ProcessExitedException as died:
             if died.signal_name is None or attempt == 2:
                 raise
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
 
 
 # Every rank's work of the suite, run by one spawn: a rank's first DistributedDataParallel
