@@ -72,6 +72,8 @@ def _loss_jvp(spec, floats, fixed, primals, tangents):
         out = out + pair(grads.logits, d_logits)
     if want_target:
         out = out + pair(grads.target, d_target)
+    if spec.classes is not None:  # each device's pairs are over its slice of the classes
+        out = spec.classes.group.sum(out)
     for gradient, tangent in zip(grads.scalars, d_arrays, strict=True):
         if gradient is not None and not _is_zero(tangent):
             out = out + gradient * tangent.astype(dtype)
