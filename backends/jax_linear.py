@@ -30,7 +30,44 @@ from jax.custom_derivatives import SymbolicZero
 from entroloss import _arrays
 from entroloss._math import GENERIC, Kernels, Scalars, compute_dtype, linear
 
-_TRACED = replace(GENERIC, scan=jax.lax.scan)
+
+
+def _varying(x: Any) -> frozenset:
+    """The mesh axes (inside ``shard_map``) along which ``x`` may differ between devices."""
+    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", frozenset())
+    return frozenset(vma)
+
+
+def _as_varying(x: Any, like: Any) -> Any:
+    """``x`` typed as varying along every mesh axis that ``like`` varies along."""
+    more = tuple(sorted(_varying(like) - _varying(x), key=str))
+    if not more:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, more, to="varying")
+    return jax.lax.pvary(x, more)  # (the JAX versions before pcast)
+
+
+def _scan(body: Any, carry: Any, chunks: Any) -> tuple:
+    """``jax.lax.scan``, its initial carry typed as the body makes it: inside
+    ``shard_map`` with the classes sharded (``class_axis``), the gradients of the
+    classifier's slice vary between devices while their zeros do not, and a scan's carry
+    must keep its type."""
+    first = jax.tree.map(lambda x: x[0], chunks)
+    for _ in range(3):  # a carry made varying may make another one varying
+        after, _ = jax.eval_shape(body, carry, first)
+        typed = jax.tree.map(_as_varying, carry, after)
+        if typed is carry or all(a is b for a, b in zip(jax.tree.leaves(typed),
+                                                       jax.tree.leaves(carry))):
+            break
+        carry = typed
+    return jax.lax.scan(body, carry, chunks)
+
+
+_TRACED = replace(GENERIC, scan=_scan)
 
 
 def _kernels(x: Any) -> Kernels:
