@@ -34,11 +34,11 @@ from entroloss._math import GENERIC, Kernels, Scalars, compute_dtype, linear
 
 def _varying(x: Any) -> frozenset:
     """The mesh axes (inside ``shard_map``) along which ``x`` may differ between devices."""
-    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
-    vma = getattr(aval, "vma", None)
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)  # (the JAX versions before manual_axis_type)
     if vma is None:
-        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", frozenset())
-    return frozenset(vma)
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    return frozenset(vma or ())
 
 
 def _as_varying(x: Any, like: Any) -> Any:
@@ -46,9 +46,10 @@ def _as_varying(x: Any, like: Any) -> Any:
     more = tuple(sorted(_varying(like) - _varying(x), key=str))
     if not more:
         return x
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(x, more, to="varying")
-    return jax.lax.pvary(x, more)  # (the JAX versions before pcast)
+    cast = getattr(jax.lax, "pcast", None)
+    if cast is None:  # (the JAX versions before pcast)
+        return jax.lax.pvary(x, more)  # type: ignore[attr-defined]
+    return cast(x, more, to="varying")
 
 
 def _scan(body: Any, carry: Any, chunks: Any) -> tuple:
@@ -59,11 +60,10 @@ def _scan(body: Any, carry: Any, chunks: Any) -> tuple:
     first = jax.tree.map(lambda x: x[0], chunks)
     for _ in range(3):  # a carry made varying may make another one varying
         after, _ = jax.eval_shape(body, carry, first)
-        typed = jax.tree.map(_as_varying, carry, after)
-        if typed is carry or all(a is b for a, b in zip(jax.tree.leaves(typed),
-                                                       jax.tree.leaves(carry))):
+        if all(_varying(a) <= _varying(c) for a, c in zip(jax.tree.leaves(after),
+                                                         jax.tree.leaves(carry), strict=True)):
             break
-        carry = typed
+        carry = jax.tree.map(_as_varying, carry, after)
     return jax.lax.scan(body, carry, chunks)
 
 
