@@ -10,7 +10,9 @@ argument; the logits, a soft target, and weights and bases given as arrays are
 differentiated. The class weights, the sample weights and a denominator are constants
 (their tangents are ignored: ``jax.grad`` gives them 0); a denominator given as a Python
 number is static, like the scalars given as floats. XLA fuses the generic
-definitions itself, so JAX has no kernel table.
+definitions itself, so JAX has no kernel table. With ``class_axis`` (inside
+``jax.shard_map``: ``backends/jax_sharded.py``) the tangent of the logits' slice is
+summed over the devices, as every sum over the classes is.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ a denominator are constants: their cotangents are zero). The
 rules see which inputs are differentiated (``symbolic_zeros``), so that a soft target's
 gradient, of the target's size, is formed only when it is asked for. Ignored rows are
 computed and masked (the target is not read under tracing).
+
+With ``class_axis`` (inside ``jax.shard_map``, each device holding a slice of the
+classifier's rows: ``backends/jax_sharded.py``) the scan's carry, the gradients of that
+slice, is typed as varying over the axis, and the call is staged by ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -139,6 +143,9 @@ def _backward(spec, floats, fixed, residuals, cotangent):
 
 
 _loss.defvjp(_forward, _backward, symbolic_zeros=True)
+# inside shard_map (class_axis) called without jax.jit, JAX cannot run a custom_vjp with
+# symbolic zeros op by op; staged by jit, it can (and jit inside jit is inlined)
+_staged = jax.jit(_loss, static_argnums=(0, 1, 2))
 
 
 def loss(call: Any) -> Any:
@@ -147,8 +154,9 @@ def loss(call: Any) -> Any:
     denominator = call.denominator
     fixed = denominator if isinstance(denominator, float) else None
     constants = (call.sample_weight, None if fixed is not None else denominator)
-    return _loss(call.spec, floats, fixed, call.hidden, call.head.classifier, call.head.bias,
-                 call.target, call.weight, arrays, constants)
+    run = _loss if call.spec.classes is None else _staged
+    return run(call.spec, floats, fixed, call.hidden, call.head.classifier, call.head.bias,
+               call.target, call.weight, arrays, constants)
 
 
 def value_and_grad(call: Any) -> tuple:

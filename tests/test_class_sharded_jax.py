@@ -252,6 +252,23 @@ report["error-unknown-axis-linear"] = error_of(lambda: in_tp(
     (P(), ROWS, P()))(hidden, w, y))
 report["error-outside-shard-map"] = error_of(
     lambda: el.cross_entropy(jnp.asarray(z), jnp.asarray(y), class_axis="tp"))
+
+
+def eager():  # shard_map without jax.jit: the value, and jax.grad of it (a linear head,
+    # whose custom_vjp JAX cannot run op by op there; the plain losses' op-by-op run takes
+    # 10 s of dispatches, and its custom_jvp is the one checked above)
+    lin = shard_map(lambda h, w, t: el.linear_focal(h, w, t, chunk_size=4, class_axis="tp"),
+                    mesh=mesh, in_specs=(P(), ROWS, P()), out_specs=P())
+    lref_v, lref = el.linear_value_and_grad(el.linear_focal, hidden, w, y)
+    args = (jnp.asarray(hidden), jnp.asarray(w), jnp.asarray(y))
+    got = [lin(*args), *jax.grad(lin, argnums=(0, 1))(*args)]
+    return compare(got, [lref_v, lref["hidden"], lref["classifier"]])
+
+
+try:
+    report["eager"] = eager()
+except Exception as e:
+    report["eager"] = dict(error=f"{type(e).__name__}: {e}"[:2000])
 print(json.dumps(report))
 """
 
@@ -340,3 +357,25 @@ def test_class_axis_with_torch_tensors_names_class_axis():
     with pytest.raises(TypeError, match="class_axis.*class_group"):
         el.linear_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4), torch.tensor([0, 1]),
                                 class_axis="tp")
+
+
+@needs("jax")
+def test_class_axis_without_jit(results):
+    """shard_map called op by op (no jax.jit): the value and jax.grad of it, plain and
+    linear (whose custom_vjp is staged by jit there)."""
+    r = results["eager"]
+    assert "error" not in r, r["error"]
+    for diff, scale in zip(r["diff"], r["scale"], strict=True):
+        assert _fine(diff, scale), r
+
+
+@needs("jax")
+def test_the_same_axis_and_slice_give_the_same_static_spec():
+    """The collectives are part of the static spec (custom_jvp/custom_vjp): equal for every
+    call with the same axis and slice, so that nothing is traced again."""
+    from entroloss._math import ClassSlice
+    from entroloss.backends.jax_sharded import Slices
+
+    assert ClassSlice(8, Slices("tp", 2)) == ClassSlice(8, Slices("tp", 2))
+    assert hash(ClassSlice(8, Slices("tp", 2))) == hash(ClassSlice(8, Slices("tp", 2)))
+    assert Slices("tp", 2) != Slices("tp", 3) and Slices("tp", 2) != Slices("dp", 2)
