@@ -10,7 +10,9 @@ argument; the logits, a soft target, and weights and bases given as arrays are
 differentiated. The class weights, the sample weights and a denominator are constants
 (their tangents are ignored: ``jax.grad`` gives them 0); a denominator given as a Python
 number is static, like the scalars given as floats. XLA fuses the generic
-definitions itself, so JAX has no kernel table.
+definitions itself, so JAX has no kernel table. With ``class_axis`` (inside
+``jax.shard_map``: ``backends/jax_sharded.py``) the tangent of the logits' slice is
+summed over the devices, as every sum over the classes is.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def _loss_jvp(spec, floats, fixed, primals, tangents):
         out = out + pair(grads.logits, d_logits)
     if want_target:
         out = out + pair(grads.target, d_target)
+    if spec.classes is not None:  # each device's pairs are over its slice of the classes
+        out = spec.classes.group.sum(out)
     for gradient, tangent in zip(grads.scalars, d_arrays, strict=True):
         if gradient is not None and not _is_zero(tangent):
             out = out + gradient * tangent.astype(dtype)

@@ -15,6 +15,10 @@ a denominator are constants: their cotangents are zero). The
 rules see which inputs are differentiated (``symbolic_zeros``), so that a soft target's
 gradient, of the target's size, is formed only when it is asked for. Ignored rows are
 computed and masked (the target is not read under tracing).
+
+With ``class_axis`` (inside ``jax.shard_map``, each device holding a slice of the
+classifier's rows: ``backends/jax_sharded.py``) the scan's carry, the gradients of that
+slice, is typed as varying over the axis, and the call is staged by ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,44 @@ from jax.custom_derivatives import SymbolicZero
 from entroloss import _arrays
 from entroloss._math import GENERIC, Kernels, Scalars, compute_dtype, linear
 
-_TRACED = replace(GENERIC, scan=jax.lax.scan)
+
+
+def _varying(x: Any) -> frozenset:
+    """The mesh axes (inside ``shard_map``) along which ``x`` may differ between devices."""
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)  # (the JAX versions before manual_axis_type)
+    if vma is None:
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    return frozenset(vma or ())
+
+
+def _as_varying(x: Any, like: Any) -> Any:
+    """``x`` typed as varying along every mesh axis that ``like`` varies along."""
+    more = tuple(sorted(_varying(like) - _varying(x), key=str))
+    if not more:
+        return x
+    cast = getattr(jax.lax, "pcast", None)
+    if cast is None:  # (the JAX versions before pcast)
+        return jax.lax.pvary(x, more)  # type: ignore[attr-defined]
+    return cast(x, more, to="varying")
+
+
+def _scan(body: Any, carry: Any, chunks: Any) -> tuple:
+    """``jax.lax.scan``, its initial carry typed as the body makes it: inside
+    ``shard_map`` with the classes sharded (``class_axis``), the gradients of the
+    classifier's slice vary between devices while their zeros do not, and a scan's carry
+    must keep its type."""
+    first = jax.tree.map(lambda x: x[0], chunks)
+    for _ in range(3):  # a carry made varying may make another one varying
+        after, _ = jax.eval_shape(body, carry, first)
+        if all(_varying(a) <= _varying(c) for a, c in zip(jax.tree.leaves(after),
+                                                         jax.tree.leaves(carry), strict=True)):
+            break
+        carry = jax.tree.map(_as_varying, carry, after)
+    return jax.lax.scan(body, carry, chunks)
+
+
+_TRACED = replace(GENERIC, scan=_scan)
 
 
 def _kernels(x: Any) -> Kernels:
@@ -102,6 +143,9 @@ def _backward(spec, floats, fixed, residuals, cotangent):
 
 
 _loss.defvjp(_forward, _backward, symbolic_zeros=True)
+# inside shard_map (class_axis) called without jax.jit, JAX cannot run a custom_vjp with
+# symbolic zeros op by op; staged by jit, it can (and jit inside jit is inlined)
+_staged = jax.jit(_loss, static_argnums=(0, 1, 2))
 
 
 def loss(call: Any) -> Any:
@@ -110,8 +154,9 @@ def loss(call: Any) -> Any:
     denominator = call.denominator
     fixed = denominator if isinstance(denominator, float) else None
     constants = (call.sample_weight, None if fixed is not None else denominator)
-    return _loss(call.spec, floats, fixed, call.hidden, call.head.classifier, call.head.bias,
-                 call.target, call.weight, arrays, constants)
+    run = _loss if call.spec.classes is None else _staged
+    return run(call.spec, floats, fixed, call.hidden, call.head.classifier, call.head.bias,
+               call.target, call.weight, arrays, constants)
 
 
 def value_and_grad(call: Any) -> tuple:

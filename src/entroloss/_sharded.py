@@ -76,7 +76,7 @@ def _team(o: dict, x: Any) -> Any:
         from .backends import torch_sharded
 
         return torch_sharded.Team(o["class_group"], x)
-    from .backends import jax_sharded  # type: ignore[attr-defined]
+    from .backends import jax_sharded
 
     return jax_sharded.Team(o["class_axis"], x)
 

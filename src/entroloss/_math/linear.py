@@ -36,7 +36,7 @@ from .chunking import (EqualChunks, equal_chunks, row_slices, rows_out, rows_res
 from .chunks import rows_of
 from .passes import safe_divide
 from .positions import Asked, gradients, loss_terms
-from .primitives import Kernels, compute_dtype
+from .primitives import Kernels, argmax_of_slices, compute_dtype
 from .spec import Inputs, Residuals, Scalars, Spec
 from .target import Target
 
@@ -219,19 +219,22 @@ def _padded_target(xp: Any, spec: Spec, target: Any, head: Head, plan: EqualChun
     """A padded row's target: the class of the largest bias (0 without one), whose log p
     at a zero hidden state is finite even where other classes are masked with -inf; for
     a soft target its one-hot row, a distribution (a row of no mass would be marked NaN
-    where the rows were not checked, and NaN times a zero cotangent is NaN)."""
+    where the rows were not checked, and NaN times a zero cotangent is NaN). Where each
+    process holds a slice of the classes, the largest bias of all slices, and a soft
+    row is hot on the slice that holds it."""
     rows = plan.padded_rows
     if rows == target.shape[0]:
         return target
     padded = plan.pad(xp, target, 0)
     real = xp.arange(rows, device=device(target)) < target.shape[0]
+    group = None if spec.classes is None else spec.classes.group
+    top = 0 if head.bias is None else argmax_of_slices(xp, head.bias, group)
     if not spec.soft:
-        if head.bias is None:
-            return padded
-        return xp.where(real, padded, xp.astype(xp.argmax(head.bias), target.dtype))
-    top = 0 if head.bias is None else xp.argmax(head.bias)
-    hot = xp.astype(xp.arange(target.shape[1], device=device(target)) == top, target.dtype)
-    return xp.where(real[:, None], padded, hot)
+        return padded if head.bias is None else xp.where(real, padded,
+                                                         xp.astype(top, target.dtype))
+    first = 0 if group is None else group.offset()
+    hot = xp.arange(target.shape[1], device=device(target)) + first == top
+    return xp.where(real[:, None], padded, xp.astype(hot, target.dtype))
 
 
 def _whole_denominator(xp: Any, spec: Spec, inputs: Inputs, num_classes: int,

@@ -97,6 +97,18 @@ def row_stats_of_slices(xp: Any, kernels: Kernels, z: Any, group: Any) -> tuple[
     return top, log_norm(xp, group.sum(kernels.sum_exp_shifted(xp, z, top)))
 
 
+def argmax_of_slices(xp: Any, x: Any, group: Any = None) -> Any:
+    """The index of the largest entry of the vector ``x``; where each process holds a
+    slice of it (``group``, a ``ClassSlice``'s), the index among all slices of one that
+    is largest (two all-reduces of one number)."""
+    top = xp.argmax(x)
+    if group is None:
+        return top
+    largest = xp.max(x)
+    held = largest == group.max(largest)
+    return group.max(xp.where(held, top + group.offset(), -1))
+
+
 def soft_cap(xp: Any, z: Any, cap: float) -> Any:
     """``cap * tanh(z / cap)`` (Gemma 2's logit soft-capping): the logits squashed
     smoothly into ``(-cap, cap)``, nearly the identity for ``|z| << cap``. A -inf logit
