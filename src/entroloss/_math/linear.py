@@ -44,11 +44,8 @@ __all__ = ["Head", "Batch", "batch", "Inputs", "Wants", "HeadGradients", "LOGITS
            "default_chunk_size", "kept_rows", "forward", "backward", "cotangent_factor", "scale"]
 
 # A chunk's logits take at most this much in the compute dtype when chunk_size is None;
-# the chunk's few temporaries (p, dl/dz; log p where a regularizer reads every class) are
-# of the same size, and two of them are alive at the peak. 32 MiB (256 rows at C = 32768
-# in float32) keeps the head's peak beyond its inputs and gradients under a third of the
-# logits at 4096 x 512 -> 32768 for cross entropy and MIN-ENT (docs/linear.md); the chunk's
-# matmuls are still large enough to run at the naive loss's speed.
+# two buffers of a chunk's size are alive at the peak (the logits and p, dl/dz or log p):
+# measured against the naive loss's time and memory in docs/linear.md.
 LOGITS_BUDGET_BYTES = 32 * 2**20
 
 
