@@ -66,7 +66,7 @@ def mass_off_target(xp: Any, finite_lp: Any, index: Any) -> Any:
 
 
 def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any,
-                   onehot_coef: Any, log_p_coef: Any = None) -> Any:
+                   onehot_coef: Any, log_p_coef: Any = None, overwrite: bool = False) -> Any:
     # p = exp(z - top) / exp(norm), built in the buffer that becomes the gradient
     out = np.subtract(z, top, order="C")  # C order: _target_entries views it as rows
     np.exp(out, out=out)

@@ -57,7 +57,17 @@ def row_stats(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sum_exp_shifted(xp: Any, z: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-    return torch.sub(z, top).exp_().sum(dim=-1, keepdim=True)  # one logits-sized temporary
+    blocks = _row_blocks(z)
+    if blocks is None:
+        return torch.sub(z, top).exp_().sum(dim=-1, keepdim=True)
+    rows, top = z.view(-1, z.shape[-1]), _by_row(top, z)
+    out = rows.new_empty((rows.shape[0], 1))
+    buffer = _block_buffer(rows, blocks)
+    for b in blocks:
+        part = rows[b]
+        room = buffer[: part.shape[0]]
+        torch.sum(torch.sub(part, top[b], out=room).exp_(), dim=-1, keepdim=True, out=out[b])
+    return out.view(z.shape[:-1] + (1,))
 
 
 def take_along_last(xp: Any, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -93,11 +103,12 @@ def sum_p_log_p(xp: Any, finite_lp: torch.Tensor) -> torch.Tensor:
 
 def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
                    p_coef: torch.Tensor, index: torch.Tensor, onehot_coef: torch.Tensor,
-                   log_p_coef: torch.Tensor | None = None) -> torch.Tensor:
-    # p = exp(z - top) / exp(norm), built in the buffer that becomes the gradient
-    out = torch.sub(z, top).exp_()
+                   log_p_coef: torch.Tensor | None = None, overwrite: bool = False) -> torch.Tensor:
+    # p = exp(z - top) / exp(norm), built in the buffer that becomes the gradient: z's own
+    # where the caller gives it (overwrite), else a new one
+    out = z if overwrite else torch.empty_like(z)
     if log_p_coef is None:
-        out.mul_(p_coef / torch.exp(norm))
+        torch.sub(z, top, out=out).exp_().mul_(p_coef / torch.exp(norm))
     else:
         _times_log_p_factor(xp, out, z, top, norm, p_coef, log_p_coef)
     if onehot_coef.dtype != out.dtype:
@@ -107,11 +118,13 @@ def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tens
 
 def _times_log_p_factor(xp: Any, out: torch.Tensor, z: torch.Tensor, top: torch.Tensor,
                         norm: torch.Tensor, p_coef: torch.Tensor, log_p_coef: torch.Tensor) -> None:
-    """``out *= (p_coef + log_p_coef * log p) / exp(norm)``, a block of rows at a time."""
+    """``out = exp(z - top) * (p_coef + log_p_coef * log p) / exp(norm)``, a block of rows
+    at a time; each block's factor is read off ``z`` before its rows of ``out`` (which may
+    be ``z`` itself) are written."""
     blocks = _row_blocks(z) if out.is_contiguous() else None
     if blocks is None:
         factor = finite_log_p(xp, log_p(xp, z, top, norm)).mul_(log_p_coef.unsqueeze(-1)).add_(p_coef)
-        out.mul_(factor.div_(torch.exp(norm)))
+        torch.sub(z, top, out=out).exp_().mul_(factor.div_(torch.exp(norm)))
         return
     rows, out_rows = z.view(-1, z.shape[-1]), out.view(-1, z.shape[-1])
     top, norm = _by_row(top, z), _by_row(norm, z)
@@ -121,7 +134,7 @@ def _times_log_p_factor(xp: Any, out: torch.Tensor, z: torch.Tensor, top: torch.
         part = rows[b]
         factor = torch.sub(part, top[b], out=buffer[: part.shape[0]]).sub_(norm[b])  # log p
         finite_log_p(xp, factor).mul_(log_p_coef[b]).add_(p_coef[b])
-        out_rows[b].mul_(factor.div_(torch.exp(norm[b])))
+        torch.sub(part, top[b], out=out_rows[b]).exp_().mul_(factor.div_(torch.exp(norm[b])))
 
 
 def soft_cap(xp: Any, z: torch.Tensor, cap: float) -> torch.Tensor:

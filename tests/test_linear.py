@@ -499,12 +499,20 @@ def test_jax_jit_temporaries_are_a_fraction_of_the_naive(jax_backend):
 
 
 def test_default_chunk_size_fits_the_budget():
-    """chunk_size=None: as many rows as keep a chunk's logits within 32 MiB."""
+    """chunk_size=None: as many rows as keep the chunk's logits-sized buffers within 64 MiB:
+    one for a loss read at a class-index target alone, two with a regularizer, a soft or
+    smoothed target or a cap."""
+    assert linear.default_chunk_size(32768, 4, 1) == 512
     assert linear.default_chunk_size(32768, 4) == 256
     assert linear.default_chunk_size(256_000, 4) == 32
     assert linear.default_chunk_size(10**9, 4) == 1
-    call = _linear.PUBLIC[el.linear_min_ent]((_H, _W, _Y), {})
-    assert call.spec.chunk_size == linear.LOGITS_BUDGET_BYTES // (5 * 8)
+    budget, row = linear.LOGITS_BUDGET_BYTES, 5 * 8  # _W's 5 classes in float64
+    for fn, options, buffers in [(el.linear_cross_entropy, {}, 1), (el.linear_focal, {}, 1),
+                                 (el.linear_cross_entropy, {"label_smoothing": 0.1}, 2),
+                                 (el.linear_cross_entropy, {"softcap": 5.0}, 2),
+                                 (el.linear_min_ent, {}, 2), (el.linear_poly1, {}, 2)]:
+        call = _linear.PUBLIC[fn]((_H, _W, _Y), options)
+        assert call.spec.chunk_size == budget // buffers // row, (fn.__name__, options)
 
 
 def test_docstring_examples():

@@ -107,8 +107,9 @@ def linear(definition: LossDef) -> str:
             "bias: ``(C,)`` or None."]
     args += _own_args(definition)
     args += [f"{k}: {v}" for k, v in COMMON_DOCS.items() if k not in ("axis", "chunk_size")]
-    args.append("chunk_size: rows of logits per chunk; ``None`` takes as many as fit in 64 "
-                "MiB in the compute dtype, at least one.")
+    args.append("chunk_size: rows of logits per chunk; ``None`` takes as many as keep the "
+                "chunk's logits-sized buffers (one or two) within 64 MiB in the compute "
+                "dtype, at least one.")
     return "\n".join([
         f"The linear-head form of `{name}`: the loss of ``hidden @ classifier.T + bias``, "
         "without ever building those logits.",

@@ -159,15 +159,15 @@ def _as_rows(xp: Any, static: dict, soft: bool, target_checked: bool, hidden: An
              sliced: _math.ClassSlice | None = None) -> LinearCall:
     positions = tuple(hidden.shape[:-1])
     rows, classes = math.prod(positions), head.classifier.shape[0]
-    chunk_size = static["chunk_size"]
-    if chunk_size is None:
+    spec = pipeline.make_spec(static, axis=1, soft=soft, target_checked=target_checked,
+                              classes=sliced)
+    if spec.chunk_size is None:
         # of all classes where the processes hold slices: every process takes the same
         # chunks, and so the same collectives, whatever its slice
         itemsize = 8 if _math.compute_dtype(xp, hidden.dtype) == xp.float64 else 4
-        chunk_size = linear.default_chunk_size(classes if sliced is None else sliced.num_classes,
-                                               itemsize)
-    spec = pipeline.make_spec(static, axis=1, soft=soft, target_checked=target_checked,
-                              chunk_size=chunk_size, classes=sliced)
+        spec = dataclasses.replace(spec, chunk_size=linear.default_chunk_size(
+            classes if sliced is None else sliced.num_classes, itemsize,
+            linear.buffers_at_peak(spec)))
     target = xp.reshape(target, (rows, classes) if soft else (rows,))
     keep = None
     if check.is_concrete(target) and _arrays.library(hidden) != "jax":
@@ -292,7 +292,8 @@ def linear_entropy(hidden: Any, classifier: Any, /, *, bias: Any = None, base: A
         classifier: ``(C, H)``, torch's ``nn.Linear`` weight layout.
         bias: ``(C,)`` or None.
         base: the logarithm base, > 0 and != 1.
-        chunk_size: rows of logits per chunk; ``None``: as many as fit in 32 MiB.
+        chunk_size: rows of logits per chunk; ``None``: as many as keep the two
+            logits-sized buffers of a chunk within 64 MiB.
         softcap: cap the logits first, as `linear_cross_entropy` does; ``None``: no cap.
         class_group: the classifier's rows (and the bias's) are this process's slice of
             the classes, over this ``torch.distributed`` process group, as for

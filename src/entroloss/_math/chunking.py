@@ -12,10 +12,33 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .arrays import device, is_writeable
+from .spec import Spec
 
-__all__ = ["rows_within", "row_slices", "rows_out", "write_rows", "rows_result", "summed",
-           "EqualChunks",
+__all__ = ["LOGITS_BUDGET_BYTES", "default_chunk_size", "buffers_at_peak", "rows_within",
+           "row_slices", "rows_out", "write_rows", "rows_result", "summed", "EqualChunks",
            "equal_chunks"]
+
+# What the buffers of a chunk's logits' size alive at once may take together, in the
+# compute dtype, when the linear head's chunk_size is None (measured against the naive
+# loss's time and memory in docs/linear.md).
+LOGITS_BUDGET_BYTES = 64 * 2**20
+
+
+def default_chunk_size(num_classes: int, itemsize: int, buffers: int = 2) -> int:
+    """Rows whose ``buffers`` (:func:`buffers_at_peak`) logits-sized buffers fit in
+    ``LOGITS_BUDGET_BYTES`` together (at least one)."""
+    return rows_within(LOGITS_BUDGET_BYTES // buffers, num_classes * itemsize)
+
+
+def buffers_at_peak(spec: Spec) -> int:
+    """How many buffers of a chunk's logits' size the linear head holds at once: one where
+    the loss reads the logits at the target alone (a class index, no smoothing, no
+    regularizer, no cap: the row sums go a block of rows at a time and ``dl/dz`` is written
+    into the logits' own buffer); else two (the logits, and log p, p or the capped
+    logits)."""
+    alone = (not spec.soft and spec.label_smoothing == 0 and spec.regularizer is None
+             and spec.softcap is None)
+    return 1 if alone else 2
 
 
 def rows_within(budget: int, row_size: int) -> int:

@@ -31,8 +31,8 @@ from dataclasses import replace
 from typing import Any, Callable, NamedTuple
 
 from .arrays import device, scatters_rows
-from .chunking import (EqualChunks, equal_chunks, row_slices, rows_out, rows_result, rows_within,
-                       summed, write_rows)
+from .chunking import (LOGITS_BUDGET_BYTES, EqualChunks, buffers_at_peak, default_chunk_size,
+                       equal_chunks, row_slices, rows_out, rows_result, summed, write_rows)
 from .chunks import rows_of
 from .passes import safe_divide
 from .positions import Asked, gradients, loss_terms
@@ -41,13 +41,8 @@ from .spec import Inputs, Residuals, Scalars, Spec
 from .target import Target
 
 __all__ = ["Head", "Batch", "batch", "Inputs", "Wants", "HeadGradients", "LOGITS_BUDGET_BYTES",
-           "default_chunk_size", "kept_rows", "forward", "backward", "cotangent_factor", "scale"]
-
-# A chunk's logits take at most this much in the compute dtype when chunk_size is None;
-# two buffers of a chunk's size are alive at the peak (the logits and p, dl/dz or log p):
-# measured against the naive loss's time and memory in docs/linear.md.
-LOGITS_BUDGET_BYTES = 32 * 2**20
-
+           "default_chunk_size", "buffers_at_peak", "kept_rows", "forward", "backward",
+           "cotangent_factor", "scale"]
 
 class Head(NamedTuple):
     """The linear head: ``classifier (C, H)`` and ``bias (C,)`` or None."""
@@ -89,11 +84,6 @@ class HeadGradients(NamedTuple):
     bias: Any
     scalars: Scalars
     target: Any = None
-
-
-def default_chunk_size(num_classes: int, itemsize: int) -> int:
-    """Rows whose logits fit in ``LOGITS_BUDGET_BYTES`` (at least one)."""
-    return rows_within(LOGITS_BUDGET_BYTES, num_classes * itemsize)
 
 
 def _logits(xp: Any, h_rows: Any, head: Head, dtype: Any) -> Any:
@@ -138,7 +128,7 @@ class _Accumulator:
         """One chunk's ``dl/dz (n, C)``, multiplied into the gradients (in a function of
         its own, so that the chunk's dl/dz goes with it); its ``dl/dt`` (a soft target's,
         else None) is the target's gradient for these rows as it is."""
-        xp, asked = self.xp, Asked(target=self.target is not None)
+        xp, asked = self.xp, Asked(target=self.target is not None, overwrite=True)
         dz, d_scalars, d_target = gradients(xp, self.kernels, row_spec, kept, chunk, g_rows, asked)
         if self.hidden is not None:
             write_rows(self.hidden, rows,

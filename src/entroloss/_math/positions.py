@@ -41,6 +41,9 @@ class Asked(NamedTuple):
 
     target: bool = False
     per_position: bool = False
+    # the logits are a buffer of the caller's own, read no more: dl/dz may be written into
+    # it (the linear head's chunk; never a caller's logits)
+    overwrite: bool = False
 
 
 class Coefficients(NamedTuple):
@@ -143,7 +146,7 @@ def gradients(xp: Any, kernels: Kernels, spec: Spec, kept: Residuals, inputs: In
         g_pos = xp.where(tgt.invalid, math.nan, g_pos)
     coefs, d_scalars = _coefficients(xp, spec, tgt, s, kept, g_pos, asked.per_position)
     gradient = _onehot_gradient if tgt.sparse else _dense_gradient
-    dz = gradient(xp, kernels, spec, tgt, z, kept, coefs)
+    dz = gradient(xp, kernels, spec, tgt, z, kept, coefs, asked.overwrite)
     if slope is not None:  # the chain rule through the cap
         dz = kernels.times_slope(xp, dz, slope)
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
@@ -190,7 +193,7 @@ def _regularizer(spec: Spec) -> terms.Regularizer | None:
 
 
 def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
-                     kept: Residuals, c: Coefficients) -> Any:
+                     kept: Residuals, c: Coefficients, overwrite: bool) -> Any:
     top, norm = kept.row_max, kept.log_norm
     regularizer = _regularizer(spec)
     log_p_y = None  # cross entropy's gradient does not read p_y
@@ -202,11 +205,12 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     if c.z_loss is not None:  # the z-loss's gradient is a multiple of p: one more coefficient
         grad = grad._replace(p_coef=grad.p_coef + c.z_loss)
     return kernels.softmax_affine(xp, z, top, norm, grad.p_coef[..., None], tgt.index,
-                                  tgt.onehot_coef(grad.onehot_coef), grad.log_p_coef)
+                                  tgt.onehot_coef(grad.onehot_coef), grad.log_p_coef,
+                                  overwrite=overwrite)
 
 
 def _dense_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
-                    kept: Residuals, c: Coefficients) -> Any:
+                    kept: Residuals, c: Coefficients, overwrite: bool) -> Any:
     lp = kernels.finite_log_p(xp, kernels.log_p(xp, z, kept.row_max, kept.log_norm))
     p = xp.exp(lp)
     dz = c.main[..., None] * terms.main_gradient_dense(xp, spec, tgt, lp, p)

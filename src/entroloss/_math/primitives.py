@@ -174,9 +174,13 @@ def mass_off_target(xp: Any, finite_lp: Any, index: Any) -> Any:
 
 
 def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any,
-                   onehot_coef: Any, log_p_coef: Any = None) -> Any:
+                   onehot_coef: Any, log_p_coef: Any = None, overwrite: bool = False) -> Any:
     """``p * (p_coef + log_p_coef * log p) + onehot(index) * onehot_coef``: the gradient of
     every loss with a class-index target is of this form (see ``terms.py``).
+
+    ``overwrite``: ``z`` is a buffer of the caller's own that it reads no more (the linear
+    head's chunk of logits), which a kernel may write the result into (one buffer of the
+    logits' size where there would be two); the definition here writes nothing.
 
     ``p_coef`` has shape ``(..., 1)``; ``onehot_coef`` and ``log_p_coef`` one number per
     row. ``p = exp(z - row_max) / exp(log_norm)``: ``exp(z - row_max)`` is the forward's
@@ -208,6 +212,7 @@ class Kernels:
     ``soft_cap`` and ``soft_cap_with_slope`` never write into ``z``: it is the caller's
     logits, which the backward keeps and caps again.
 
+    ``softmax_affine`` may write into ``z`` where its caller passes ``overwrite=True``.
     ``scan`` is not a primitive but how the linear head loops over its chunks: None, a
     Python loop; or a loop primitive with ``jax.lax.scan``'s contract
     (``scan(body, carry, chunks) -> (carry, stacked)``), one body over equal chunks, which
