@@ -111,8 +111,14 @@ def times_slope(xp: Any, dz: Any, slope: Any) -> Any:
     return dz
 
 
+def zero_rows(xp: Any, dz: Any, keep: Any) -> Any:
+    dz[~keep, ...] = 0.0  # dz: the gradient positions.gradients just built
+    return dz
+
+
 KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
                   take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
-                  soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope)
+                  soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
+                  zero_rows=zero_rows)

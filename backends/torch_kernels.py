@@ -174,6 +174,10 @@ def times_slope(xp: Any, dz: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return dz.mul_(slope)  # dz is the gradient buffer positions.gradients just built
 
 
+def zero_rows(xp: Any, dz: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return dz.masked_fill_(~keep.unsqueeze(-1), 0.0)  # dz: the gradient just built
+
+
 def add_product(xp: Any, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return total.addmm_(a, b)  # no (C, H) temporary for the classifier's gradient
 
@@ -183,7 +187,7 @@ KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
-                  add_product=add_product)
+                  zero_rows=zero_rows, add_product=add_product)
 
 
 # --- the autograd table: the same primitives as torch ops that autograd differentiates ---

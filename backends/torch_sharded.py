@@ -5,8 +5,9 @@ a process group (``class_group=``), and the agreement that makes every rank rais
 The math all-reduces numbers per row only (row maxima, sums of exponentials, the target's
 logit, the regularizers' sums): two to five all-reduces of ``N`` numbers per pass. The
 linear heads add one all-reduce of the hidden states' gradient (``N x H``), as the backward
-of any column-parallel layer does. Before any of it, one all-gather of five integers per
-rank agrees on the slices (their sizes give each rank its first class: uneven slices work)
+of any column-parallel layer does. Before any of it, one all-gather of six integers per
+rank agrees on the slices (their sizes give each rank its first class: uneven slices work),
+the rows, the targets and the options,
 and one all-reduce of one integer on whether every rank's checks passed.
 """
 
@@ -67,14 +68,17 @@ class Team:
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
 
     def agree(self, error: Exception | None, local: int, rows: int, target: Any,
-              validate: Any) -> _math.ClassSlice:
+              settings: int) -> _math.ClassSlice:
         """Every rank's slice, or the same error on every rank: one rank's own checks
-        failed, or the ranks hold different rows. Different class indices (where the
-        targets are read) are raised by :meth:`all_passed`, after each rank's own checks
-        against all classes (a rank whose index is out of range says so)."""
-        print_ = _fingerprint(target, validate) if error is None else None
-        mine = torch.tensor([error is not None, local, rows, print_ is not None, print_ or 0],
+        failed, the ranks hold different rows or were given different options
+        (``settings``, a number of the call's Python-valued options). Different class
+        indices are raised by :meth:`all_passed`, after each rank's own checks against all
+        classes (a rank whose index is out of range says so)."""
+        mine = torch.tensor([error is not None, local, rows, 0, 0, settings],
                             dtype=torch.int64, device=self.device)
+        print_ = None if error is not None else _fingerprint(target)
+        if print_ is not None:  # on the device: read with the table, no sync of its own
+            mine[3], mine[4] = 1, print_.to(self.device)
         every = [torch.empty_like(mine) for _ in range(dist.get_world_size(self.group))]
         dist.all_gather(every, mine, group=self.group)
         table = torch.stack(every).tolist()
@@ -88,6 +92,10 @@ class Team:
             raise ValueError(f"class_group: the ranks hold different numbers of rows "
                              f"(positions), {[row[2] for row in table]} by rank; each rank "
                              f"holds every row and its slice of the classes")
+        if len({row[5] for row in table}) > 1:
+            raise ValueError("class_group: the ranks were called with different options "
+                             "(reduction, chunk_size, ignore_index, label_smoothing, softcap, "
+                             "z_loss, validate or the loss's own): every rank passes the same")
         prints = {row[4] for row in table if row[3]}
         if len(prints) > 1:  # raised by all_passed, after each rank's own checks (a class
             # index out of range on one rank is then that rank's error, as it would be alone)
@@ -115,16 +123,14 @@ class Team:
         return check.reads_data(validate, x, target)
 
 
-def _fingerprint(target: Any, validate: Any) -> int | None:
-    """A number that differs, almost surely, between different class-index targets; None
-    where the target is not read (no host sync) or is a soft target (a slice per rank)."""
+def _fingerprint(target: Any) -> torch.Tensor | None:
+    """A number (0-d, on the target's device) that differs, almost surely, between
+    different class-index targets; None for a soft target (a slice per rank)."""
     if not (torch.is_tensor(target) and not target.is_floating_point()):
-        return None
-    if not check.reads_data(validate, target) or target.numel() == 0:
         return None
     t = target.reshape(-1).to(torch.int64)
     place = torch.arange(1, t.numel() + 1, dtype=torch.int64, device=t.device)
-    return int(((t + 1) * (place * 2654435761 % 2**31)).sum())  # wraps alike on every rank
+    return ((t + 1) * (place * 2654435761 % 2**31)).sum()  # wraps alike on every rank
 
 
 # --- DTensor: the mesh gives the group ----------------------------------------------------

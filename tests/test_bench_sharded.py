@@ -36,9 +36,13 @@ def test_sharded_memory_figure_in_fresh_processes():
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the memory probe reads /proc/self/status")
-    rows = bench_sharded.run((64, 8, 4096), ranks=(2,), candidates=("cross_entropy",), repeats=1)
-    assert all(r.peak_mib is not None and r.peak_mib >= 0 for r in rows), rows
-    assert rows[0].memory_ratio == 1.0
+    # logits of 16 MiB: one process holds their gradient (and a temporary) beyond them;
+    # each of 2 ranks half of that (docs/tensor-parallel.md measures 0.50)
+    rows = bench_sharded.run((256, 8, 16384), ranks=(2,), candidates=("cross_entropy",),
+                             repeats=1)
+    one, two = (next(r for r in rows if r.sharded == s) for s in (False, True))
+    assert one.peak_mib >= 16, rows
+    assert two.memory_ratio < 0.75, rows
 
 
 def test_bench_sharded_command_line_refuses_without_torch_distributed(monkeypatch, capsys):

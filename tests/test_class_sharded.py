@@ -81,6 +81,9 @@ BAD = {
     "class-group-and-class-axis": ("ValueError", "not both", "not both"),
     "dtensor-sharded-on-rows": ("ValueError", "only Shard on its class dimension 1",
                                 "only Shard on its class dimension 1"),
+    "different-options-on-one-rank": ("ValueError", "different options", "different options"),
+    "different-targets-unvalidated": ("ValueError", "different targets", "different targets"),
+    "entropy-base-bad-on-one-rank": ("ValueError", "base", "refused their arguments"),
 }
 
 
@@ -232,9 +235,60 @@ def _bad(name, d, rank, world, group, mesh):
         return el.cross_entropy(np.asarray(z), np.asarray(y), class_group=group)
     if name == "class-group-and-class-axis":
         return el.cross_entropy(z, y, class_group=group, class_axis="classes")
+    if name == "different-options-on-one-rank":  # a loss of other numbers, or other chunks
+        return el.cross_entropy(z, y, class_group=group, label_smoothing=0.1 * (rank == 1))
+    if name == "different-targets-unvalidated":  # not read for the checks, still compared
+        y = y.clone()
+        if rank == 1:
+            y[0] = (y[0] + 1) % C
+        return el.cross_entropy(z, y, class_group=group, validate=False)
+    if name == "entropy-base-bad-on-one-rank":
+        return el.entropy(z, base=-1.0 if rank == 0 else 2.0, class_group=group)
     if name == "dtensor-sharded-on-rows":
         return el.cross_entropy(distribute_tensor(d["z"], mesh, [Shard(0)]), y)
     raise AssertionError(name)
+
+
+def _masked(d, rank, world, group):
+    """entropy and linear_entropy where class 0 is masked (-inf logit, -inf bias): the
+    one-process entropy, finite (their stand-in target is class 0, whose cross entropy,
+    weighted 0, is +inf there: 0 * inf must not make it NaN)."""
+    import torch
+
+    import entroloss as el
+
+    a, b = BOUNDS[world][rank], BOUNDS[world][rank + 1]
+    z, bias = d["z"].clone(), d["bias"].clone()
+    z[:, 0] = bias[0] = -torch.inf
+    h, w = d["hidden"], d["classifier"]
+    pairs = {"plain": (el.entropy(z[:, a:b], class_group=group), el.entropy(z)),
+             "linear": (el.linear_entropy(h, w[a:b], bias=bias[a:b], class_group=group),
+                        el.linear_entropy(h, w, bias=bias))}
+    return {name: (bool(torch.isfinite(got).all()), float((got - want).abs().max()))
+            for name, (got, want) in pairs.items()}
+
+
+def _explicit(d, rank, world, group, mesh):
+    """value_and_grad (the explicit path) with class_group and with DTensor logits: the
+    one-process value, and the gradient of this rank's slice."""
+    import torch
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import entroloss as el
+
+    a, b = BOUNDS[world][rank], BOUNDS[world][rank + 1]
+    z, y = d["z"], d["ignored"]
+    want, grads = el.value_and_grad(el.min_ent, z, y, ignore_index=-100)
+    got, mine = el.value_and_grad(el.min_ent, z[:, a:b], y, ignore_index=-100, class_group=group)
+    out = {"group": max(abs(float(got - want)),
+                        float((mine["logits"] - grads["logits"][:, a:b]).abs().max()))}
+    start = sum(len(c) for c in torch.arange(C).chunk(world)[:rank])
+    local = torch.arange(C).chunk(world)[rank]
+    got, mine = el.value_and_grad(el.min_ent, distribute_tensor(z, mesh, [Shard(1)]), y,
+                                  ignore_index=-100)
+    out["dtensor"] = max(abs(float(got - want)), float(
+        (mine["logits"] - grads["logits"][:, start:start + len(local)]).abs().max()))
+    return out
 
 
 def _work(rank, world):
@@ -265,6 +319,8 @@ def _work(rank, world):
         seen = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
         dist.all_gather(seen, torch.tensor([i]), group=group)
         results[name]["aligned"] = all(int(s) == i for s in seen)
+    results["masked"] = _masked(d, rank, world, group)
+    results["explicit"] = _explicit(d, rank, world, group, mesh)
     return results
 
 
@@ -311,3 +367,17 @@ def test_bad_input_raises_on_every_rank(ranks, case):
         assert got["aligned"], f"rank {rank} fell out of step with the others"
         assert got["raised"] == kind, (rank, got)
         assert (first if rank == 0 else others) in got["message"], (rank, got)
+
+
+@needs_gloo
+def test_the_entropy_of_a_masked_class_is_finite(ranks):
+    for rank, results in enumerate(ranks):
+        for kind, (finite, error) in results["masked"].items():
+            assert finite and error <= TOL, (rank, kind, finite, error)
+
+
+@needs_gloo
+def test_value_and_grad_takes_its_slice(ranks):
+    for rank, results in enumerate(ranks):
+        for how, error in results["explicit"].items():
+            assert error <= TOL, (rank, how, error)

@@ -361,8 +361,9 @@ def test_class_axis_with_torch_tensors_names_class_axis():
 
 @needs("jax")
 def test_class_axis_without_jit(results):
-    """shard_map called op by op (no jax.jit): the value and jax.grad of it, plain and
-    linear (whose custom_vjp is staged by jit there)."""
+    """shard_map called op by op (no jax.jit): the value and jax.grad of a linear head
+    (whose custom_vjp is staged by jit there). (The plain losses work op by op too, but
+    take some 10 s to run so; they are not run here.)"""
     r = results["eager"]
     assert "error" not in r, r["error"]
     for diff, scale in zip(r["diff"], r["scale"], strict=True):

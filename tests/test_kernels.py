@@ -87,6 +87,7 @@ def _arguments(xp, data: dict) -> dict:
         "soft_cap": [(z, CAP), (moved, CAP)],
         "soft_cap_with_slope": [(z, CAP), (moved, CAP)],
         "times_slope": [(z, slope)],  # dz with inf and NaN, slope 0 where z is infinite
+        "zero_rows": [(z, xp.isfinite(xp.sum(z, axis=-1)))],  # the inf and NaN rows zeroed
         "add_product": [(total, xp.matrix_transpose(p), p)],
     }
 

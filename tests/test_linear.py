@@ -515,6 +515,41 @@ def test_default_chunk_size_fits_the_budget():
         assert call.spec.chunk_size == budget // buffers // row, (fn.__name__, options)
 
 
+@pytest.mark.parametrize("fn, options, buffers, shared", [
+    (el.linear_cross_entropy, {}, 1, True), (el.linear_cross_entropy, {"ignore_index": -100}, 1, True),
+    (el.linear_focal, {"ignore_index": -100}, 1, True), (el.linear_min_ent, {}, 2, True),
+    (el.linear_cross_entropy, {"label_smoothing": 0.1}, 2, False),
+    (el.linear_cross_entropy, {"softcap": 5.0}, 2, False),
+], ids=["ce", "ce-ignore", "focal-ignore", "min_ent", "ce-smoothed", "ce-capped"])
+def test_the_chunk_holds_the_buffers_it_is_sized_for(monkeypatch, fn, options, buffers, shared):
+    """What the chunk size counts on (``buffers_at_peak``): a loss read at a class-index
+    target writes each chunk's dl/dz into the chunk's own logits, ignored rows included
+    (torch), so that cross entropy holds one logits-sized buffer (MIN-ENT's second is its
+    log p, in the forward); a dense (smoothed) target or a cap builds dl/dz apart and
+    leaves the logits as they were."""
+    torch = pytest.importorskip("torch")
+    from entroloss._math.chunking import buffers_at_peak
+
+    seen, gradients = [], linear.gradients
+
+    def spy(xp, kernels, spec, kept, chunk, g_rows, asked):
+        before = kept.logits.clone()
+        out = gradients(xp, kernels, spec, kept, chunk, g_rows, asked)
+        seen.append((buffers_at_peak(spec), out[0].data_ptr() == kept.logits.data_ptr(),
+                     bool(torch.equal(kept.logits, before))))
+        return out
+
+    monkeypatch.setattr(linear, "gradients", spy)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(12, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 9, (12,), generator=gen)
+    if "ignore_index" in options:
+        y[:3] = -100
+    fn(h, w, y, chunk_size=5, **options).backward()
+    assert seen and all(s == (buffers, shared, not shared) for s in seen), seen
+
+
 def test_docstring_examples():
     result = doctest.testmod(_linear, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 7 and result.failed == 0

@@ -141,6 +141,8 @@ def value_and_grad(loss_fn: Callable[..., Array], logits: Array, target: Array, 
             hint = "; for a linear-head loss use entroloss.linear_value_and_grad"
         raise TypeError(f"loss_fn must be one of entroloss's losses ({names}), got "
                         f"{loss_fn!r}{hint}")
+    if _sharded.has_dtensor(logits, target, options=options):  # the gradient of the local slice
+        logits, target, options = _local(logits, target, options)
     p = prepare_cached(definition, logits, target,
                        with_defaults(definition.name, defaults(definition), options))
     from entroloss.backends import explicit
@@ -292,16 +294,26 @@ def _sliced_entropy(logits: Any, base: Any, options: dict) -> Any:
     entropy and reduction "none" (as ``linear_entropy``), whose sums over the classes are
     all-reduced; the target (class 0 everywhere) is never read for a gradient."""
     from ._losses import MIN_ENT
+    from ._prepare import measure, prepare_call
 
-    xp = check.namespace_of_logits(logits)
-    axis = check.normalize_axis(options["axis"], logits.ndim)
-    positions = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
-    dummy = xp.zeros(positions, dtype=xp.int32, device=_arrays.device(logits))
-    base = check.scalar_param(xp, logits, "base", base, base=True, data_checks=True,
-                              any_base=True)  # (the same on every process)
     o = with_defaults("entropy", defaults(MIN_ENT), {**options, "reduction": "none"})
-    p = prepare_cached(MIN_ENT, logits, dummy, o)
-    scalars = _math.Scalars(0.0, math.e, 1.0, base)
+    made: dict = {}
+
+    def local_checks() -> tuple:  # every check inside the processes' agreement
+        xp = check.namespace_of_logits(logits)
+        axis = check.normalize_axis(options["axis"], logits.ndim)
+        positions = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+        made["target"] = xp.zeros(positions, dtype=xp.int32, device=_arrays.device(logits))
+        return measure(MIN_ENT, logits, made["target"], o)
+
+    def build(classes: _math.ClassSlice) -> Any:
+        xp = check.namespace_of_logits(logits)
+        made["base"] = check.scalar_param(xp, logits, "base", base, base=True,
+                                          data_checks=True, any_base=True)
+        return prepare_call(MIN_ENT, logits, made["target"], o, classes)
+
+    p = _sharded.prepare(o, logits, local_checks, build)
+    scalars = _math.Scalars(0.0, math.e, 1.0, made["base"])
     return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, scalars,
                                    sample_weight=None, denominator=None)
 

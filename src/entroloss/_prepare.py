@@ -159,12 +159,12 @@ def prepare(definition: LossDef, logits: Any, target: Any, o: dict) -> Prepared:
     """Check every argument of a plain loss (its own options first), then build the spec;
     where the classes are sharded over processes, every process raises together."""
     if _sharded.sliced(o):
-        return _sharded.prepare(o, logits, lambda: _measure(definition, logits, target, o),
-                                lambda classes: _prepare(definition, logits, target, o, classes))
-    return _prepare(definition, logits, target, o)
+        return _sharded.prepare(o, logits, lambda: measure(definition, logits, target, o),
+                                lambda classes: prepare_call(definition, logits, target, o, classes))
+    return prepare_call(definition, logits, target, o)
 
 
-def _measure(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple:
+def measure(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple:
     """A sharded call's local checks: ``(classes of this slice, rows, target)``."""
     static_options(definition, o)
     xp = check.namespace_of_logits(logits)
@@ -175,8 +175,10 @@ def _measure(definition: LossDef, logits: Any, target: Any, o: dict) -> tuple:
     return logits.shape[axis], math.prod(_positions(logits, axis)), target
 
 
-def _prepare(definition: LossDef, logits: Any, target: Any, o: dict,
-             classes: _math.ClassSlice | None = None) -> Prepared:
+def prepare_call(definition: LossDef, logits: Any, target: Any, o: dict,
+                 classes: _math.ClassSlice | None = None) -> Prepared:
+    """:func:`prepare`'s checks and spec, against the count of all classes where
+    ``classes`` (this process's slice) is given."""
     static = static_options(definition, o)
     xp = check.namespace_of_logits(logits)
     axis = check.normalize_axis(o["axis"], logits.ndim)

@@ -23,6 +23,7 @@ run time, so it gets the one-process rule under tracing: bad positions give NaN.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 import sys
 from typing import Any, Callable
 
@@ -51,7 +52,7 @@ def prepare(o: dict, x: Any, measure: Callable[[], tuple[int, int, Any]],
         local, rows, target = measure()
     except Exception as e:  # raised below, on every process together
         error = e
-    classes = team.agree(error, local, rows, target, o["validate"])
+    classes = team.agree(error, local, rows, target, _settings(o))
     error = None
     call: Any = None
     try:
@@ -68,6 +69,16 @@ def prepare(o: dict, x: Any, measure: Callable[[], tuple[int, int, Any]],
         call = call._replace(spec=spec) if hasattr(call, "_replace") else dataclasses.replace(
             call, spec=spec)
     return call
+
+
+def _settings(o: dict) -> int:
+    """A number that differs, almost surely, between calls given different Python-valued
+    options: a process called with another ``chunk_size`` or ``reduction`` than the others
+    would compute another loss, or make other collectives than they wait for."""
+    python = (bool, int, float, str, type(None))
+    described = sorted((k, repr(v)) for k, v in o.items()
+                       if isinstance(v, python) and k not in ("class_group", "class_axis"))
+    return zlib.crc32(repr(described).encode())
 
 
 def _team(o: dict, x: Any) -> Any:

@@ -68,10 +68,16 @@ def class_axis_back(xp: Any, spec: Spec, x: Any) -> Any:
     return xp.moveaxis(x, -1, spec.axis)
 
 
-def times(x: Any, factor: Any) -> Any:
+def times(xp: Any, x: Any, factor: Any) -> Any:
     """``x * factor``, skipped for a factor that is the Python number 1 (the default
-    weight and natural log: a pass less per call, the same numbers)."""
-    return x if isinstance(factor, float) and factor == 1.0 else x * factor
+    weight and natural log: a pass less per call, the same numbers). A term weighted by the
+    Python number 0 is absent: 0, not ``0 * inf = NaN`` where it is +inf (the main term of
+    ``entropy``, MIN-ENT with ``ce_weight=0``, at a masked class of its stand-in target)."""
+    if isinstance(factor, float) and factor == 1.0:
+        return x
+    if isinstance(factor, float) and factor == 0.0:
+        return xp.zeros_like(x)
+    return x * factor
 
 
 def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
@@ -102,7 +108,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
     log_p_y = tgt.log_p_at_target(kernels, z, top, norm) if tgt.sparse else None
     main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
-    loss = times(main, s.ce_weight / ln(xp, s.ce_base))
+    loss = times(xp, main, s.ce_weight / ln(xp, s.ce_base))
     reg = None
     if spec.regularizer is not None:
         # past the main term log p is only exponentiated or multiplied by p: a masked
@@ -150,7 +156,7 @@ def gradients(xp: Any, kernels: Kernels, spec: Spec, kept: Residuals, inputs: In
     if slope is not None:  # the chain rule through the cap
         dz = kernels.times_slope(xp, dz, slope)
     if tgt.valid is not None:  # even NaN logits at an ignored position get no gradient
-        dz = xp.where(tgt.valid[..., None], dz, 0.0)
+        dz = kernels.zero_rows(xp, dz, tgt.valid)
     d_target = None
     if asked.target and spec.soft:
         d_target = _target_gradient(xp, kernels, spec, tgt, z, kept, coefs)
@@ -166,7 +172,7 @@ def _coefficients(xp: Any, spec: Spec, tgt: Target, s: Scalars, kept: Residuals,
     learnt = s.learnt()
     total = (lambda x: x) if per_position else xp.sum
     ln_cb = ln(xp, s.ce_base)
-    c_main = times(g_pos, s.ce_weight / ln_cb)
+    c_main = times(xp, g_pos, s.ce_weight / ln_cb)
     c_reg = d_cw = d_cb = d_rw = d_rb = None
     if reg is not None:
         ln_rb = ln(xp, s.reg_base)

@@ -128,6 +128,12 @@ def _capped(xp: Any, z: Any, cap: float, t: Any) -> Any:
     return xp.where(z == -math.inf, -math.inf, cap * t)
 
 
+def zero_rows(xp: Any, dz: Any, keep: Any) -> Any:
+    """``dz`` (classes last) with the rows where ``keep`` (one boolean per row) is False
+    set to 0, NaN included: an ignored position's gradient."""
+    return xp.where(keep[..., None], dz, 0.0)
+
+
 def times_slope(xp: Any, dz: Any, slope: Any) -> Any:
     """``dz * slope``: the chain rule through the cap, ``dl/dz_raw = dl/dz_capped * slope``."""
     return dz * slope
@@ -207,8 +213,9 @@ class Kernels:
     definitions above): the one way a backend specialises the math. A kernel takes the
     namespace first, as the definitions do, and returns the same values; it may write into
     buffers it allocated itself, and ``finite_log_p`` may overwrite its argument (the
-    forward passes it a fresh log p), as may ``times_slope`` its ``dz`` (a gradient
-    ``positions.gradients`` has just built) and ``add_product`` its ``total``.
+    forward passes it a fresh log p), as may ``times_slope`` and ``zero_rows`` their
+    ``dz`` (a gradient ``positions.gradients`` has just built) and ``add_product`` its
+    ``total``.
     ``soft_cap`` and ``soft_cap_with_slope`` never write into ``z``: it is the caller's
     logits, which the backward keeps and caps again.
 
@@ -231,6 +238,7 @@ class Kernels:
     soft_cap: Callable = soft_cap
     soft_cap_with_slope: Callable = soft_cap_with_slope
     times_slope: Callable = times_slope
+    zero_rows: Callable = zero_rows
     add_product: Callable = add_product
     scan: Callable | None = None
 
