@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.distributed import needs_gloo, run_ranks
+from tests.helpers.platforms import needs_platform
 
 N, C, H = 6, 11, 5  # rows, classes, features
 BOUNDS = {2: (0, 6, 11), 3: (0, 4, 7, 11)}  # each rank's first class (uneven slices)
@@ -381,3 +382,58 @@ def test_value_and_grad_takes_its_slice(ranks):
     for rank, results in enumerate(ranks):
         for how, error in results["explicit"].items():
             assert error <= TOL, (rank, how, error)
+
+
+# --- NCCL: one rank on a GPU (skips where there is none) ----------------------------------
+
+NCCL_SCRIPT = r"""
+import json, sys
+import torch, torch.distributed as dist
+import entroloss as el
+
+dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{sys.argv[1]}", rank=0,
+                        world_size=1)
+torch.cuda.set_device(0)
+gen = torch.Generator(device="cuda").manual_seed(0)
+r = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.float64, generator=gen)
+z, h, w, b = r(64, 1000), r(64, 32), r(1000, 32), r(1000)
+y = torch.randint(0, 1000, (64,), device="cuda", generator=gen)
+y[:3] = -100
+errors = {}
+for name in el.LOSS_NAMES:
+    for linear, fn in ((False, getattr(el, name)), (True, getattr(el, "linear_" + name))):
+        got = []
+        for group in (None, dist.group.WORLD):
+            args = [t.clone().requires_grad_() for t in ((h, w, b) if linear else (z,))]
+            bias = {"bias": args.pop()} if linear else {}
+            value = fn(*args, y, ignore_index=-100, label_smoothing=0.1, class_group=group,
+                       **bias)
+            value.backward()
+            got.append([value.detach()] + [a.grad for a in args + list(bias.values())])
+        errors[f"{name}-{'linear' if linear else 'plain'}"] = max(
+            float((a - b).abs().max()) for a, b in zip(*got))
+print(json.dumps(errors))
+dist.destroy_process_group()
+"""
+
+
+@needs_platform("torch-cuda")
+def test_class_group_on_nccl_cuda_matches_one_process():
+    """The NCCL path (the collectives' tensors on the current CUDA device) on one GPU: a
+    group of one rank gives the one-process loss and gradients, every loss, plain and
+    linear. (Several GPUs' slices are the gloo tests' ranks.)"""
+    import json
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    from tests.helpers.distributed import _free_port
+
+    if not dist.is_nccl_available():
+        pytest.skip("torch.distributed has no NCCL here")
+    out = subprocess.run([sys.executable, "-c", NCCL_SCRIPT, str(_free_port())],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    for case, error in json.loads(out.stdout.strip().splitlines()[-1]).items():
+        assert error <= TOL, (case, error)
