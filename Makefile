@@ -29,8 +29,12 @@ demo: install
 
 # From the repository root: the tests are a package (tests/), the package under test is the
 # installed one (site-packages), never src/ (tests/test_package.py checks).
+# The suite on TEST_WORKERS processes (pytest-xdist), a file per worker at a time: the
+# CI machine's two cores both busy (module-scoped fixtures, the spawned ranks and JAX
+# subprocesses stay within their file). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.deps-test install docs lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # ruff and mypy as pyproject configures them ([tool.ruff], [tool.mypy]): part of make test,
 # so CI (.ci/run) refuses what they find. They read the source, not the installed package,

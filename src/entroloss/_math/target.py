@@ -32,11 +32,11 @@ def bad_soft_rows(xp: Any, t: Any, tolerance: float, group: Any = None) -> Any:
     negative or NaN, or a sum off 1 by more than ``tolerance`` (NaN and inf included,
     hence the negated comparisons). Two reductions per row; where each process holds a
     slice of the classes (``group``, a :class:`ClassSlice`'s), both are over every slice."""
-    total, negative = xp.sum(t, axis=-1), ~(xp.min(t, axis=-1) >= 0)
+    non_negative, total = xp.min(t, axis=-1) >= 0, xp.sum(t, axis=-1)
     if group is not None:  # a count of the slices with a bad entry: a sum, as NaN is no max
+        non_negative = group.sum(xp.astype(~non_negative, t.dtype)) == 0
         total = group.sum(total)
-        negative = group.sum(xp.astype(negative, t.dtype)) > 0
-    return negative | ~(xp.abs(total - 1.0) <= tolerance)
+    return ~(non_negative & (xp.abs(total - 1.0) <= tolerance))
 
 
 class Target:
