@@ -168,3 +168,16 @@ def test_registered_tables_loop_in_python():
     for namespace in KERNEL_TABLES:
         assert kernels_for(_namespace(namespace)[0]).scan is None
     assert _math.GENERIC.scan is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_torch_autograd_table_equals_the_definitions(dtype):
+    """The table torch's own autograd differentiates at small sizes (backends/torch.py):
+    out of place, the same numbers as the definitions on the hard rows."""
+    pytest.importorskip("torch")
+    from entroloss.backends import torch_kernels
+
+    table = torch_kernels.AUTOGRAD_KERNELS
+    fields = [f for f in FIELDS if getattr(table, f) is not getattr(_math.GENERIC, f)]
+    assert "row_stats" in fields and "sum_p_log_p" in fields
+    _check_table("array_api_compat.torch", table, dtype, (8, 5), fields)
