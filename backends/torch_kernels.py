@@ -106,26 +106,28 @@ def softmax_affine(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tens
                    log_p_coef: torch.Tensor | None = None, overwrite: bool = False) -> torch.Tensor:
     # p = exp(z - top) / exp(norm), built in the buffer that becomes the gradient: z's own
     # where the caller gives it (overwrite), else a new one
-    out = z if overwrite else torch.empty_like(z)
     if log_p_coef is None:
-        torch.sub(z, top, out=out).exp_().mul_(p_coef / torch.exp(norm))
+        out = torch.sub(z, top, out=z) if overwrite else torch.sub(z, top)
+        out.exp_().mul_(p_coef / torch.exp(norm))
     else:
-        _times_log_p_factor(xp, out, z, top, norm, p_coef, log_p_coef)
+        out = _times_log_p_factor(xp, z, top, norm, p_coef, log_p_coef, overwrite)
     if onehot_coef.dtype != out.dtype:
         onehot_coef = onehot_coef.to(out.dtype)
     return out.scatter_add_(-1, index, onehot_coef.unsqueeze(-1))
 
 
-def _times_log_p_factor(xp: Any, out: torch.Tensor, z: torch.Tensor, top: torch.Tensor,
-                        norm: torch.Tensor, p_coef: torch.Tensor, log_p_coef: torch.Tensor) -> None:
-    """``out = exp(z - top) * (p_coef + log_p_coef * log p) / exp(norm)``, a block of rows
-    at a time; each block's factor is read off ``z`` before its rows of ``out`` (which may
-    be ``z`` itself) are written."""
-    blocks = _row_blocks(z) if out.is_contiguous() else None
+def _times_log_p_factor(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tensor,
+                        p_coef: torch.Tensor, log_p_coef: torch.Tensor,
+                        overwrite: bool) -> torch.Tensor:
+    """``exp(z - top) * (p_coef + log_p_coef * log p) / exp(norm)``, a block of rows at a
+    time for a large ``z``; each block's factor is read off ``z`` before its rows of the
+    result (``z`` itself with ``overwrite``) are written."""
+    blocks = _row_blocks(z)
     if blocks is None:
         factor = finite_log_p(xp, log_p(xp, z, top, norm)).mul_(log_p_coef.unsqueeze(-1)).add_(p_coef)
-        torch.sub(z, top, out=out).exp_().mul_(factor.div_(torch.exp(norm)))
-        return
+        out = torch.sub(z, top, out=z) if overwrite else torch.sub(z, top)
+        return out.exp_().mul_(factor.div_(torch.exp(norm)))
+    out = z if overwrite else torch.empty_like(z)  # contiguous, as z is
     rows, out_rows = z.view(-1, z.shape[-1]), out.view(-1, z.shape[-1])
     top, norm = _by_row(top, z), _by_row(norm, z)
     p_coef, log_p_coef = _by_row(p_coef, z), _by_row(log_p_coef, z)
@@ -135,6 +137,7 @@ def _times_log_p_factor(xp: Any, out: torch.Tensor, z: torch.Tensor, top: torch.
         factor = torch.sub(part, top[b], out=buffer[: part.shape[0]]).sub_(norm[b])  # log p
         finite_log_p(xp, factor).mul_(log_p_coef[b]).add_(p_coef[b])
         torch.sub(part, top[b], out=out_rows[b]).exp_().mul_(factor.div_(torch.exp(norm[b])))
+    return out
 
 
 def soft_cap(xp: Any, z: torch.Tensor, cap: float) -> torch.Tensor:
