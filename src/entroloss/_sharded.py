@@ -7,9 +7,10 @@ with every sum over the classes all-reduced (``_math.ClassSlice``); this module 
 call so that bad input raises on every process together, never on one while the others
 wait in a collective:
 
-1. each process measures its slice (its classes, its rows, a fingerprint of its target)
-   with its local checks, and the processes exchange these in one small all-gather: a
-   process whose checks failed, rows that differ, targets that differ raise on all;
+1. each process measures its slice (its classes, its rows, fingerprints of its target and
+   of its options) with its local checks, and the processes exchange these in one small
+   all-gather: a process whose checks failed, rows, targets or options that differ raise
+   on all;
 2. every check runs against the count of all classes (class indices in ``[0, C)``, class
    weights of length ``C``), then one all-reduce tells every process whether any failed;
 3. a soft target's rows are summed over the slices and checked (same numbers everywhere,
@@ -23,8 +24,8 @@ run time, so it gets the one-process rule under tracing: bad positions give NaN.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 import sys
+import zlib
 from typing import Any, Callable
 
 from . import _math
