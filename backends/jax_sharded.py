@@ -71,7 +71,7 @@ class Team:
         self.axis, self.size = axis, _axis_size(axis)
 
     def agree(self, error: Exception | None, local: int, rows: int, target: Any,
-              settings: int) -> _math.ClassSlice:
+              settings: int, constants: tuple = ()) -> _math.ClassSlice:
         """The slice of every device: they trace the same program, so an error of one is
         every device's."""
         if error is not None:

@@ -5,9 +5,9 @@ a process group (``class_group=``), and the agreement that makes every rank rais
 The math all-reduces numbers per row only (row maxima, sums of exponentials, the target's
 logit, the regularizers' sums): two to five all-reduces of ``N`` numbers per pass. The
 linear heads add one all-reduce of the hidden states' gradient (``N x H``), as the backward
-of any column-parallel layer does. Before any of it, one all-gather of six integers per
+of any column-parallel layer does. Before any of it, one all-gather of seven integers per
 rank agrees on the slices (their sizes give each rank its first class: uneven slices work),
-the rows, the targets and the options,
+the rows, the targets, the options and the class and sample weights,
 and one all-reduce of one integer on whether every rank's checks passed.
 """
 
@@ -68,17 +68,23 @@ class Team:
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu"
 
     def agree(self, error: Exception | None, local: int, rows: int, target: Any,
-              settings: int) -> _math.ClassSlice:
+              settings: int, constants: tuple = ()) -> _math.ClassSlice:
         """Every rank's slice, or the same error on every rank: one rank's own checks
         failed, the ranks hold different rows or were given different options
-        (``settings``, a number of the call's Python-valued options). Different class
+        (``settings``, a number of the call's Python-valued options) or different
+        ``constants`` (the class weights, sample weights, denominator). Different class
         indices are raised by :meth:`all_passed`, after each rank's own checks against all
         classes (a rank whose index is out of range says so)."""
-        mine = torch.tensor([error is not None, local, rows, 0, 0, settings],
+        mine = torch.tensor([error is not None, local, rows, 0, 0, settings, 0],
                             dtype=torch.int64, device=self.device)
         print_ = None if error is not None else _fingerprint(target)
         if print_ is not None:  # on the device: read with the table, no sync of its own
             mine[3], mine[4] = 1, print_.to(self.device)
+        if error is None:
+            for i, value in enumerate(constants):
+                values = _fingerprint(value, floating=True)
+                if values is not None:
+                    mine[6] += values.to(self.device) * (i + 2)
         every = [torch.empty_like(mine) for _ in range(dist.get_world_size(self.group))]
         dist.all_gather(every, mine, group=self.group)
         table = torch.stack(every).tolist()
@@ -96,9 +102,13 @@ class Team:
             raise ValueError("class_group: the ranks were called with different options "
                              "(reduction, chunk_size, ignore_index, label_smoothing, softcap, "
                              "z_loss, validate or the loss's own): every rank passes the same")
-        prints = {row[4] for row in table if row[3]}
-        if len(prints) > 1:  # raised by all_passed, after each rank's own checks (a class
-            # index out of range on one rank is then that rank's error, as it would be alone)
+        # raised by all_passed, after each rank's own checks: a class index out of range,
+        # or class weights of the slice's length, on one rank are then that rank's error
+        if len({row[6] for row in table}) > 1:
+            self.pending = ValueError(
+                "class_group: the ranks were given different class weights, sample weights "
+                "or denominators: every rank passes the same (of all classes, of every row)")
+        if len({row[4] for row in table if row[3]}) > 1:
             self.pending = ValueError(
                 "class_group: the ranks hold different targets; each rank holds the same "
                 "class indices (of all classes), and only its slice of the logits or "
@@ -123,12 +133,15 @@ class Team:
         return check.reads_data(validate, x, target)
 
 
-def _fingerprint(target: Any) -> torch.Tensor | None:
-    """A number (0-d, on the target's device) that differs, almost surely, between
-    different class-index targets; None for a soft target (a slice per rank)."""
-    if not (torch.is_tensor(target) and not target.is_floating_point()):
+def _fingerprint(x: Any, floating: bool = False) -> torch.Tensor | None:
+    """A number (0-d, on the tensor's device) that differs, almost surely, between
+    different tensors: of integers (a class-index target), and with ``floating`` of
+    floating-point numbers too (their bits); None for what is not a tensor, and for a
+    floating one without ``floating`` (a soft target: a slice per rank)."""
+    if not torch.is_tensor(x) or (x.is_floating_point() and not floating):
         return None
-    t = target.reshape(-1).to(torch.int64)
+    t = x.detach().reshape(-1)
+    t = t.to(torch.float64).view(torch.int64) if t.is_floating_point() else t.to(torch.int64)
     place = torch.arange(1, t.numel() + 1, dtype=torch.int64, device=t.device)
     return ((t + 1) * (place * 2654435761 % 2**31)).sum()  # wraps alike on every rank
 

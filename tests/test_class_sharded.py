@@ -85,6 +85,8 @@ BAD = {
     "different-options-on-one-rank": ("ValueError", "different options", "different options"),
     "different-targets-unvalidated": ("ValueError", "different targets", "different targets"),
     "entropy-base-bad-on-one-rank": ("ValueError", "base", "refused their arguments"),
+    "different-class-weights-on-one-rank": ("ValueError", "different class weights",
+                                            "different class weights"),
 }
 
 
@@ -243,6 +245,11 @@ def _bad(name, d, rank, world, group, mesh):
         if rank == 1:
             y[0] = (y[0] + 1) % C
         return el.cross_entropy(z, y, class_group=group, validate=False)
+    if name == "different-class-weights-on-one-rank":  # another loss, silently, if unread
+        w = d["W"].clone()
+        if rank == 1:
+            w[0] += 0.5
+        return call(*first, y, weight=w, class_group=group, validate=False)
     if name == "entropy-base-bad-on-one-rank":
         return el.entropy(z, base=-1.0 if rank == 0 else 2.0, class_group=group)
     if name == "dtensor-sharded-on-rows":

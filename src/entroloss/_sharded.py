@@ -7,10 +7,10 @@ with every sum over the classes all-reduced (``_math.ClassSlice``); this module 
 call so that bad input raises on every process together, never on one while the others
 wait in a collective:
 
-1. each process measures its slice (its classes, its rows, fingerprints of its target and
-   of its options) with its local checks, and the processes exchange these in one small
-   all-gather: a process whose checks failed, rows, targets or options that differ raise
-   on all;
+1. each process measures its slice (its classes, its rows, fingerprints of its target,
+   its options and its class and sample weights) with its local checks, and the processes
+   exchange these in one small all-gather: a process whose checks failed, rows, targets,
+   options or weights that differ raise on all;
 2. every check runs against the count of all classes (class indices in ``[0, C)``, class
    weights of length ``C``), then one all-reduce tells every process whether any failed;
 3. a soft target's rows are summed over the slices and checked (same numbers everywhere,
@@ -53,7 +53,8 @@ def prepare(o: dict, x: Any, measure: Callable[[], tuple[int, int, Any]],
         local, rows, target = measure()
     except Exception as e:  # raised below, on every process together
         error = e
-    classes = team.agree(error, local, rows, target, _settings(o))
+    constants = tuple(o.get(name) for name in ("weight", "sample_weight", "denominator"))
+    classes = team.agree(error, local, rows, target, _settings(o), constants)
     error = None
     call: Any = None
     try:
