@@ -19,11 +19,11 @@ import torch
 
 from entroloss import _math
 
-from . import kernels_for, torch_kernels, torch_modules
+from . import kernels_for, torch_kernels, torch_modules, torch_plans
 
 # the nn.Module losses, one per entry of the registry, importable from here too
 globals().update({name: getattr(torch_modules, name) for name in torch_modules.__all__})
-__all__ = ["loss", "value_and_grad", *torch_modules.__all__]
+__all__ = ["loss", "bind", "value_and_grad", *torch_modules.__all__]
 
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _RESIDUALS = len(_math.Residuals._fields)
@@ -63,13 +63,16 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
 
 class _Loss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec, logits, target, weight, sample_weight, denominator, *scalars):
+    def forward(ctx, spec, plans, logits, target, weight, sample_weight, denominator, *scalars):
         scalars = _math.Scalars(*scalars)
         with _no_autocast(logits.device.type):  # computed in the dtypes _math decides
-            value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS,
-                                             sample_weight=sample_weight,
-                                             denominator=denominator)
-        ctx.spec, ctx.logits_dtype = spec, logits.dtype
+            if plans is not None:  # a bound call: the forward's ops, as recorded
+                value, residuals = plans.forward(logits, target)
+            else:
+                value, residuals = _math.forward(xp, spec, logits, target, weight, scalars,
+                                                 _KERNELS, sample_weight=sample_weight,
+                                                 denominator=denominator)
+        ctx.spec, ctx.plans, ctx.logits_dtype = spec, plans, logits.dtype
         _keep(ctx, (target, weight, sample_weight, denominator, *residuals, *scalars))
         return value
 
@@ -78,7 +81,7 @@ class _Loss(torch.autograd.Function):
         target, weight, sample_weight, denominator, *kept = _kept(ctx)
         residuals = _math.Residuals(*kept[:_RESIDUALS])
         scalars = _math.Scalars(*kept[_RESIDUALS:])
-        want_target = ctx.needs_input_grad[2]
+        want_target = ctx.needs_input_grad[3]
         kernels = _KERNELS
         with _no_autocast(grad.device.type):
             if torch.is_grad_enabled() and ctx.spec.classes is not None:
@@ -93,14 +96,15 @@ class _Loss(torch.autograd.Function):
                 _, residuals = _math.forward(xp, ctx.spec, residuals.logits, target, weight,
                                              scalars, kernels, sample_weight=sample_weight,
                                              denominator=denominator)
-            grads = _math.backward(xp, ctx.spec, residuals, target, weight, scalars, grad,
-                                   ctx.logits_dtype, kernels, want_target=want_target,
-                                   sample_weight=sample_weight)
+            run = _math.backward if ctx.plans is None or kernels is not _KERNELS else ctx.plans.backward
+            grads = run(xp, ctx.spec, residuals, target, weight, scalars, grad,
+                        ctx.logits_dtype, kernels, want_target=want_target,
+                        sample_weight=sample_weight)
         wanted = ctx.needs_input_grad[-_SCALARS:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype)
                           for d, want, v in zip(grads.scalars, wanted, scalars, strict=True))
         d_target = grads.target.to(target.dtype) if want_target else None
-        return None, grads.logits, d_target, None, None, None, *d_scalars
+        return None, None, grads.logits, d_target, None, None, None, *d_scalars
 
 
 def _keep(ctx: Any, values: tuple) -> None:
@@ -131,7 +135,75 @@ def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
         with _no_autocast(logits.device.type):
             return _math.forward(xp, spec, logits, target, weight, scalars, _AUTOGRAD_KERNELS,
                                  sample_weight=sample_weight, denominator=denominator)[0]
-    return _Loss.apply(spec, logits, target, weight, sample_weight, denominator, *scalars)
+    return _Loss.apply(spec, None, logits, target, weight, sample_weight, denominator, *scalars)
+
+
+# --- a repeated call, bound (``_prepare.remember_call``) ----------------------------------
+
+
+def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
+         denominator: Any) -> Any:
+    """``run(logits, target)``, the loss of every call with this one's key (no class or
+    sample weights, the scalars Python floats): the shared math's ops recorded from this
+    call (``torch_plans``), under torch's autograd or inside the Function as
+    :func:`loss` chooses. None where the call is not bound: arrays of a subclass, logits
+    large enough that their Python is no part of their cost, or ops that cannot be
+    replayed."""
+    if (type(logits) is not torch.Tensor or type(target) is not torch.Tensor
+            or logits.numel() > torch_kernels.BLOCK_ELEMENTS or spec.chunk_size is not None):
+        return None
+    device = logits.device.type
+    if uses_autograd(spec, logits):
+        value = torch_plans.record(
+            lambda: _math.forward(xp, spec, logits, target, None, scalars, _AUTOGRAD_KERNELS,
+                                  denominator=denominator)[0], (logits, target))
+        if value is None:
+            return None
+
+        def run(logits: Any, target: Any) -> Any:
+            with _no_autocast(device):
+                return value(logits, target)
+        return run
+    plans = _Plans.record(spec, logits, target, scalars, denominator)
+    if plans is None:
+        return None
+    return lambda logits, target: _Loss.apply(spec, plans, logits, target, None, None,
+                                              denominator, *scalars)
+
+
+class _Plans:
+    """The Function's forward and backward of one bound call, as recorded ops; the
+    backward recorded at its first use, one per kind of cotangent."""
+
+    def __init__(self, spec: _math.Spec, forward: Any) -> None:
+        self.spec, self.forward = spec, forward
+        self.backwards: dict = {}
+
+    @classmethod
+    def record(cls, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
+               denominator: Any) -> "_Plans | None":
+        forward = torch_plans.record(
+            lambda: _math.forward(xp, spec, logits, target, None, scalars, _KERNELS,
+                                  denominator=denominator), (logits, target))
+        return None if forward is None else cls(spec, forward)
+
+    def backward(self, xp_: Any, spec: _math.Spec, residuals: Any, target: Any, weight: Any,
+                 scalars: _math.Scalars, grad: Any, logits_dtype: Any, kernels: Any, *,
+                 want_target: bool, sample_weight: Any) -> _math.Gradients:
+        """:func:`_math.backward`'s arguments and result, by its recorded ops."""
+        tensors = (*(r for r in residuals if isinstance(r, torch.Tensor)), target, grad)
+        key = (want_target, grad.dtype, tuple(grad.shape))
+        if key not in self.backwards:
+            self.backwards[key] = torch_plans.record(
+                lambda: _math.backward(xp, spec, residuals, target, weight, scalars, grad,
+                                       logits_dtype, kernels, want_target=want_target,
+                                       sample_weight=sample_weight), tensors)
+        recorded = self.backwards[key]
+        if recorded is None:
+            return _math.backward(xp, spec, residuals, target, weight, scalars, grad,
+                                  logits_dtype, kernels, want_target=want_target,
+                                  sample_weight=sample_weight)
+        return recorded(*tensors)
 
 
 def constants(**arrays: Any) -> None:
@@ -152,3 +224,4 @@ def value_and_grad(*args: Any, **options: Any) -> tuple:
 
     with torch.no_grad():
         return explicit.value_and_grad(*args, **options)
+

@@ -33,7 +33,7 @@ def _row_blocks(x: torch.Tensor) -> list | None:
     """Slices of the rows of ``x`` seen as ``(rows, classes)``, at most ``BLOCK_ELEMENTS``
     each; None where there would be one block only, or ``x`` cannot be seen so without a
     copy (not contiguous: the class axis moved last)."""
-    if x.ndim < 2 or not x.is_contiguous() or x.numel() <= BLOCK_ELEMENTS:
+    if x.ndim < 2 or x.numel() <= BLOCK_ELEMENTS or not x.is_contiguous():
         return None
     classes = max(x.shape[-1], 1)
     return row_slices(x.numel() // classes, rows_within(BLOCK_ELEMENTS, classes))
@@ -160,8 +160,11 @@ def _through_numpy(z: torch.Tensor) -> bool:
     """Whether to cap a CPU tensor with NumPy's ufuncs, on its memory: per thread NumPy's
     float32 tanh (SIMD) is ~14x torch's, and a fresh logits-sized buffer of NumPy's
     (huge pages) faults in ~4 ms where torch's takes ~27 ms (1024 x 8192 float32). Not
-    under torch.compile, which traces only torch's ops."""
-    return z.device.type == "cpu" and z.dtype in _NUMPY_DTYPES and not _compiling()
+    under torch.compile, which traces only torch's ops, and not for logits of a block or
+    less, whose cost is the call's Python (a bound call replays torch's ops only:
+    ``torch_plans``)."""
+    return (z.device.type == "cpu" and z.dtype in _NUMPY_DTYPES
+            and z.numel() > BLOCK_ELEMENTS and not _compiling())
 
 
 _NUMPY_DTYPES = (torch.float32, torch.float64)  # the compute dtypes

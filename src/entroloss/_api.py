@@ -17,7 +17,8 @@ from . import _arrays, _docs, _math, _sharded
 from ._math.target import Target
 from . import _validate as check
 from ._losses import LOSSES, LossDef
-from ._prepare import COMMON, defaults, prepare_cached, with_defaults
+from ._prepare import (COMMON, bound_call, defaults, prepare_cached, remember_call,
+                       with_defaults)
 
 __all__ = ["entropy", "log_softmax", "softmax", "value_and_grad", "PUBLIC"]
 
@@ -49,11 +50,21 @@ def _make(definition: LossDef) -> Callable:
     every = defaults(definition)
 
     def loss(logits: Any, target: Any, /, **options: Any) -> Any:
+        call = bound_call(definition, logits, target, options)
+        if call is not None:  # a repetition of a call bound before: its data checks, its ops
+            return call(logits, target)
+        given = options
         if _sharded.has_dtensor(logits, target, options=options):
             logits, target, options = _local(logits, target, options)
-        p = prepare_cached(definition, logits, target, with_defaults(name, every, options))
-        return _adapter(p.logits).loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars,
-                                       sample_weight=p.sample_weight, denominator=p.denominator)
+        o = with_defaults(name, every, options)
+        p = prepare_cached(definition, logits, target, o)
+        adapter = _adapter(p.logits)
+        run = (remember_call(definition, logits, target, given, o, p, adapter)
+               if options is given else None)
+        if run is not None:  # its first call too: the ops its repetitions will run
+            return run(logits, target)
+        return adapter.loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars,
+                            sample_weight=p.sample_weight, denominator=p.denominator)
 
     # Python's own errors (a missing target, a third positional) name the loss
     loss.__code__ = loss.__code__.replace(co_name=name)

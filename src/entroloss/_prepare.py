@@ -18,7 +18,8 @@ from . import _validate as check
 from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
 
 __all__ = ["COMMON", "Prepared", "prepare", "prepare_cached", "defaults", "with_defaults", "static_options",
-           "target_rules", "scalars", "normalization", "read_target", "make_spec"]
+           "target_rules", "scalars", "normalization", "read_target", "make_spec", "bound_call",
+           "remember_call"]
 
 # The keywords every loss takes beyond its own, with their defaults, annotations (as the
 # signatures show them) and documentation (one line each; _docs.py writes the docstrings).
@@ -291,3 +292,68 @@ def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dic
         spec = dataclasses.replace(spec, target_checked=target_checked)
     return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
 
+
+
+# --- a repeated call, bound -----------------------------------------------------------------
+
+# A call given only Python options (no class or sample weights, no learnt weights or bases)
+# whose adapter can bind it (``bind``): what is left of it per call is the checks that read
+# the target's data, and the adapter's bound function. Kept under a key of what the call
+# gives, as it gives it (the options it names, not all of them with their defaults): at
+# small sizes the Python of a call is its cost, and on a training step that Python also
+# evicts the model's own from the CPU's caches (docs/performance.md).
+BOUND_CALLS: dict = {}
+BOUND_CALLS_MAX = 256
+
+
+def _bound_key(definition: LossDef, logits: Any, target: Any, options: dict) -> tuple | None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_compiling():
+        return None
+    given: list = []
+    for name, value in options.items():
+        kind = type(value)
+        if kind not in _PYTHON_VALUES:
+            return None
+        given += (name, kind, value)  # the type too: True and 1 are checked differently
+    try:
+        return (definition.name, type(logits), logits.dtype, logits.shape, logits.device,
+                type(target), target.dtype, target.shape, target.device, *given)
+    except AttributeError:
+        return None
+
+
+def bound_call(definition: LossDef, logits: Any, target: Any, options: dict) -> Any:
+    """The bound function of a call whose key was seen and bound before, or None."""
+    key = _bound_key(definition, logits, target, options)
+    return None if key is None else BOUND_CALLS.get(key)
+
+
+def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, o: dict,
+                  p: Prepared, adapter: Any) -> Any:
+    """Bind a prepared call (``options`` as given, ``o`` with the defaults) for its
+    repetitions where it can be: Python options only, the caller's own arrays (nothing
+    converted or unwrapped), all classes in one process, an adapter that binds. Returns
+    the adapter's bound function (``run(logits, target)``, no checks), or None."""
+    bind = getattr(adapter, "bind", None)
+    if (bind is None or p.logits is not logits or p.target is not target or p.learnt
+            or p.weight is not None or p.sample_weight is not None
+            or not isinstance(p.denominator, (float, type(None)))
+            or p.spec.classes is not None):
+        return None
+    key = _bound_key(definition, logits, target, options)
+    run = None if key is None else bind(p.xp, p.spec, p.logits, p.target, p.scalars, p.denominator)
+    if run is None:
+        return None
+    xp, spec, num_classes = p.xp, p.spec, p.logits.shape[p.spec.axis]
+    reads = check.reads_data(o["validate"], p.logits, p.target)
+
+    def call(logits: Any, target: Any) -> Any:
+        if reads:  # the target's data checks, as prepare's (the rest is fixed by the key)
+            read_target(xp, target, spec.soft, spec.axis, num_classes, spec.ignore_index, reads)
+        return run(logits, target)
+
+    if len(BOUND_CALLS) >= BOUND_CALLS_MAX:
+        BOUND_CALLS.clear()
+    BOUND_CALLS[key] = call
+    return run

@@ -1,0 +1,152 @@
+"""torch: the shared math's ops for one kind of call, recorded once and replayed.
+
+At small sizes a torch call costs its Python, not its arithmetic: ``_math`` decides per
+call which terms are live, reads the target, and goes through the namespace's wrappers,
+some fifty Python functions for fifteen tensor ops, and on a training step that Python
+also evicts the model's own from the CPU's caches (measured: docs/performance.md). What
+``_math`` does with tensors depends only on what the call's key holds (the spec, the
+kernel table, the Python numbers, the tensors' dtypes, shapes and devices), never on
+their values, so the ops one call runs are those of every call with its key.
+
+:func:`record` runs a function of tensors once under a ``TorchFunctionMode`` that records
+every torch call, and writes the calls out as one flat Python function (a line per op,
+the recorded callables and constants bound to it): the same ops, in the same order, on
+the new tensors; torch's autograd records them as it would the math's own. The math
+stays the one definition: a plan is a recording of it, never a second text of it.
+
+A call whose Python reads more of a tensor than the key holds (its values: ``.item()``,
+``bool(t)``, ``t.numpy()``; its strides; whether it requires grad: any call that returns
+something other than a tensor or a dtype, shape or device) cannot be replayed:
+:func:`record` returns None, and the caller runs the math itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["Plan", "record"]
+
+# What may be read off a tensor while recording: what its caller's key fixes (the dtype,
+# shape and device), by the methods and the attributes that give it. Strides, contiguity,
+# requires_grad and values are not among them: a function that reads one is not replayed.
+_METADATA = frozenset({"size", "dim", "ndimension", "numel", "nelement", "element_size",
+                       "is_floating_point", "is_complex", "__len__", "get_device", "is_tensor"})
+_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "layout", "is_cuda", "is_cpu"})
+_METADATA_TYPES = (torch.Size, torch.dtype, torch.device, torch.layout, int, bool, tuple)
+
+
+def _reads_metadata(func: Any) -> bool:
+    name = getattr(func, "__name__", None)
+    if name == "__get__":  # an attribute: the getset descriptor's own name says which
+        return getattr(getattr(func, "__self__", None), "__name__", None) in _ATTRIBUTES
+    return name in _METADATA
+
+
+class _Unplannable(Exception):
+    """The recorded function read a tensor's values, or used a tensor it was not given."""
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, inputs: tuple) -> None:
+        super().__init__()
+        self.names: dict[int, str] = {}  # id(tensor) -> its expression in the plan
+        self.alive: list = []  # every tensor seen: an id must not be reused while recording
+        self.lines: list[str] = []
+        self.constants: dict[str, Any] = {}
+        for i, x in enumerate(inputs):
+            self._name(x, f"a{i}")
+
+    def _name(self, x: torch.Tensor, name: str) -> None:
+        self.names[id(x)] = name
+        self.alive.append(x)
+
+    def constant(self, value: Any) -> str:
+        name = f"k{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def expression(self, value: Any) -> str:
+        """How the plan spells an argument: a tensor's name, a container of them, or a
+        constant bound to the plan."""
+        if isinstance(value, torch.Tensor):
+            name = self.names.get(id(value))
+            if name is None:  # made outside the recording: state the plan cannot see
+                raise _Unplannable(f"a tensor the plan was not given ({tuple(value.shape)})")
+            return name
+        if isinstance(value, (list, tuple)) and any(_has_tensor(v) for v in value):
+            inner = ", ".join(self.expression(v) for v in value)
+            return f"[{inner}]" if isinstance(value, list) else f"({inner},)"
+        return self.constant(value)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not _has_tensor(out):
+            if _reads_metadata(func) and isinstance(out, _METADATA_TYPES):
+                return out  # fixed by the key: the plan bakes what follows from it
+            raise _Unplannable(f"{getattr(func, '__qualname__', func)} returned {type(out).__name__}")
+        call = ", ".join([*(self.expression(a) for a in args),
+                          *(f"{k}={self.expression(v)}" for k, v in kwargs.items())])
+        name = f"t{len(self.lines)}"
+        self.lines.append(f"    {name} = {self.constant(func)}({call})")
+        if isinstance(out, torch.Tensor):
+            self._name(out, name)
+        else:  # a tuple of tensors (aminmax, max over an axis, split)
+            for i, part in enumerate(out):
+                if isinstance(part, torch.Tensor):
+                    self._name(part, f"{name}[{i}]")
+        return out
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, (list, tuple)) and any(_has_tensor(v) for v in value)
+
+
+def _flatten(value: Any, leaves: list) -> Callable:
+    """``value``'s leaves (tensors, numbers, None) appended to ``leaves``; returns the
+    function that builds the same structure from a new sequence of leaves."""
+    if isinstance(value, tuple) and not isinstance(value, torch.Size):
+        builders = [_flatten(v, leaves) for v in value]
+        kind = type(value)
+        # a NamedTuple by _make; a structseq (torch.return_types) from a list, as tuple
+        make = kind._make if hasattr(kind, "_make") else lambda parts: kind(list(parts))
+        return lambda it: make(b(it) for b in builders)
+    leaves.append(value)
+    return lambda it: next(it)
+
+
+class Plan:
+    """A recorded call: ``plan(*tensors)`` runs its ops on ``tensors`` and returns what the
+    recorded function returned, in its structure."""
+
+    def __init__(self, source: str, namespace: dict, build: Callable) -> None:
+        self.source = source
+        exec(compile(source, "<entroloss plan>", "exec"), namespace)  # noqa: S102
+        self._run = namespace["plan"]
+        self._build = build
+
+    def __call__(self, *tensors: Any) -> Any:
+        return self._build(iter(self._run(*tensors)))
+
+
+def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
+    """The plan of ``fn()``, a function of ``tensors`` (and of Python values that its
+    caller's key fixes): ``fn`` runs once, without autograd, while its torch calls are
+    recorded. None where ``fn`` cannot be replayed."""
+    recorder = _Recorder(tensors)
+    try:
+        with torch.no_grad(), recorder:
+            out = fn()
+        leaves: list = []
+        build = _flatten(out, leaves)
+        returned = "".join(f"{recorder.expression(v)}, " for v in leaves)
+    except _Unplannable:
+        return None
+    arguments = ", ".join(f"a{i}" for i in range(len(tensors)))
+    source = "\n".join([f"def plan({arguments}):", *recorder.lines, f"    return ({returned})"])
+    return Plan(source, dict(recorder.constants), build)

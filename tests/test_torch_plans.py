@@ -1,0 +1,187 @@
+"""A repeated torch call, bound (``_prepare.remember_call``, ``backends/torch.py``'s
+``bind``) and its ops replayed (``backends/torch_plans.py``): the same numbers as the
+math run call by call, bit for bit, on every loss, option and path; the target's data
+still checked on every call; a call keyed by everything its Python reads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import entroloss as el
+from entroloss import _losses, _prepare
+
+torch = pytest.importorskip("torch")
+from entroloss.backends import torch as adapter, torch_plans  # noqa: E402
+
+# options given as Python values (what a bound call takes), soft target or not
+VARIANTS = {
+    "defaults": ({}, False),
+    "ignore-smoothing": ({"ignore_index": 1, "label_smoothing": 0.1}, False),
+    "sum-softcap-zloss": ({"reduction": "sum", "softcap": 3.0, "z_loss": 1e-3}, False),
+    "none-unchecked": ({"reduction": "none", "validate": False}, False),
+    "soft-target": ({"label_smoothing": 0.05}, True),
+    "denominator": ({"denominator": 4.0}, False),
+}
+
+
+@pytest.fixture(autouse=True)
+def _unbound():
+    _prepare.BOUND_CALLS.clear()
+    yield
+    _prepare.BOUND_CALLS.clear()
+
+
+def _inputs(seed: int, soft: bool, masked: bool):
+    rng = np.random.default_rng(seed)
+    z = torch.tensor(rng.normal(scale=2.0, size=(6, 5)), requires_grad=True)
+    if masked:  # a masked class off the target
+        z.data[2, 3] = -math.inf
+    target = torch.tensor(rng.permutation([0, 1, 2, 4, 1, 0]))
+    if soft:
+        t = rng.gamma(0.7, size=(6, 5)) + 1e-3
+        target = torch.tensor(t / t.sum(-1, keepdims=True), requires_grad=True)
+    return z, target
+
+
+def _run(definition, options, soft, seed):
+    z, target = _inputs(seed, soft, masked=not soft and "label_smoothing" not in options)
+    value = getattr(el, definition.name)(z, target, **options)
+    inputs = [z, target] if soft else [z]
+    grads = torch.autograd.grad(value.sum(), inputs)
+    return value.detach(), *grads
+
+
+@pytest.mark.parametrize("autograd", [True, False], ids=["autograd", "function"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("definition", _losses.LOSSES, ids=lambda d: d.name)
+def test_a_bound_call_gives_the_maths_numbers_bit_for_bit(definition, variant, autograd,
+                                                          monkeypatch):
+    """The first call binds; it and two repetitions on other tensors of the same key give
+    exactly what the math gives run call by call (``bind`` switched off)."""
+    options, soft = VARIANTS[variant]
+    options = {**definition.example, **options}
+    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS", 1 << 62 if autograd else 0)
+    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS_REGULARIZED", 1 << 62 if autograd else 0)
+    bound = [_run(definition, options, soft, seed) for seed in (1, 2, 3)]
+    assert len(_prepare.BOUND_CALLS) == 1
+    monkeypatch.setattr(adapter, "bind", lambda *args: None)
+    _prepare.BOUND_CALLS.clear()
+    for seed, got in zip((1, 2, 3), bound, strict=True):
+        expected = _run(definition, options, soft, seed)
+        assert not _prepare.BOUND_CALLS
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a.isnan(), b.isnan())
+            assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)), (seed, a, b)
+
+
+def test_each_path_is_bound_as_loss_chooses():
+    small = torch.randn(8, 5, requires_grad=True)
+    y = torch.randint(0, 5, (8,))
+    for _ in range(2):
+        assert "_Loss" not in type(el.cross_entropy(small, y).grad_fn).__name__
+        assert "_Loss" in type(el.focal(small, y).grad_fn).__name__
+    assert len(_prepare.BOUND_CALLS) == 2
+
+
+def test_a_repeated_call_still_checks_its_target():
+    """What prepare reads of the data is read on every bound call: a bad index or soft
+    row on a repetition raises as on a first call."""
+    z = torch.randn(4, 3, requires_grad=True)
+    el.cross_entropy(z, torch.tensor([0, 1, 2, 1]))
+    assert _prepare.BOUND_CALLS
+    with pytest.raises(ValueError, match="class index 3, outside"):
+        el.cross_entropy(z, torch.tensor([0, 1, 3, 1]))
+    with pytest.raises(ValueError, match="ignore_index=-100"):
+        el.cross_entropy(z, torch.tensor([0, -100, 2, 1]))
+    soft = torch.full((4, 3), 1 / 3)
+    el.min_ent(z, soft)
+    with pytest.raises(ValueError, match="sum"):
+        el.min_ent(z, soft * 2)
+
+
+def test_a_call_is_bound_under_the_options_it_gives():
+    """A key holds each option's type and value: ``validate=1`` is refused after a bound
+    ``validate=True``; another smoothing, dtype or shape is another call."""
+    z = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    el.cross_entropy(z, y, validate=True)
+    with pytest.raises(TypeError, match="validate must be"):
+        el.cross_entropy(z, y, validate=1)
+    a = el.cross_entropy(z, y, label_smoothing=0.1)
+    b = el.cross_entropy(z, y, label_smoothing=0.2)
+    reference = [el.value_and_grad(el.cross_entropy, z, y, label_smoothing=s)[0] for s in (0.1, 0.2)]
+    assert float(a) == pytest.approx(float(reference[0]), rel=1e-14) and float(a) != float(b)
+    assert float(b) == pytest.approx(float(reference[1]), rel=1e-14)
+    c = el.cross_entropy(z.float(), y, label_smoothing=0.1)
+    assert c.dtype == torch.float32
+    el.cross_entropy(z[:3], y[:3], label_smoothing=0.1)
+    assert len(_prepare.BOUND_CALLS) == 5
+
+
+def test_a_bound_call_takes_other_layouts_and_autocast():
+    """The key holds no strides (the recorded ops read none) and autocast is switched off
+    on every call, as on an unbound one."""
+    y = torch.tensor([0, 2, 1])
+    z = torch.randn(3, 4, dtype=torch.float64)
+    transposed = z.T.contiguous().T  # the same numbers, other strides
+    assert transposed.stride() != z.stride()
+    assert float(el.min_ent(z, y)) == float(el.min_ent(transposed, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = el.cross_entropy(z.float(), y)
+    assert under.dtype == torch.float32
+    assert float(under) == float(el.cross_entropy(z.float(), y))
+
+
+def test_calls_with_arrays_or_large_logits_are_not_bound():
+    z = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    el.cross_entropy(z, y, weight=torch.ones(3))
+    el.min_ent(z, y, entropy_weight=torch.tensor(0.5))
+    el.cross_entropy(z, y, sample_weight=torch.ones(4))
+    el.cross_entropy(z, y, chunk_size=2)
+    assert not _prepare.BOUND_CALLS
+    from entroloss.backends import torch_kernels
+
+    el.cross_entropy(torch.zeros(2, torch_kernels.BLOCK_ELEMENTS), torch.tensor([0, 1]))
+    assert not _prepare.BOUND_CALLS
+
+
+def test_the_bound_calls_are_bounded(monkeypatch):
+    monkeypatch.setattr(_prepare, "BOUND_CALLS_MAX", 4)
+    for rows in range(1, 12):
+        el.cross_entropy(torch.zeros(rows, 3), torch.zeros(rows, dtype=torch.long))
+        assert 0 < len(_prepare.BOUND_CALLS) <= 4
+
+
+# --- the recorder -------------------------------------------------------------------------
+
+
+def test_a_plan_replays_the_recorded_ops_on_new_tensors():
+    a, b = torch.randn(3, 4), torch.randn(4)
+    f = lambda x, y: ((x * 2.0 + y).exp().sum(-1), (x.max(-1), None, 1.5))  # noqa: E731
+    plan = torch_plans.record(lambda: f(a, b), (a, b))
+    c, d = torch.randn(3, 4), torch.randn(4)
+    got, expected = plan(c, d), f(c, d)
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1][0].values, expected[1][0].values)
+    assert got[1][1:] == (None, 1.5)
+
+
+@pytest.mark.parametrize("reads", ["item", "bool", "stride", "contiguous", "requires_grad",
+                                   "numpy", "a tensor not given"])
+def test_a_function_that_reads_more_than_the_key_is_not_recorded(reads):
+    """Values, layout and autograd state are not in a bound call's key: a function that
+    reads one is not replayed (record gives None, the caller runs the math)."""
+    x, other = torch.randn(3), torch.randn(3)
+    body = {"item": lambda: x * x.sum().item(),
+            "bool": lambda: x if bool(x.sum() > 0) else -x,
+            "stride": lambda: x * x.stride()[0],
+            "contiguous": lambda: x if x.is_contiguous() else x.contiguous(),
+            "requires_grad": lambda: x * float(x.requires_grad),
+            "numpy": lambda: torch.from_numpy(x.numpy() * 2),
+            "a tensor not given": lambda: x + other}[reads]
+    assert torch_plans.record(body, (x,)) is None
+    assert torch_plans.record(lambda: x * x.shape[0] + x.ndim, (x,)) is not None
