@@ -31,17 +31,18 @@ _KERNELS = kernels_for(xp)  # loaded with the adapter: torch.compile cannot trac
 _AUTOGRAD_KERNELS = torch_kernels.AUTOGRAD_KERNELS
 
 # The largest logits (in elements) whose loss torch's own autograd differentiates through
-# ``_math.forward`` (no autograd.Function). Below it a call is per-op overhead: the
-# Function costs a Python forward and a Python backward that the engine calls back into
-# (an empty Function alone is ~37 us forward+backward on CPU), while autograd runs the
-# forward's few ops' derivatives as C++ nodes. Above it the Function wins on memory (it
-# keeps the logits and numbers per position; autograd keeps several logits-sized
-# intermediates) and on time. Measured on CPU, torch on one thread (docs/performance.md).
-AUTOGRAD_MAX_ELEMENTS = 2**15
-# With a regularizer the autograd graph runs several more logits-sized backward nodes
-# (the entropy's p log p, the reverse term's exp): measured at 128x100 it is 1.08-1.15x
-# the Function, at 256x10 0.81-0.94x, so its threshold is lower.
-AUTOGRAD_MAX_ELEMENTS_REGULARIZED = 2**12
+# ``_math.forward`` (no autograd.Function), by the regularizer. Below it a call is per-op
+# overhead: the Function's backward is a Python call the engine makes, while autograd
+# runs the forward's few ops' derivatives as C++ nodes. Above it the Function wins on
+# memory (it keeps the logits and numbers per position; autograd keeps several
+# logits-sized intermediates) and on time. The entropy's and the reverse term's autograd
+# graphs run several more logits-sized backward nodes (p log p, exp): with the calls
+# bound (``bind``) the Function is faster for them at every size measured, 32x10 up
+# (1.08-1.85x), so they never take autograd. Measured on CPU, torch on one thread, bound
+# calls (docs/performance.md).
+AUTOGRAD_MAX_ELEMENTS = 2**15  # cross entropy: 0.87x the Function at 256x10, 0.99x at 256x128
+AUTOGRAD_MAX_ELEMENTS_REGULARIZED = {"poly": 2**14,  # 0.92x at 256x10, 1.09x at 256x128
+                                     "entropy": 0, "reverse": 0}
 
 
 def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
@@ -55,7 +56,8 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
     saturated prediction, where the hand-derived backward (``terms.focal_slopes``) is
     finite (tests/test_extremes.py). Cross entropy, the entropy, the reverse cross
     entropy, the polynomial term, the cap and the z-loss differentiate finitely."""
-    most = AUTOGRAD_MAX_ELEMENTS if spec.regularizer is None else AUTOGRAD_MAX_ELEMENTS_REGULARIZED
+    most = (AUTOGRAD_MAX_ELEMENTS if spec.regularizer is None
+            else AUTOGRAD_MAX_ELEMENTS_REGULARIZED[spec.regularizer])
     # class slices all-reduce their row sums in place, which autograd cannot differentiate
     return (spec.chunk_size is None and spec.gamma == 0 and spec.classes is None
             and logits.numel() <= most)

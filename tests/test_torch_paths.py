@@ -13,6 +13,7 @@ import pytest
 
 import entroloss as el
 from entroloss import _losses, _prepare
+from entroloss._math import terms
 
 torch = pytest.importorskip("torch")
 from entroloss.backends import torch as adapter  # noqa: E402
@@ -30,7 +31,10 @@ VARIANTS = {
 
 def _call(definition, options, soft, *, autograd, monkeypatch):
     """(value, d logits, d target or None, {scalar: d scalar}) on one path, float64."""
-    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS", 1 << 62 if autograd else 0)
+    most = 1 << 62 if autograd else 0
+    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS", most)
+    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS_REGULARIZED",
+                        dict.fromkeys(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED, most))
     _prepare.BOUND_CALLS.clear()  # a call bound on the other path would keep it
     rng = np.random.default_rng(5)
     z = torch.tensor(rng.normal(scale=2.0, size=(6, 5)), requires_grad=True)
@@ -87,17 +91,23 @@ def test_the_path_is_chosen_by_size_and_options_only():
     assert not adapter.uses_autograd(dataclasses.replace(spec, chunk_size=2), small)
     # the focal family's plain derivative is NaN where its hand-derived one is finite
     assert not adapter.uses_autograd(dataclasses.replace(spec, gamma=1.0), small)
-    # a regularizer moves the threshold down (measured), never up
-    mid = torch.zeros(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED + 1)[None]
-    assert adapter.uses_autograd(spec, mid)
-    assert not adapter.uses_autograd(dataclasses.replace(spec, regularizer="entropy"), mid)
+    # a regularizer moves the threshold down (measured), never up; the entropy's and the
+    # reverse term's graphs are slower than the Function at every size measured
+    assert set(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED) == set(terms.REGULARIZERS)
+    for name, most in adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED.items():
+        assert most <= adapter.AUTOGRAD_MAX_ELEMENTS
+        regularized = dataclasses.replace(spec, regularizer=name)
+        if most:
+            assert adapter.uses_autograd(regularized, torch.zeros(1, most))
+        assert not adapter.uses_autograd(regularized, torch.zeros(1, most + 1))
+    assert not adapter.uses_autograd(dataclasses.replace(spec, regularizer="entropy"), small)
 
 
 def test_small_logits_are_differentiated_by_torchs_autograd():
     """No Python backward below the threshold: the graph holds torch's own nodes."""
     z = torch.randn(8, 5, requires_grad=True)
-    value = el.min_ent(z, torch.randint(0, 5, (8,)), entropy_weight=0.1)
-    assert "_Loss" not in type(value.grad_fn).__name__
+    for loss in (el.cross_entropy, el.poly1):
+        assert "_Loss" not in type(loss(z, torch.randint(0, 5, (8,))).grad_fn).__name__
     big = torch.randn(2, adapter.AUTOGRAD_MAX_ELEMENTS, requires_grad=True)
     value = el.cross_entropy(big, torch.tensor([0, 1]))
     assert "Backward" in type(value.grad_fn).__name__ and "_Loss" in type(value.grad_fn).__name__
