@@ -116,7 +116,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
         finite = kernels.finite_log_p(xp, lp)
         reg = terms.REGULARIZERS[spec.regularizer].value(xp, kernels, spec, tgt, finite, log_p_y)
         scaled = reg if tgt.scale is None else tgt.scale * reg
-        loss = loss + scaled * (s.reg_weight / ln(xp, s.reg_base))
+        loss = loss + times(xp, scaled, s.reg_weight / ln(xp, s.reg_base))
     if spec.z_loss:
         loss = loss + terms.z_loss_value(xp, spec, tgt, top, norm)
     if tgt.sample_weight is not None:  # the whole position's loss, z-loss included
@@ -177,7 +177,7 @@ def _coefficients(xp: Any, spec: Spec, tgt: Target, s: Scalars, kept: Residuals,
     if reg is not None:
         ln_rb = ln(xp, s.reg_base)
         g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
-        c_reg = g_reg * (s.reg_weight / ln_rb)
+        c_reg = times(xp, g_reg, s.reg_weight / ln_rb)
         if learnt.reg_weight or learnt.reg_base:
             r_sum = total(g_reg * reg)
             d_rw = r_sum / ln_rb
