@@ -69,7 +69,7 @@ class _Loss(torch.autograd.Function):
         scalars = _math.Scalars(*scalars)
         with _no_autocast(logits.device.type):  # computed in the dtypes _math decides
             if plans is not None:  # a bound call: the forward's ops, as recorded
-                value, residuals = plans.forward(logits, target)
+                value, residuals = plans.forward.run(logits, target)
             else:
                 value, residuals = _math.forward(xp, spec, logits, target, weight, scalars,
                                                  _KERNELS, sample_weight=sample_weight,
@@ -161,10 +161,11 @@ def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Sc
                                   denominator=denominator)[0], (logits, target))
         if value is None:
             return None
+        replay = value.run
 
         def run(logits: Any, target: Any) -> Any:
             with _no_autocast(device):
-                return value(logits, target)
+                return replay(logits, target)
         return run
     plans = _Plans.record(spec, logits, target, scalars, denominator)
     if plans is None:
@@ -205,7 +206,7 @@ class _Plans:
             return _math.backward(xp, spec, residuals, target, weight, scalars, grad,
                                   logits_dtype, kernels, want_target=want_target,
                                   sample_weight=sample_weight)
-        return recorded(*tensors)
+        return recorded.run(*tensors)
 
 
 def constants(**arrays: Any) -> None:

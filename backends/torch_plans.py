@@ -107,31 +107,31 @@ def _has_tensor(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and any(_has_tensor(v) for v in value)
 
 
-def _flatten(value: Any, leaves: list) -> Callable:
-    """``value``'s leaves (tensors, numbers, None) appended to ``leaves``; returns the
-    function that builds the same structure from a new sequence of leaves."""
+def _returned(recorder: _Recorder, value: Any) -> str:
+    """How the plan spells what the recorded function returned, in its structure: tuples,
+    NamedTuples and structseqs (torch.return_types) of tensors, numbers and None."""
     if isinstance(value, tuple) and not isinstance(value, torch.Size):
-        builders = [_flatten(v, leaves) for v in value]
+        inner = "".join(f"{_returned(recorder, v)}, " for v in value)
         kind = type(value)
-        # a NamedTuple by _make; a structseq (torch.return_types) from a list, as tuple
-        make = kind._make if hasattr(kind, "_make") else lambda parts: kind(list(parts))
-        return lambda it: make(b(it) for b in builders)
-    leaves.append(value)
-    return lambda it: next(it)
+        if kind is tuple:
+            return f"({inner})"
+        if hasattr(kind, "_make"):  # a NamedTuple
+            return f"{recorder.constant(kind)}({inner})"
+        return f"{recorder.constant(kind)}([{inner}])"  # a structseq, from a list
+    return recorder.expression(value)
 
 
 class Plan:
     """A recorded call: ``plan(*tensors)`` runs its ops on ``tensors`` and returns what the
     recorded function returned, in its structure."""
 
-    def __init__(self, source: str, namespace: dict, build: Callable) -> None:
+    def __init__(self, source: str, namespace: dict) -> None:
         self.source = source
         exec(compile(source, "<entroloss plan>", "exec"), namespace)  # noqa: S102
-        self._run = namespace["plan"]
-        self._build = build
+        self.run = namespace["plan"]
 
     def __call__(self, *tensors: Any) -> Any:
-        return self._build(iter(self._run(*tensors)))
+        return self.run(*tensors)
 
 
 def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
@@ -142,11 +142,9 @@ def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
     try:
         with torch.no_grad(), recorder:
             out = fn()
-        leaves: list = []
-        build = _flatten(out, leaves)
-        returned = "".join(f"{recorder.expression(v)}, " for v in leaves)
+        returned = _returned(recorder, out)
     except _Unplannable:
         return None
     arguments = ", ".join(f"a{i}" for i in range(len(tensors)))
-    source = "\n".join([f"def plan({arguments}):", *recorder.lines, f"    return ({returned})"])
-    return Plan(source, dict(recorder.constants), build)
+    source = "\n".join([f"def plan({arguments}):", *recorder.lines, f"    return {returned}"])
+    return Plan(source, dict(recorder.constants))

@@ -165,7 +165,7 @@ class Target:
         z_y = kernels.take_along_last(xp, z, self.index)
         if self.mine is not None:  # the slice that holds the class gives its logit
             z_y = self.classes_sum(xp.where(self.mine[..., None], z_y, 0.0))
-        picked = log_p(xp, z_y, top, norm)[..., 0]
+        picked = xp.squeeze(log_p(xp, z_y, top, norm), axis=-1)
         return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
 
     def weighted_sum(self, values: Any) -> Any:
