@@ -137,6 +137,23 @@ def test_a_bound_call_takes_other_layouts_and_autocast():
     assert float(under) == float(el.cross_entropy(z.float(), y))
 
 
+def test_a_bound_call_keeps_no_tensor_of_its_calls():
+    """What is bound is ops and Python values: the first call's logits and target (and
+    their graph) are freed with the caller's last reference."""
+    import gc
+    import weakref
+
+    for loss in (el.cross_entropy, el.focal):  # torch's autograd, the Function
+        z = torch.randn(5, 4, requires_grad=True)
+        y = torch.tensor([0, 1, 2, 3, 1])
+        loss(z, y).backward()
+        loss(z, y).backward()
+        refs = [weakref.ref(z), weakref.ref(y)]
+        del z, y
+        gc.collect()
+        assert _prepare.BOUND_CALLS and all(r() is None for r in refs), loss
+
+
 def test_calls_with_arrays_or_large_logits_are_not_bound():
     z = torch.randn(4, 3)
     y = torch.tensor([0, 1, 2, 1])

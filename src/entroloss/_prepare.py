@@ -304,6 +304,7 @@ def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dic
 # evicts the model's own from the CPU's caches (docs/performance.md).
 BOUND_CALLS: dict = {}
 BOUND_CALLS_MAX = 256
+_BOUND_TYPES: set = set()  # the array types of the calls bound so far: the rest never look
 
 
 def _bound_key(definition: LossDef, logits: Any, target: Any, options: dict) -> tuple | None:
@@ -325,6 +326,8 @@ def _bound_key(definition: LossDef, logits: Any, target: Any, options: dict) -> 
 
 def bound_call(definition: LossDef, logits: Any, target: Any, options: dict) -> Any:
     """The bound function of a call whose key was seen and bound before, or None."""
+    if type(logits) not in _BOUND_TYPES:  # (a JAX tracer or NumPy array: no question asked)
+        return None
     key = _bound_key(definition, logits, target, options)
     return None if key is None else BOUND_CALLS.get(key)
 
@@ -356,4 +359,5 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     if len(BOUND_CALLS) >= BOUND_CALLS_MAX:
         BOUND_CALLS.clear()
     BOUND_CALLS[key] = call
+    _BOUND_TYPES.add(type(logits))
     return run
