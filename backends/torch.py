@@ -65,16 +65,13 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
 
 class _Loss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec, plans, logits, target, weight, sample_weight, denominator, *scalars):
+    def forward(ctx, spec, logits, target, weight, sample_weight, denominator, *scalars):
         scalars = _math.Scalars(*scalars)
         with _no_autocast(logits.device.type):  # computed in the dtypes _math decides
-            if plans is not None:  # a bound call: the forward's ops, as recorded
-                value, residuals = plans.forward.run(logits, target)
-            else:
-                value, residuals = _math.forward(xp, spec, logits, target, weight, scalars,
-                                                 _KERNELS, sample_weight=sample_weight,
-                                                 denominator=denominator)
-        ctx.spec, ctx.plans, ctx.logits_dtype = spec, plans, logits.dtype
+            value, residuals = _math.forward(xp, spec, logits, target, weight, scalars, _KERNELS,
+                                             sample_weight=sample_weight,
+                                             denominator=denominator)
+        ctx.spec, ctx.logits_dtype = spec, logits.dtype
         _keep(ctx, (target, weight, sample_weight, denominator, *residuals, *scalars))
         return value
 
@@ -83,30 +80,39 @@ class _Loss(torch.autograd.Function):
         target, weight, sample_weight, denominator, *kept = _kept(ctx)
         residuals = _math.Residuals(*kept[:_RESIDUALS])
         scalars = _math.Scalars(*kept[_RESIDUALS:])
-        want_target = ctx.needs_input_grad[3]
-        kernels = _KERNELS
+        want_target = ctx.needs_input_grad[2]
         with _no_autocast(grad.device.type):
-            if torch.is_grad_enabled() and ctx.spec.classes is not None:
-                raise RuntimeError(
-                    "double backward (create_graph=True) is not supported with class_group: "
-                    "the collectives of the class slices are not differentiated")
             if torch.is_grad_enabled():
-                # create_graph=True: torch differentiates the shared backward itself, so the
-                # forward is run again where autograd sees how its residuals depend on the
-                # logits and scalars, with the out-of-place definitions as kernels
-                kernels = _math.GENERIC
-                _, residuals = _math.forward(xp, ctx.spec, residuals.logits, target, weight,
-                                             scalars, kernels, sample_weight=sample_weight,
-                                             denominator=denominator)
-            run = _math.backward if ctx.plans is None or kernels is not _KERNELS else ctx.plans.backward
-            grads = run(xp, ctx.spec, residuals, target, weight, scalars, grad,
-                        ctx.logits_dtype, kernels, want_target=want_target,
-                        sample_weight=sample_weight)
+                grads = _differentiated_backward(ctx.spec, residuals, target, weight, scalars,
+                                                 grad, ctx.logits_dtype, want_target,
+                                                 sample_weight, denominator)
+            else:
+                grads = _math.backward(xp, ctx.spec, residuals, target, weight, scalars, grad,
+                                       ctx.logits_dtype, _KERNELS, want_target=want_target,
+                                       sample_weight=sample_weight)
         wanted = ctx.needs_input_grad[-_SCALARS:]
         d_scalars = tuple(None if d is None or not want else d.to(v.dtype)
                           for d, want, v in zip(grads.scalars, wanted, scalars, strict=True))
         d_target = grads.target.to(target.dtype) if want_target else None
-        return None, None, grads.logits, d_target, None, None, None, *d_scalars
+        return None, grads.logits, d_target, None, None, None, *d_scalars
+
+
+def _differentiated_backward(spec: _math.Spec, residuals: _math.Residuals, target: Any,
+                             weight: Any, scalars: _math.Scalars, grad: Any, logits_dtype: Any,
+                             want_target: bool, sample_weight: Any,
+                             denominator: Any) -> _math.Gradients:
+    """The backward under ``create_graph=True``: torch differentiates the shared backward
+    itself, so the forward is run again where autograd sees how its residuals depend on
+    the logits and scalars, with the out-of-place definitions as kernels."""
+    if spec.classes is not None:
+        raise RuntimeError(
+            "double backward (create_graph=True) is not supported with class_group: "
+            "the collectives of the class slices are not differentiated")
+    _, residuals = _math.forward(xp, spec, residuals.logits, target, weight, scalars,
+                                 _math.GENERIC, sample_weight=sample_weight,
+                                 denominator=denominator)
+    return _math.backward(xp, spec, residuals, target, weight, scalars, grad, logits_dtype,
+                          _math.GENERIC, want_target=want_target, sample_weight=sample_weight)
 
 
 def _keep(ctx: Any, values: tuple) -> None:
@@ -137,7 +143,7 @@ def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
         with _no_autocast(logits.device.type):
             return _math.forward(xp, spec, logits, target, weight, scalars, _AUTOGRAD_KERNELS,
                                  sample_weight=sample_weight, denominator=denominator)[0]
-    return _Loss.apply(spec, None, logits, target, weight, sample_weight, denominator, *scalars)
+    return _Loss.apply(spec, logits, target, weight, sample_weight, denominator, *scalars)
 
 
 # --- a repeated call, bound (``_prepare.remember_call``) ----------------------------------
@@ -170,43 +176,92 @@ def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Sc
     plans = _Plans.record(spec, logits, target, scalars, denominator)
     if plans is None:
         return None
-    return lambda logits, target: _Loss.apply(spec, plans, logits, target, None, None,
-                                              denominator, *scalars)
+    return lambda logits, target: _Replayed.apply(plans, logits, target)
 
 
 class _Plans:
-    """The Function's forward and backward of one bound call, as recorded ops; the
-    backward recorded at its first use, one per kind of cotangent."""
+    """What the Function of one bound call runs: its forward as recorded ops, and its
+    backward, recorded at its first use (one per kind of cotangent, with or without a
+    soft target's gradient); and the Python values both were recorded with."""
 
-    def __init__(self, spec: _math.Spec, forward: Any) -> None:
-        self.spec, self.forward = spec, forward
+    def __init__(self, spec: _math.Spec, scalars: _math.Scalars, denominator: Any,
+                 logits_dtype: Any, forward: Any, residuals: tuple) -> None:
+        self.spec, self.scalars, self.denominator = spec, scalars, denominator
+        self.logits_dtype, self.forward = logits_dtype, forward
+        # which residuals are tensors (saved for backward); the others, numbers or None,
+        # are the recording's own
+        self.tensor_at = tuple(isinstance(r, torch.Tensor) for r in residuals)
+        self.constants = tuple(None if t else r for t, r in zip(self.tensor_at, residuals, strict=True))
         self.backwards: dict = {}
 
     @classmethod
     def record(cls, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
                denominator: Any) -> "_Plans | None":
-        forward = torch_plans.record(
-            lambda: _math.forward(xp, spec, logits, target, None, scalars, _KERNELS,
-                                  denominator=denominator), (logits, target))
-        return None if forward is None else cls(spec, forward)
+        with _no_autocast(logits.device.type):
+            forward = torch_plans.record(
+                lambda: _math.forward(xp, spec, logits, target, None, scalars, _KERNELS,
+                                      denominator=denominator), (logits, target))
+            if forward is None:
+                return None
+            _, residuals = forward.run(logits, target)
+        return cls(spec, scalars, denominator, logits.dtype, forward, residuals)
 
-    def backward(self, xp_: Any, spec: _math.Spec, residuals: Any, target: Any, weight: Any,
-                 scalars: _math.Scalars, grad: Any, logits_dtype: Any, kernels: Any, *,
-                 want_target: bool, sample_weight: Any) -> _math.Gradients:
-        """:func:`_math.backward`'s arguments and result, by its recorded ops."""
-        tensors = (*(r for r in residuals if isinstance(r, torch.Tensor)), target, grad)
+    def residuals(self, kept: Any) -> _math.Residuals:
+        """The forward's residuals from their tensors (``kept``, in their order)."""
+        tensors = iter(kept)
+        return _math.Residuals(*(next(tensors) if t else c
+                                 for t, c in zip(self.tensor_at, self.constants, strict=True)))
+
+    def gradients(self, residuals: _math.Residuals, target: Any, grad: Any,
+                  want_target: bool) -> tuple:
+        """``(dl/dlogits, dl/dtarget or None)`` by the shared backward."""
+        g = _math.backward(xp, self.spec, residuals, target, None, self.scalars, grad,
+                           self.logits_dtype, _KERNELS, want_target=want_target)
+        return g.logits, g.target
+
+    def backward(self, kept: list, target: Any, grad: Any, want_target: bool) -> tuple:
+        """:meth:`gradients`, by the backward's recorded ops where they could be recorded
+        (else by the math itself, every time)."""
         key = (want_target, grad.dtype, tuple(grad.shape))
         if key not in self.backwards:
+            residuals = self.residuals(kept)
             self.backwards[key] = torch_plans.record(
-                lambda: _math.backward(xp, spec, residuals, target, weight, scalars, grad,
-                                       logits_dtype, kernels, want_target=want_target,
-                                       sample_weight=sample_weight), tensors)
+                lambda: self.gradients(residuals, target, grad, want_target),
+                (*kept, target, grad))
         recorded = self.backwards[key]
         if recorded is None:
-            return _math.backward(xp, spec, residuals, target, weight, scalars, grad,
-                                  logits_dtype, kernels, want_target=want_target,
-                                  sample_weight=sample_weight)
-        return recorded.run(*tensors)
+            return self.gradients(self.residuals(kept), target, grad, want_target)
+        return recorded.run(*kept, target, grad)
+
+
+class _Replayed(torch.autograd.Function):
+    """The Function of a bound call: its forward and backward are the recorded ops of
+    ``_math.forward`` and ``_math.backward`` (:class:`_Plans`), with as little Python
+    around them as a Function has (no weights, the scalars Python floats);
+    ``create_graph=True`` differentiates the shared backward, as :class:`_Loss` does."""
+
+    @staticmethod
+    def forward(ctx, plans, logits, target):
+        with _no_autocast(logits.device.type):
+            value, residuals = plans.forward.run(logits, target)
+        ctx.plans = plans
+        ctx.save_for_backward(target, *(r for r, t in zip(residuals, plans.tensor_at, strict=True) if t))
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        plans = ctx.plans
+        target, *kept = ctx.saved_tensors
+        want_target = ctx.needs_input_grad[2]
+        with _no_autocast(grad.device.type):
+            if torch.is_grad_enabled():
+                grads = _differentiated_backward(
+                    plans.spec, plans.residuals(kept), target, None, plans.scalars, grad,
+                    plans.logits_dtype, want_target, None, plans.denominator)
+                d_logits, d_target = grads.logits, grads.target
+            else:
+                d_logits, d_target = plans.backward(kept, target, grad, want_target)
+        return None, d_logits, d_target.to(target.dtype) if want_target else None
 
 
 def constants(**arrays: Any) -> None:
