@@ -36,12 +36,12 @@ _AUTOGRAD_KERNELS = torch_kernels.AUTOGRAD_KERNELS
 # runs the forward's few ops' derivatives as C++ nodes. Above it the Function wins on
 # memory (it keeps the logits and numbers per position; autograd keeps several
 # logits-sized intermediates) and on time. The entropy's and the reverse term's autograd
-# graphs run several more logits-sized backward nodes (p log p, exp): with the calls
-# bound (``bind``) the Function is faster for them at every size measured, 32x10 up
-# (1.08-1.85x), so they never take autograd. Measured on CPU, torch on one thread, bound
-# calls (docs/performance.md).
-AUTOGRAD_MAX_ELEMENTS = 2**15  # cross entropy: 0.87x the Function at 256x10, 0.99x at 256x128
-AUTOGRAD_MAX_ELEMENTS_REGULARIZED = {"poly": 2**14,  # 0.92x at 256x10, 1.09x at 256x128
+# graphs run several more logits-sized backward nodes (p log p, exp): the Function is
+# faster for them at every size measured, 32x10 up (1.08-1.68x), so they never take
+# autograd. Measured on CPU, torch on one thread, bound calls (both paths replay their
+# recorded ops: ``bind``), autograd / Function forward+backward (docs/performance.md).
+AUTOGRAD_MAX_ELEMENTS = 2**13  # cross entropy: 1.00x at 256x10, 1.03x at 128x100, 1.12x at 256x128
+AUTOGRAD_MAX_ELEMENTS_REGULARIZED = {"poly": 2**12,  # 0.97x at 256x10, 1.10x at 128x100
                                      "entropy": 0, "reverse": 0}
 
 

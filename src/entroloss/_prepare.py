@@ -348,13 +348,20 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     run = None if key is None else bind(p.xp, p.spec, p.logits, p.target, p.scalars, p.denominator)
     if run is None:
         return None
-    xp, spec, num_classes = p.xp, p.spec, p.logits.shape[p.spec.axis]
-    reads = check.reads_data(o["validate"], p.logits, p.target)
+    xp, spec = p.xp, p.spec
+    reads = check.reads_data(o["validate"], logits, target)
+    # the target's data checks, as prepare's read_target (the rest is fixed by the key)
+    call: Any = run
+    if reads and spec.soft:
+        def call(logits: Any, target: Any) -> Any:
+            check.soft_rows(xp, target, spec.axis, reads)
+            return run(logits, target)
+    elif reads:
+        num_classes, ignore_index = logits.shape[spec.axis], spec.ignore_index
 
-    def call(logits: Any, target: Any) -> Any:
-        if reads:  # the target's data checks, as prepare's (the rest is fixed by the key)
-            read_target(xp, target, spec.soft, spec.axis, num_classes, spec.ignore_index, reads)
-        return run(logits, target)
+        def call(logits: Any, target: Any) -> Any:
+            check.class_indices(xp, target, num_classes, ignore_index, reads)
+            return run(logits, target)
 
     if len(BOUND_CALLS) >= BOUND_CALLS_MAX:
         BOUND_CALLS.clear()
