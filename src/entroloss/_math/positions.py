@@ -106,7 +106,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
                  else row_stats_of_slices(xp, kernels, z, spec.classes.group))
     # log p in full only where a term reads every class; else only at the target
     lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
-    log_p_y = tgt.log_p_at_target(kernels, z, top, norm) if tgt.sparse else None
+    log_p_y = tgt.log_p_at_target(kernels, z, top, norm, lp) if tgt.sparse else None
     main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
     loss = times(xp, main, s.ce_weight / ln(xp, s.ce_base))
     reg = None
