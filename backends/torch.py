@@ -158,7 +158,8 @@ def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Sc
     large enough that their Python is no part of their cost, or ops that cannot be
     replayed."""
     if (type(logits) is not torch.Tensor or type(target) is not torch.Tensor
-            or logits.numel() > torch_kernels.BLOCK_ELEMENTS or spec.chunk_size is not None):
+            or logits is target or logits.numel() > torch_kernels.BLOCK_ELEMENTS
+            or spec.chunk_size is not None):
         return None
     device = logits.device.type
     if uses_autograd(spec, logits):
@@ -222,16 +223,20 @@ class _Plans:
     def backward(self, kept: list, target: Any, grad: Any, want_target: bool) -> tuple:
         """:meth:`gradients`, by the backward's recorded ops where they could be recorded
         (else by the math itself, every time)."""
+        inputs = (*kept, target, grad)
+        if len({id(x) for x in inputs}) < len(inputs) or torch.compiler.is_compiling():
+            # one tensor twice (the logits as their own soft target): this call's own, not
+            # a recording for the key's other calls; and never a recording inside a trace
+            return self.gradients(self.residuals(kept), target, grad, want_target)
         key = (want_target, grad.dtype, tuple(grad.shape))
         if key not in self.backwards:
             residuals = self.residuals(kept)
             self.backwards[key] = torch_plans.record(
-                lambda: self.gradients(residuals, target, grad, want_target),
-                (*kept, target, grad))
+                lambda: self.gradients(residuals, target, grad, want_target), inputs)
         recorded = self.backwards[key]
         if recorded is None:
             return self.gradients(self.residuals(kept), target, grad, want_target)
-        return recorded.run(*kept, target, grad)
+        return recorded.run(*inputs)
 
 
 class _Replayed(torch.autograd.Function):

@@ -160,11 +160,9 @@ def _through_numpy(z: torch.Tensor) -> bool:
     """Whether to cap a CPU tensor with NumPy's ufuncs, on its memory: per thread NumPy's
     float32 tanh (SIMD) is ~14x torch's, and a fresh logits-sized buffer of NumPy's
     (huge pages) faults in ~4 ms where torch's takes ~27 ms (1024 x 8192 float32). Not
-    under torch.compile, which traces only torch's ops, and not for logits of a block or
-    less, whose cost is the call's Python (a bound call replays torch's ops only:
-    ``torch_plans``)."""
-    return (z.device.type == "cpu" and z.dtype in _NUMPY_DTYPES
-            and z.numel() > BLOCK_ELEMENTS and not _compiling())
+    under torch.compile, which traces only torch's ops. (A bound call's recording refuses
+    the NumPy detour: a capped call on the Function path is not bound on CPU.)"""
+    return z.device.type == "cpu" and z.dtype in _NUMPY_DTYPES and not _compiling()
 
 
 _NUMPY_DTYPES = (torch.float32, torch.float64)  # the compute dtypes

@@ -137,7 +137,10 @@ class Plan:
 def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
     """The plan of ``fn()``, a function of ``tensors`` (and of Python values that its
     caller's key fixes): ``fn`` runs once, without autograd, while its torch calls are
-    recorded. None where ``fn`` cannot be replayed."""
+    recorded. None where ``fn`` cannot be replayed, or where one tensor is given twice
+    (the plan could not tell which of the two a later call's tensor stands for)."""
+    if len({id(x) for x in tensors}) < len(tensors):
+        return None
     recorder = _Recorder(tensors)
     try:
         with torch.no_grad(), recorder:

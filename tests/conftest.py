@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import pytest
 
+from entroloss import _prepare
 from tests.helpers.platforms import backend_params, enable_jax_x64
 
 enable_jax_x64()  # test_jax.py checks x64 off in a subprocess
+
+# Every torch call the suite makes with Python options runs bound, its ops replayed, from
+# its first call (users' calls bind on their second: _prepare.BIND_AFTER), so that every
+# test of a value, a gradient or an error also tests the replay;
+# tests/test_torch_plans.py tests the default.
+_prepare.BIND_AFTER = 1
 
 
 @pytest.fixture(params=backend_params())

@@ -30,8 +30,10 @@ VARIANTS = {
 @pytest.fixture(autouse=True)
 def _unbound():
     _prepare.BOUND_CALLS.clear()
+    _prepare._SEEN.clear()
     yield
     _prepare.BOUND_CALLS.clear()
+    _prepare._SEEN.clear()
 
 
 def _inputs(seed: int, soft: bool, masked: bool):
@@ -68,7 +70,14 @@ def test_a_bound_call_gives_the_maths_numbers_bit_for_bit(definition, variant, a
     monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS_REGULARIZED",
                         dict.fromkeys(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED, most))
     bound = [_run(definition, options, soft, seed) for seed in (1, 2, 3)]
-    assert len(_prepare.BOUND_CALLS) == 1
+    # a capped call on the Function path goes through NumPy on CPU, which no recording
+    # replays: unbound, and never recorded again
+    z, target = _inputs(1, soft, masked=False)
+    every = _prepare.with_defaults(definition.name, _prepare.defaults(definition), options)
+    spec = _prepare.prepare(definition, z, target, every).spec
+    refused = "softcap" in options and not adapter.uses_autograd(spec, z)
+    assert len(_prepare.BOUND_CALLS) == (0 if refused else 1)
+    assert list(_prepare._SEEN.values()) == ([-1] if refused else [])
     monkeypatch.setattr(adapter, "bind", lambda *args: None)
     _prepare.BOUND_CALLS.clear()
     for seed, got in zip((1, 2, 3), bound, strict=True):
@@ -77,6 +86,70 @@ def test_a_bound_call_gives_the_maths_numbers_bit_for_bit(definition, variant, a
         for a, b in zip(got, expected, strict=True):
             assert torch.equal(a.isnan(), b.isnan())
             assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)), (seed, a, b)
+
+
+def test_a_call_is_bound_on_its_second_call(monkeypatch):
+    """Users' calls bind on their second call (the suite's on their first): logits whose
+    shape changes every step never pay a recording."""
+    monkeypatch.setattr(_prepare, "BIND_AFTER", 2)
+    recorded = []
+    record = torch_plans.record
+    monkeypatch.setattr(torch_plans, "record", lambda *a: recorded.append(1) or record(*a))
+    y = torch.tensor([0, 2, 1])
+    for rows in (3, 3, 3):
+        el.cross_entropy(torch.randn(rows, 4)[:3], y)
+    assert len(_prepare.BOUND_CALLS) == 1 and len(recorded) == 1
+    for classes in range(5, 9):  # a new shape each call
+        el.cross_entropy(torch.randn(3, classes), y)
+    assert len(_prepare.BOUND_CALLS) == 1 and len(recorded) == 1
+
+
+def test_a_refused_key_is_not_recorded_again(monkeypatch):
+    recorded = []
+    record = torch_plans.record
+    monkeypatch.setattr(torch_plans, "record", lambda *a: recorded.append(1) or record(*a))
+    z, y = torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 1])
+    for _ in range(3):
+        el.focal(z, y, softcap=5.0).backward()  # the cap through NumPy: refused
+    assert not _prepare.BOUND_CALLS and len(recorded) == 1
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal", "min_ent", "mix_ent"])
+def test_one_tensor_as_logits_and_target_is_no_recording(loss):
+    """The logits given as their own soft target: a recording could not tell the two
+    apart for the key's later calls. Such a call is never recorded, forward or backward
+    (found by review: the key's later calls read the target as the logits)."""
+    fn = getattr(el, loss)
+    rng = np.random.default_rng(3)
+
+    def soft():
+        p = rng.dirichlet(np.ones(4), size=5)
+        return torch.tensor(p, requires_grad=True)
+
+    def call(z, t):
+        value = fn(z, t, validate=False)
+        grads = torch.autograd.grad(value, [z, t] if t is not z else [z])
+        return value.detach(), *grads
+
+    both = soft()
+    call(both, both)  # first: nothing bound
+    z, t = soft(), soft()
+    bound = call(z, t)
+    assert len(_prepare.BOUND_CALLS) == 1
+    call(both, both)  # a bound key: its backward must not record this call
+    again = call(z, t)
+    _prepare.BOUND_CALLS.clear()
+    import entroloss.backends.torch as adapter_module
+
+    original = adapter_module.bind
+    adapter_module.bind = lambda *args: None
+    try:
+        expected = call(z, t)
+    finally:
+        adapter_module.bind = original
+    for got in (bound, again):
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_each_path_is_bound_as_loss_chooses():

@@ -69,15 +69,18 @@ def class_axis_back(xp: Any, spec: Spec, x: Any) -> Any:
 
 
 def times(xp: Any, x: Any, factor: Any) -> Any:
-    """``x * factor``, skipped for a factor that is the Python number 1 (the default
-    weight and natural log: a pass less per call, the same numbers). A term weighted by the
-    Python number 0 is absent: 0, not ``0 * inf = NaN`` where it is +inf (the main term of
+    """The main term's ``x * factor``: :func:`by`, and a main term weighted by the Python
+    number 0 is absent: 0, not ``0 * inf = NaN`` where it is +inf (the main term of
     ``entropy``, MIN-ENT with ``ce_weight=0``, at a masked class of its stand-in target)."""
-    if isinstance(factor, float) and factor == 1.0:
-        return x
     if isinstance(factor, float) and factor == 0.0:
         return xp.zeros_like(x)
-    return x * factor
+    return by(x, factor)
+
+
+def by(x: Any, factor: Any) -> Any:
+    """``x * factor``, skipped for a factor that is the Python number 1 (the default
+    weight and natural log: a pass less per call, the same numbers)."""
+    return x if isinstance(factor, float) and factor == 1.0 else x * factor
 
 
 def _scalar(xp: Any, value: Any, dtype: Any) -> Any:
@@ -116,7 +119,7 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
         finite = kernels.finite_log_p(xp, lp)
         reg = terms.REGULARIZERS[spec.regularizer].value(xp, kernels, spec, tgt, finite, log_p_y)
         scaled = reg if tgt.scale is None else tgt.scale * reg
-        loss = loss + times(xp, scaled, s.reg_weight / ln(xp, s.reg_base))
+        loss = loss + by(scaled, s.reg_weight / ln(xp, s.reg_base))
     if spec.z_loss:
         loss = loss + terms.z_loss_value(xp, spec, tgt, top, norm)
     if tgt.sample_weight is not None:  # the whole position's loss, z-loss included
@@ -177,7 +180,7 @@ def _coefficients(xp: Any, spec: Spec, tgt: Target, s: Scalars, kept: Residuals,
     if reg is not None:
         ln_rb = ln(xp, s.reg_base)
         g_reg = g_pos if tgt.scale is None else g_pos * tgt.scale
-        c_reg = times(xp, g_reg, s.reg_weight / ln_rb)
+        c_reg = by(g_reg, s.reg_weight / ln_rb)
         if learnt.reg_weight or learnt.reg_base:
             r_sum = total(g_reg * reg)
             d_rw = r_sum / ln_rb
