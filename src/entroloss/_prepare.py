@@ -384,7 +384,7 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     return run
 
 
-def _seen(key: tuple, count: int) -> None:
+def _seen(key: Any, count: int) -> None:
     if len(_SEEN) >= BOUND_CALLS_MAX and key not in _SEEN:
         _SEEN.clear()
     _SEEN[key] = count
