@@ -287,4 +287,3 @@ def value_and_grad(*args: Any, **options: Any) -> tuple:
 
     with torch.no_grad():
         return explicit.value_and_grad(*args, **options)
-

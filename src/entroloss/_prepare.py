@@ -293,7 +293,6 @@ def _bind(definition: LossDef, static: _Static, logits: Any, target: Any, o: dic
     return Prepared(xp, spec, logits, target, weight, values, learnt, sample_weight, denominator)
 
 
-
 # --- a repeated call, bound -----------------------------------------------------------------
 
 # A call given only Python options (no class or sample weights, no learnt weights or bases)
