@@ -61,7 +61,7 @@ def _make(definition: LossDef) -> Callable:
         adapter = _adapter(p.logits)
         run = (remember_call(definition, logits, target, given, o, p, adapter)
                if options is given else None)
-        if run is not None:  # its first call too: the ops its repetitions will run
+        if run is not None:  # the call that binds too: the ops its repetitions will run
             return run(logits, target)
         return adapter.loss(p.xp, p.spec, p.logits, p.target, p.weight, p.scalars,
                             sample_weight=p.sample_weight, denominator=p.denominator)
