@@ -14,6 +14,7 @@ import pytest
 import entroloss as el
 from entroloss import _losses, _prepare
 from entroloss._math import terms
+from tests.helpers.torch_paths import force_path
 
 torch = pytest.importorskip("torch")
 from entroloss.backends import torch as adapter  # noqa: E402
@@ -31,10 +32,7 @@ VARIANTS = {
 
 def _call(definition, options, soft, *, autograd, monkeypatch):
     """(value, d logits, d target or None, {scalar: d scalar}) on one path, float64."""
-    most = 1 << 62 if autograd else 0
-    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS", most)
-    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS_REGULARIZED",
-                        dict.fromkeys(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED, most))
+    force_path(monkeypatch, autograd)
     _prepare.BOUND_CALLS.clear()  # a call bound on the other path would keep it
     rng = np.random.default_rng(5)
     z = torch.tensor(rng.normal(scale=2.0, size=(6, 5)), requires_grad=True)
@@ -80,9 +78,12 @@ def test_both_paths_give_the_same_values_and_gradients(definition, variant, monk
                                    atol=1e-12, err_msg=name)
 
 
-def test_the_path_is_chosen_by_size_and_options_only():
+def test_the_path_is_chosen_by_size_and_options_only(monkeypatch):
     import dataclasses
 
+    from entroloss.backends import torch_native
+
+    monkeypatch.setattr(torch_native, "NATIVE", False)  # (tests/test_torch_native.py)
     small = torch.zeros(4, 3)
     large = torch.zeros(adapter.AUTOGRAD_MAX_ELEMENTS + 1)[None]
     spec = el._math.Spec(axis=1, soft=False)
@@ -103,12 +104,16 @@ def test_the_path_is_chosen_by_size_and_options_only():
     assert not adapter.uses_autograd(dataclasses.replace(spec, regularizer="entropy"), small)
 
 
-def test_small_logits_are_differentiated_by_torchs_autograd():
+def test_small_logits_are_differentiated_by_torchs_autograd(monkeypatch):
     """No Python backward below the threshold: the graph holds torch's own nodes."""
+    from entroloss.backends import torch_native
+
     z = torch.randn(8, 5, requires_grad=True)
     for loss in (el.cross_entropy, el.poly1):
-        assert "Loss" not in type(loss(z, torch.randint(0, 5, (8,))).grad_fn).__name__
-        assert "Replayed" not in type(loss(z, torch.randint(0, 5, (8,))).grad_fn).__name__
+        for _ in range(2):  # unbound, bound
+            node = type(loss(z, torch.randint(0, 5, (8,))).grad_fn).__name__
+            assert node not in ("_LossBackward", "_ReplayedBackward")
+    monkeypatch.setattr(torch_native, "NATIVE", False)  # else plain CE is torch's nll_loss
     big = torch.randn(2, adapter.AUTOGRAD_MAX_ELEMENTS, requires_grad=True)
     value = el.cross_entropy(big, torch.tensor([0, 1]))
     # (the Function of a call with its options' arrays, or of a bound call)

@@ -12,6 +12,7 @@ import pytest
 
 import entroloss as el
 from entroloss import _losses, _prepare
+from tests.helpers.torch_paths import force_path
 
 torch = pytest.importorskip("torch")
 from entroloss.backends import torch as adapter, torch_plans  # noqa: E402
@@ -65,10 +66,7 @@ def test_a_bound_call_gives_the_maths_numbers_bit_for_bit(definition, variant, a
     exactly what the math gives run call by call (``bind`` switched off)."""
     options, soft = VARIANTS[variant]
     options = {**definition.example, **options}
-    most = 1 << 62 if autograd else 0
-    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS", most)
-    monkeypatch.setattr(adapter, "AUTOGRAD_MAX_ELEMENTS_REGULARIZED",
-                        dict.fromkeys(adapter.AUTOGRAD_MAX_ELEMENTS_REGULARIZED, most))
+    force_path(monkeypatch, autograd)
     bound = [_run(definition, options, soft, seed) for seed in (1, 2, 3)]
     # a capped call on the Function path goes through NumPy on CPU, which no recording
     # replays: unbound, and never recorded again
@@ -96,11 +94,11 @@ def test_a_call_is_bound_on_its_second_call(monkeypatch):
     record = torch_plans.record
     monkeypatch.setattr(torch_plans, "record", lambda *a: recorded.append(1) or record(*a))
     y = torch.tensor([0, 2, 1])
-    for _ in range(3):
-        el.cross_entropy(torch.randn(3, 4), y)
+    for _ in range(3):  # (smoothed: plain cross entropy is torch's nll_loss, no recording)
+        el.cross_entropy(torch.randn(3, 4), y, label_smoothing=0.1)
     assert len(_prepare.BOUND_CALLS) == 1 and len(recorded) == 1
     for classes in range(5, 9):  # a new shape each call
-        el.cross_entropy(torch.randn(3, classes), y)
+        el.cross_entropy(torch.randn(3, classes), y, label_smoothing=0.1)
     assert len(_prepare.BOUND_CALLS) == 1 and len(recorded) == 1
 
 
@@ -150,9 +148,12 @@ def test_each_path_is_bound_as_loss_chooses():
     small = torch.randn(8, 5, requires_grad=True)
     y = torch.randint(0, 5, (8,))
     for _ in range(2):
-        assert type(el.cross_entropy(small, y).grad_fn).__name__ == "DivBackward0"
+        smoothed = el.cross_entropy(small, y, label_smoothing=0.1)
+        assert type(smoothed.grad_fn).__name__ == "DivBackward0"
         assert type(el.focal(small, y).grad_fn).__name__ == "_ReplayedBackward"
-    assert len(_prepare.BOUND_CALLS) == 2
+        # (plain cross entropy is torch's own: tests/test_torch_native.py)
+        assert type(el.cross_entropy(small, y).grad_fn).__name__ == "NllLossBackward0"
+    assert len(_prepare.BOUND_CALLS) == 3
 
 
 @pytest.mark.parametrize("loss", ["focal", "min_ent", "cross_entropy"])

@@ -21,19 +21,21 @@ def _positions(spec: Spec, shape: tuple) -> int:
 
 def forward(xp: Any, spec: Spec, logits: Any, target: Any, weight: Any, scalars: Scalars,
             kernels: Kernels = GENERIC, *, sample_weight: Any = None,
-            denominator: Any = None) -> tuple[Any, Residuals]:
+            denominator: Any = None, log_p: Any = None) -> tuple[Any, Residuals]:
     """The reduced loss, in the logits' dtype, and the residuals for :func:`backward`.
 
     ``weight`` is the class-weight vector or ``None``; ``sample_weight`` one weight per
     position or ``None``. ``denominator`` (``reduction="mean"`` only; a number > 0 or a
     0-d array, a constant) replaces the mean's counted divisor. Inputs are assumed
-    validated. ``kernels`` is the logits' library's table of native primitives.
+    validated. ``kernels`` is the logits' library's table of native primitives;
+    ``log_p`` the logits' log p computed natively (:func:`.positions.loss_terms`: no
+    residuals for :func:`backward` then, only for a framework's own autograd).
     """
     inputs = Inputs(target, weight, scalars, sample_weight)
     if chunks.applies(spec, _positions(spec, tuple(logits.shape))):
         per = chunks.loss_terms_chunked(xp, kernels, spec, logits, inputs)
     else:
-        per = loss_terms(xp, kernels, spec, logits, inputs)
+        per = loss_terms(xp, kernels, spec, logits, inputs, log_p)
     if denominator is not None:
         per = per._replace(denominator=denominator)
     if spec.reduction == "none":

@@ -100,15 +100,25 @@ def read_target(xp: Any, spec: Spec, z: Any, inputs: Inputs) -> tuple[Target, Sc
             Scalars(*(_scalar(xp, v, z.dtype) for v in scalars)))
 
 
-def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Inputs) -> PerPosition:
+def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Inputs,
+               log_p: Any = None) -> PerPosition:
+    """The loss and its terms per position. ``log_p``: log p of ``logits`` as the caller's
+    library computes it in one native op (torch's ``log_softmax``) with the definition's
+    numbers, classes last, where the call has no cap, z-loss or class slices (nothing
+    else reads the row statistics); the row statistics are then not built (``row_max``
+    and ``log_norm`` are None: no residuals for :func:`gradients`)."""
     z = classes_last(xp, spec, logits, compute_dtype(xp, logits.dtype))
     if spec.softcap is not None:
         z = kernels.soft_cap(xp, z, spec.softcap)
     tgt, s = read_target(xp, spec, z, inputs)
-    top, norm = (kernels.row_stats(xp, z) if spec.classes is None
-                 else row_stats_of_slices(xp, kernels, z, spec.classes.group))
-    # log p in full only where a term reads every class; else only at the target
-    lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
+    if log_p is not None:
+        top = norm = None
+        lp = log_p
+    else:
+        top, norm = (kernels.row_stats(xp, z) if spec.classes is None
+                     else row_stats_of_slices(xp, kernels, z, spec.classes.group))
+        # log p in full only where a term reads every class; else only at the target
+        lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
     log_p_y = tgt.log_p_at_target(kernels, z, top, norm, lp) if tgt.sparse else None
     main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
     loss = times(xp, main, s.ce_weight / ln(xp, s.ce_base))

@@ -1,0 +1,92 @@
+"""torch: its own fused kernels, where they compute the definition's numbers.
+
+torch computes log p in one native op, ``log_softmax``, and cross entropy over class
+indices as ``log_softmax`` and ``nll_loss`` (one fused op each way); the shared math's
+composition of the same numbers runs some fifteen ops, each a Python call and a
+dispatch, which at small sizes is the whole cost (docs/performance.md). ``log_softmax``
+computes ``log p = (z - max) - log sum exp(z - max)`` in the definition's order, and its
+derivative is the definition's, on every row whose maximum is finite. On a row of only
+-inf it gives NaN where the definition's log p is -inf (and, on such a row ignored by
+``ignore_index``, a NaN gradient where the definition's is 0); on a row holding NaN or
++inf, NaN as the definition does. Such a row is NaN in every class, so one read of
+log p's first class (free on the CPU) tells the call to run the math instead, and the
+native numbers are only ever the definition's. On an accelerator that read would be a
+device-to-host sync: there the math runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from entroloss import _math
+
+__all__ = ["NATIVE", "applies", "is_cross_entropy", "log_p", "cross_entropy"]
+
+NATIVE = True  # the tests switch it off for the math's own composition
+_DTYPES = (torch.float32, torch.float64)  # their own compute dtype
+
+
+def applies(spec: _math.Spec, logits: Any) -> bool:
+    """Whether log p of a call's logits may be torch's ``log_softmax`` (then :func:`log_p`
+    says, per call, whether it is): by the key alone. The logits as the math reads them
+    (float32 or float64, classes last, no cap), nothing else reading the row statistics
+    (no z-loss, no class slices, no chunks), on the CPU, eager (no trace, no torch.func
+    transform: the read), an exact ``torch.Tensor``. (CPU autocast leaves float32 and
+    float64 ``log_softmax`` and ``nll_loss`` as they are.)"""
+    return (NATIVE and type(logits) is torch.Tensor and logits.device.type == "cpu"
+            and logits.dtype in _DTYPES and logits.ndim >= 1 and logits.numel() > 0
+            and spec.axis == logits.ndim - 1 and spec.softcap is None and not spec.z_loss
+            and spec.classes is None and spec.chunk_size is None
+            and _eager() and not torch.compiler.is_compiling())
+
+
+def is_cross_entropy(spec: _math.Spec, scalars: _math.Scalars, logits: Any, target: Any) -> bool:
+    """Whether a call (given no class weights, sample weights or denominator) is the
+    instance torch computes as ``nll_loss(log_softmax(z), y)``: plain cross entropy (no
+    regularizer, no focal power, the Python weight 1 and base e, no smoothing) over
+    int64 class indices that the call's check has read (``nll_loss`` raises on an index
+    out of range where the math makes its position NaN), where :func:`applies`."""
+    return (spec.regularizer is None and spec.gamma == 0 and not spec.soft
+            and spec.target_checked and spec.label_smoothing == 0
+            and type(scalars.ce_weight) is float and scalars.ce_weight == 1.0
+            and type(scalars.ce_base) is float and scalars.ce_base == math.e
+            and type(target) is torch.Tensor and target.dtype == torch.int64
+            and applies(spec, logits))
+
+
+def _eager() -> bool:
+    """No torch.func transform is active (a bound call's key cannot tell): the probe's
+    read is possible."""
+    return not torch._C._are_functorch_transforms_active()
+
+
+def log_p(logits: Any) -> Any:
+    """``log_softmax(logits)``, or None where a row of it is NaN or a transform is active
+    (the math's then)."""
+    if not _eager():
+        return None
+    lp = torch.log_softmax(logits, -1)
+    return None if math.isnan(lp[..., 0].sum().item()) else lp
+
+
+def cross_entropy(spec: _math.Spec, logits: Any, target: Any) -> Any:
+    """The loss of a call :func:`is_cross_entropy` holds for, or None where a row's log p
+    is NaN or a transform is active (the caller runs the math)."""
+    if not _eager():
+        return None
+    shape, flat = target.shape, logits.ndim != 2
+    if flat:
+        logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    lp = torch.log_softmax(logits, -1)
+    ignore = -100 if spec.ignore_index is None else spec.ignore_index  # (indices checked)
+    value = torch.nn.functional.nll_loss(lp, target, ignore_index=ignore, reduction=spec.reduction)
+    # where every position counts, a summed value is NaN with a row; an ignored row shows
+    # only in log p
+    probe = (lp[:, 0].sum() if spec.ignore_index is not None
+             else value.sum() if spec.reduction == "none" else value)
+    if math.isnan(probe.item()):
+        return None
+    return value.reshape(shape) if flat and spec.reduction == "none" else value
