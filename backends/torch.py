@@ -12,6 +12,7 @@ derivatives (``torch.autograd.grad(..., create_graph=True)``, gradient penalties
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import array_api_compat.torch as xp
@@ -29,6 +30,7 @@ _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _RESIDUALS = len(_math.Residuals._fields)
 _KERNELS = kernels_for(xp)  # loaded with the adapter: torch.compile cannot trace an import
 _AUTOGRAD_KERNELS = torch_kernels.AUTOGRAD_KERNELS
+_UNMASKED_AUTOGRAD_KERNELS = torch_kernels.UNMASKED_AUTOGRAD_KERNELS
 
 # The largest logits (in elements) whose loss torch's own autograd differentiates through
 # ``_math.forward`` (no autograd.Function), by the regularizer. Below it a call is per-op
@@ -36,44 +38,72 @@ _AUTOGRAD_KERNELS = torch_kernels.AUTOGRAD_KERNELS
 # runs the forward's few ops' derivatives as C++ nodes. Above it the Function wins on
 # memory (it keeps the logits and numbers per position; autograd keeps several
 # logits-sized intermediates) and on time. The entropy's and the reverse term's autograd
-# graphs run several more logits-sized backward nodes (p log p, exp): the Function is
-# faster for them at every size measured, 32x10 up (1.08-1.68x), so they never take
-# autograd. Measured on CPU, torch on one thread, bound calls (both paths replay their
-# recorded ops: ``bind``), autograd / Function forward+backward (docs/performance.md).
+# graphs run several more logits-sized backward nodes (p log p, exp, the floor's mask):
+# with the math's own row statistics the Function is faster for them at every size
+# measured, 32x10 up (1.08-1.68x). Measured on CPU, torch on one thread, bound calls
+# (both paths replay their recorded ops: ``bind``), autograd / Function forward+backward
+# (docs/performance.md).
 AUTOGRAD_MAX_ELEMENTS = 2**13  # cross entropy: 1.00x at 256x10, 1.03x at 128x100, 1.12x at 256x128
 AUTOGRAD_MAX_ELEMENTS_REGULARIZED = {"poly": 2**12,  # 0.97x at 256x10, 1.10x at 128x100
                                      "entropy": 0, "reverse": 0}
 # The same where log p is torch's log_softmax (``torch_native.applies``: CPU, float32 or
 # float64), by cross entropy's options beyond what ``nll_loss`` takes (label smoothing,
-# class weights) and by regularizer. With one native op for the row statistics, autograd
-# is faster than the Function at every size measured to 1024x512 for cross entropy
-# (0.58-0.87x) and the polynomial term (0.72-1.00x); the limit keeps the Function's memory
-# (no logits-sized intermediates) above 2**16 elements. The entropy and the reverse term
-# stay with the Function: their floored log p costs autograd two logits-sized backward
-# ops (1.02-1.50x the Function's time, 256x10 up).
-NATIVE_AUTOGRAD_MAX_ELEMENTS = {None: 2**16, "poly": 2**16, "entropy": 0, "reverse": 0}
+# class weights) and by regularizer, measured as above with unmasked logits (no -inf:
+# the floor of log p is then the identity, ``_Autograd``). Cross entropy and the
+# polynomial term: autograd faster at every size measured to 1024x512 (0.58-0.87x,
+# 0.72-1.00x); the limit keeps the Function's memory (no logits-sized intermediates)
+# above 2**16 elements. The entropy: 0.84-0.92x from 256x16 to 128x100, 1.09x at 256x128
+# and up; the reverse term: 0.85-0.96x from 256x16 to 256x128, 1.04x at 512x256. At
+# 256x10 both are 1.09-1.12x the Function's time alone (log_softmax is slow at 10
+# classes) but faster inside the MLP's training step (benchmarks/step.py: MIN-ENT 1.06x
+# the user's step against 1.09x, MIX-ENT 1.03x against 1.04x): autograd there too.
+# The focal family (one-hot targets; ``_focal_finite``): 0.79-0.87x at 32x10, 128x100 and
+# 256x128, 1.02-1.09x at 256x10, 0.94-0.97x at 512x256, 1.07-1.44x at 1024x512.
+NATIVE_AUTOGRAD_MAX_ELEMENTS = {None: 2**16, "poly": 2**16, "entropy": 2**14, "reverse": 2**15}
+NATIVE_FOCAL_AUTOGRAD_MAX_ELEMENTS = 2**16
 
 
 def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
     """Whether a call is differentiated by torch's autograd through ``_math.forward``
     (True) or by the ``autograd.Function`` around the shared backward: by the logits'
-    size and the options alone, so that one call always takes one path.
+    size and the options alone, so that one kind of call takes one path (but for the
+    values a native log p or the focal family's autograd cannot take: :func:`_math_loss`).
 
     ``chunk_size`` asks for bounded memory, which only the Function keeps. A focal main
-    term (``gamma != 0``: focal, adaptive CE) keeps the Function at every size: the
-    plain derivative of ``-(1 - p)^gamma log p`` is NaN at a masked class and at a
-    saturated prediction, where the hand-derived backward (``terms.focal_slopes``) is
-    finite (tests/test_extremes.py). Cross entropy, the entropy, the reverse cross
-    entropy, the polynomial term, the cap and the z-loss differentiate finitely."""
+    term (``gamma != 0``: focal, adaptive CE) takes autograd only with torch's own log p,
+    over one-hot targets without class weights or a regularizer, and only where the value
+    is finite (:func:`_focal_finite`): the plain derivative of ``-(1 - p)^gamma log p`` is
+    NaN at a masked target class (where the value is +inf), and over a soft or smoothed
+    target at every masked class; the hand-derived backward (``terms.focal_slopes``) is
+    finite there (tests/test_extremes.py). At a saturated prediction ``focal_factor``'s
+    ``where`` keeps it finite. Cross entropy, the entropy, the reverse cross entropy, the
+    polynomial term, the cap and the z-loss differentiate finitely."""
+    # class slices all-reduce their row sums in place, which autograd cannot differentiate
+    if spec.chunk_size is not None or spec.classes is not None:
+        return False
     if torch_native.applies(spec, logits):
-        most = NATIVE_AUTOGRAD_MAX_ELEMENTS[spec.regularizer]
+        if spec.gamma == 0:
+            most = NATIVE_AUTOGRAD_MAX_ELEMENTS[spec.regularizer]
+        elif spec.soft or spec.label_smoothing or spec.regularizer is not None:
+            return False
+        else:
+            most = NATIVE_FOCAL_AUTOGRAD_MAX_ELEMENTS
+    elif spec.gamma != 0:
+        return False
     elif spec.regularizer is None:
         most = AUTOGRAD_MAX_ELEMENTS
     else:
         most = AUTOGRAD_MAX_ELEMENTS_REGULARIZED[spec.regularizer]
-    # class slices all-reduce their row sums in place, which autograd cannot differentiate
-    return (spec.chunk_size is None and spec.gamma == 0 and spec.classes is None
-            and logits.numel() <= most)
+    return logits.numel() <= most
+
+
+def _focal_finite(spec: _math.Spec, value: Any) -> bool:
+    """Whether torch's autograd differentiates a call's value finitely: always for
+    ``gamma == 0``; for the focal family (one-hot targets, no class weights) where the
+    value is finite (no usable target class masked; an ignored position's log p at its
+    stand-in class is 0 before the focal factor sees it). A value read, free on the CPU
+    (``torch_native``'s calls only)."""
+    return spec.gamma == 0 or math.isfinite(value.sum().item())
 
 
 class _Loss(torch.autograd.Function):
@@ -162,15 +192,59 @@ def loss(xp_: Any, spec: _math.Spec, logits: Any, target: Any, weight: Any,
 
 def _math_loss(spec: _math.Spec, logits: Any, target: Any, weight: Any, scalars: _math.Scalars,
                sample_weight: Any, denominator: Any) -> Any:
-    """The loss by the shared math: under torch's autograd (log p by ``log_softmax``
-    where ``torch_native`` says it is the definition's) or through the Function."""
-    if uses_autograd(spec, logits):
-        lp = torch_native.log_p(logits) if torch_native.applies(spec, logits) else None
-        with _no_autocast(logits.device.type):
-            return _math.forward(xp, spec, logits, target, weight, scalars, _AUTOGRAD_KERNELS,
-                                 sample_weight=sample_weight, denominator=denominator,
-                                 log_p=lp)[0]
+    """The loss by the shared math: under torch's autograd (:class:`_Autograd`) or
+    through the Function (the focal family where autograd's derivative would not be
+    finite, or with class weights)."""
+    if uses_autograd(spec, logits) and (spec.gamma == 0 or weight is None):
+        value = _Autograd(spec, scalars, denominator, logits, record=False)(
+            logits, target, weight, sample_weight)
+        if value is not None:
+            return value
     return _Loss.apply(spec, logits, target, weight, sample_weight, denominator, *scalars)
+
+
+class _Autograd:
+    """A call differentiated by torch's autograd through ``_math.forward``. Where
+    ``torch_native`` applies, log p is torch's ``log_softmax`` (per call: not where a row
+    of it is NaN) and, where no class is masked (log p has no -inf), the math's floor of
+    log p is the identity (``torch_kernels.UNMASKED_AUTOGRAD_KERNELS``: the same numbers
+    without the clamp and its backward mask). With ``record`` (a bound call) each of the
+    three compositions is recorded at its first use and replayed (``torch_plans``)."""
+
+    def __init__(self, spec: _math.Spec, scalars: _math.Scalars, denominator: Any,
+                 logits: Any, record: bool) -> None:
+        self.spec, self.scalars, self.denominator = spec, scalars, denominator
+        self.native = torch_native.applies(spec, logits)  # (what a bound call's key holds)
+        self.plans: dict | None = {} if record else None
+
+    def __call__(self, logits: Any, target: Any, weight: Any = None,
+                 sample_weight: Any = None) -> Any:
+        """The value, or None where the call takes the Function: the focal family where
+        log p is not torch's or the value is not finite (:func:`_focal_finite`)."""
+        spec = self.spec
+        got = torch_native.log_p(logits) if self.native else None
+        if got is None and spec.gamma != 0:
+            return None
+        lp, kind = (None, "math") if got is None else (got[0], "masked" if got[1] else "unmasked")
+        with _no_autocast(logits.device.type):
+            value = self._forward(kind, logits, target, lp, weight, sample_weight)
+        return value if _focal_finite(spec, value) else None
+
+    def _forward(self, kind: str, logits: Any, target: Any, lp: Any, weight: Any,
+                 sample_weight: Any) -> Any:
+        kernels = _UNMASKED_AUTOGRAD_KERNELS if kind == "unmasked" else _AUTOGRAD_KERNELS
+
+        def forward() -> Any:
+            return _math.forward(xp, self.spec, logits, target, weight, self.scalars, kernels,
+                                 sample_weight=sample_weight, denominator=self.denominator,
+                                 log_p=lp)[0]
+        if self.plans is None:
+            return forward()
+        tensors = (logits, target) if lp is None else (logits, target, lp)
+        if kind not in self.plans:  # recorded on this call (the recording reads no value)
+            self.plans[kind] = torch_plans.record(forward, tensors)
+        plan = self.plans[kind]
+        return forward() if plan is None else plan.run(*tensors)
 
 
 # --- a repeated call, bound (``_prepare.remember_call``) ----------------------------------
@@ -200,36 +274,17 @@ def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Sc
         if plans is None:
             return None
         return lambda logits, target: _Replayed.apply(plans, logits, target)
-    device = logits.device.type
-
-    def forward(logits: Any, target: Any, lp: Any = None) -> Any:
-        return _math.forward(xp, spec, logits, target, None, scalars, _AUTOGRAD_KERNELS,
-                             denominator=denominator, log_p=lp)[0]
-    if not torch_native.applies(spec, logits):
-        plan = torch_plans.record(lambda: forward(logits, target), (logits, target))
-        if plan is None:
-            return None
-        replay = plan.run
-
-        def run(logits: Any, target: Any) -> Any:
-            with _no_autocast(device):
-                return replay(logits, target)
+    run = _Autograd(spec, scalars, denominator, logits, record=True)
+    # (the key holds no array option: weights and sample weights are None)
+    if spec.gamma == 0:
         return run
-    # the ops after log p, recorded on this call's log_softmax (whatever its values: the
-    # recording reads none); a call whose log p has a NaN row runs the math's own
-    with torch.no_grad():
-        recorded_lp = torch.log_softmax(logits, -1)
-    plan = torch_plans.record(lambda: forward(logits, target, recorded_lp),
-                              (logits, target, recorded_lp))
-    if plan is None:
-        return None
-    replay_native = plan.run
 
-    def run_native(logits: Any, target: Any) -> Any:
-        lp = torch_native.log_p(logits)
-        with _no_autocast(device):
-            return forward(logits, target) if lp is None else replay_native(logits, target, lp)
-    return run_native
+    def focal(logits: Any, target: Any) -> Any:
+        value = run(logits, target)
+        if value is None:
+            return _Loss.apply(spec, logits, target, None, None, denominator, *scalars)
+        return value
+    return focal
 
 
 class _Plans:

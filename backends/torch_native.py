@@ -63,13 +63,16 @@ def _eager() -> bool:
     return not torch._C._are_functorch_transforms_active()
 
 
-def log_p(logits: Any) -> Any:
-    """``log_softmax(logits)``, or None where a row of it is NaN or a transform is active
-    (the math's then)."""
+def log_p(logits: Any) -> tuple | None:
+    """``(log_softmax(logits), whether a class is masked)`` (log p holds -inf), or None
+    where a row of it is NaN or a transform is active (the math's then). One read: the
+    sum of log p is NaN with a NaN row, else -inf with a masked class (or, conservatively,
+    where it overflows), else finite."""
     if not _eager():
         return None
     lp = torch.log_softmax(logits, -1)
-    return None if math.isnan(lp[..., 0].sum().item()) else lp
+    total = lp.sum().item()
+    return None if math.isnan(total) else (lp, total == -math.inf)
 
 
 def cross_entropy(spec: _math.Spec, logits: Any, target: Any) -> Any:

@@ -131,19 +131,28 @@ NATIVE_LOG_P = {  # loss, options (log p native, the rest the math's, under auto
     "poly1": ("poly1", {}),
     "poly1-sum": ("poly1", {"reduction": "sum", "epsilon": 2.0}),
     "unchecked": ("cross_entropy", {"validate": False}),
+    "min_ent": ("min_ent", {}),
+    "mix_ent-none": ("mix_ent", {"reduction": "none"}),
+    "min_ent-soft": ("min_ent", {"soft": True}),
 }
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", sorted(NATIVE_LOG_P))
-def test_native_log_p_gives_the_maths_numbers(case, dtype, used, monkeypatch):
+def test_native_log_p_gives_the_maths_numbers(case, dtype, masked, used, monkeypatch):
     """Under torch's autograd log p is ``log_softmax``'s and the rest the math's recorded
-    ops: the math's numbers (its own row statistics), value and gradient, masked classes
-    off the target (the smoothing puts mass on every class: +inf on a masked one)."""
+    ops: the math's numbers (its own row statistics), value and gradient, with a masked
+    class off the target (the floor of log p kept; smoothing puts mass on every class:
+    +inf on a masked one) and without (the floor is the identity: not run)."""
     name, options = NATIVE_LOG_P[case]
     fn = getattr(el, name)
+    options = dict(options)
     z, t = _logits((6, 5), dtype, masked=False), _target((6,), 5)
-    z.data[0, 2] = -math.inf
+    if options.pop("soft", False):
+        t = torch.softmax(torch.randn(6, 5, dtype=dtype), -1)
+    if masked:
+        z.data[0, 2] = -math.inf
     if "ignore_index" in options:
         t[0] = options["ignore_index"]
     for _ in range(2):
@@ -244,8 +253,10 @@ def _cases_not_native():
         "bfloat16": ("cross_entropy", z.detach().bfloat16().requires_grad_(), t, {}, False),
         "classes first": ("cross_entropy", z.detach().T.contiguous().requires_grad_(), t,
                           {"axis": 0}, False),
-        "min_ent (the Function)": ("min_ent", z, t, {}, False),
-        "focal (the Function)": ("focal", z, t, {}, False),
+        "min_ent, chunked (the Function)": ("min_ent", z, t, {"chunk_size": 2}, False),
+        "focal, class weights (the Function)": ("focal", z, t, {"weight": w}, False),
+        "focal, soft target (the Function)": ("focal", z, F.one_hot(t, 5).double(), {}, False),
+        "focal, smoothing (the Function)": ("focal", z, t, {"label_smoothing": 0.1}, False),
     }
 
 
@@ -316,3 +327,59 @@ def test_the_path_thresholds_with_native_log_p():
     assert adapter.uses_autograd(spec, torch.zeros(1, most))
     assert not adapter.uses_autograd(spec, torch.zeros(1, most + 1))
     assert not adapter.uses_autograd(spec, torch.zeros(1, most, dtype=torch.float16))
+
+
+FOCAL = {  # loss, options
+    "focal-0.5": ("focal", {"gamma": 0.5}),
+    "focal-2": ("focal", {}),
+    "focal-3.5-none": ("focal", {"gamma": 3.5, "reduction": "none"}),
+    "adaptive_ce": ("adaptive_ce", {}),
+    "adaptive_ce-ignored-sum": ("adaptive_ce", {"ignore_index": 0, "reduction": "sum"}),
+}
+
+
+def _focal_logits(dtype):
+    z = _logits((6, 5), dtype, masked=False).detach()
+    z[0, 3] = -math.inf  # masked classes off the target
+    z[2, :] = -math.inf  # ... and, ignored with ignore_index=0, all but its target
+    z[2, 0] = 1.0
+    z[4, :] = -60.0  # a saturated prediction: p = 1 in the dtype
+    z[4, 1] = 60.0
+    return z.requires_grad_()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", sorted(FOCAL))
+def test_the_focal_family_under_autograd_gives_the_functions_numbers(case, dtype, used,
+                                                                     monkeypatch):
+    """One-hot targets, no class weights: torch's autograd differentiates log_softmax and
+    the focal factor (first call and a bound repetition), with the Function's numbers
+    (the hand-derived backward), masked classes, a saturated prediction (gamma < 1: the
+    factor's ``where``) and an ignored row included; finite everywhere."""
+    name, options = FOCAL[case]
+    fn = getattr(el, name)
+    z, t = _focal_logits(dtype), torch.tensor([0, 1, 0, 2, 1, 4])
+    for _ in range(2):
+        value = fn(z, t, **options)
+        assert type(value.grad_fn).__name__ not in ("_LossBackward", "_ReplayedBackward")
+        (grad,) = torch.autograd.grad(value.sum(), z)
+    assert used["log_p"] == [True, True]
+    function_value, function_grad = _maths(monkeypatch, fn, z, t, **options)
+    _close(value.detach(), function_value, dtype)
+    _close(grad, function_grad, dtype)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("options", [{}, {"reduction": "none"}, {"gamma": 0.5, "reduction": "sum"}],
+                         ids=["mean", "none", "gamma-0.5-sum"])
+def test_a_masked_target_sends_the_focal_family_to_the_function(options, used, monkeypatch):
+    """Autograd's derivative of the focal term is NaN at a masked target class (the value
+    +inf); the Function's is finite. A call whose value is not finite runs the Function:
+    its numbers bit for bit, bound or not."""
+    z, t = _focal_logits(torch.float64), torch.tensor([0, 1, 3, 2, 1, 4])  # row 0: masked
+    el.focal(_logits((6, 5), masked=False), t, **options)  # binds the key
+    value, grad = _value_and_grad(el.focal, z, t, **options)
+    assert used["log_p"] == [True, True]  # (torch's log p, then the value read)
+    assert math.isinf(value.sum().item()) and torch.isfinite(grad).all()
+    function_value, function_grad = _maths(monkeypatch, el.focal, z, t, **options)
+    assert torch.equal(value, function_value) and torch.equal(grad, function_grad)

@@ -146,14 +146,17 @@ def test_one_tensor_as_logits_and_target_is_no_recording(loss, monkeypatch):
 
 def test_each_path_is_bound_as_loss_chooses():
     small = torch.randn(8, 5, requires_grad=True)
+    large = torch.randn(8, 2**12, requires_grad=True)
     y = torch.randint(0, 5, (8,))
     for _ in range(2):
         smoothed = el.cross_entropy(small, y, label_smoothing=0.1)
         assert type(smoothed.grad_fn).__name__ == "DivBackward0"
-        assert type(el.focal(small, y).grad_fn).__name__ == "_ReplayedBackward"
+        assert type(el.min_ent(small, y).grad_fn).__name__ == "DivBackward0"
+        # (the Function: above the entropy's threshold)
+        assert type(el.min_ent(large, y).grad_fn).__name__ == "_ReplayedBackward"
         # (plain cross entropy is torch's own: tests/test_torch_native.py)
         assert type(el.cross_entropy(small, y).grad_fn).__name__ == "NllLossBackward0"
-    assert len(_prepare.BOUND_CALLS) == 3
+    assert len(_prepare.BOUND_CALLS) == 4
 
 
 @pytest.mark.parametrize("loss", ["focal", "min_ent", "cross_entropy"])
