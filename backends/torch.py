@@ -251,24 +251,35 @@ class _Autograd:
 
 
 def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
-         denominator: Any) -> Any:
-    """``run(logits, target)``, the loss of every call with this one's key (no class or
-    sample weights, the scalars Python floats): the shared math's ops recorded from this
-    call (``torch_plans``), under torch's autograd or inside the Function as
-    :func:`loss` chooses. None where the call is not bound: arrays of a subclass, logits
-    large enough that their Python is no part of their cost, or ops that cannot be
-    replayed."""
+         denominator: Any, check_target: Any = None) -> Any:
+    """``call(logits, target)``, the loss of every call with this one's key (no class or
+    sample weights, the scalars Python floats) after ``check_target(target)`` (the
+    target's data checks, or None): torch's own kernels where ``torch_native`` says, or
+    the shared math's ops recorded from this call (``torch_plans``), under torch's
+    autograd or inside the Function as :func:`loss` chooses. None where the call is not
+    bound: arrays of a subclass, logits large enough that their Python is no part of
+    their cost, or ops that cannot be replayed."""
     if (type(logits) is not torch.Tensor or type(target) is not torch.Tensor
             or logits is target or logits.numel() > torch_kernels.BLOCK_ELEMENTS
             or spec.chunk_size is not None):
         return None
     if denominator is None and torch_native.is_cross_entropy(spec, scalars, logits, target):
-        def native(logits: Any, target: Any) -> Any:
-            value = torch_native.cross_entropy(spec, logits, target)
-            if value is None:  # a row of NaN log p: the math's numbers
-                return _math_loss(spec, logits, target, None, scalars, None, None)
-            return value
-        return native
+        return torch_native.bound_cross_entropy(
+            spec, logits, check_target,
+            lambda logits, target: _math_loss(spec, logits, target, None, scalars, None, None))
+    run = _bind_math(spec, logits, target, scalars, denominator)
+    if run is None or check_target is None:
+        return run
+
+    def call(logits: Any, target: Any) -> Any:
+        check_target(target)
+        return run(logits, target)
+    return call
+
+
+def _bind_math(spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
+               denominator: Any) -> Any:
+    """:func:`bind`'s loss by the shared math (no checks), or None."""
     if not uses_autograd(spec, logits):
         plans = _Plans.record(spec, logits, target, scalars, denominator)
         if plans is None:

@@ -23,7 +23,8 @@ import torch
 
 from entroloss import _math
 
-__all__ = ["NATIVE", "applies", "is_cross_entropy", "log_p", "cross_entropy"]
+__all__ = ["NATIVE", "applies", "is_cross_entropy", "log_p", "cross_entropy",
+           "bound_cross_entropy"]
 
 NATIVE = True  # the tests switch it off for the math's own composition
 _DTYPES = (torch.float32, torch.float64)  # their own compute dtype
@@ -78,18 +79,47 @@ def log_p(logits: Any) -> tuple | None:
 def cross_entropy(spec: _math.Spec, logits: Any, target: Any) -> Any:
     """The loss of a call :func:`is_cross_entropy` holds for, or None where a row's log p
     is NaN or a transform is active (the caller runs the math)."""
-    if not _eager():
-        return None
-    shape, flat = target.shape, logits.ndim != 2
-    if flat:
-        logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-    lp = torch.log_softmax(logits, -1)
+    return _cross_entropy(spec, logits.ndim)(logits, target)
+
+
+def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
+    """:func:`cross_entropy` for the logits' number of axes, what it asks of the spec
+    asked once (a bound call's function keeps it)."""
+    flat = ndim != 2
     ignore = -100 if spec.ignore_index is None else spec.ignore_index  # (indices checked)
-    value = torch.nn.functional.nll_loss(lp, target, ignore_index=ignore, reduction=spec.reduction)
-    # where every position counts, a summed value is NaN with a row; an ignored row shows
-    # only in log p
-    probe = (lp[:, 0].sum() if spec.ignore_index is not None
-             else value.sum() if spec.reduction == "none" else value)
-    if math.isnan(probe.item()):
-        return None
-    return value.reshape(shape) if flat and spec.reduction == "none" else value
+    reduction, ignored, summed = spec.reduction, spec.ignore_index is not None, spec.reduction == "none"
+    nll_loss = torch.nn.functional.nll_loss
+
+    def call(logits: Any, target: Any) -> Any:
+        if torch._C._are_functorch_transforms_active():  # (the probe's read: not here)
+            return None
+        shape = target.shape
+        if flat:
+            logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+        lp = torch.log_softmax(logits, -1)
+        value = nll_loss(lp, target, ignore_index=ignore, reduction=reduction)
+        # where every position counts, a summed value is NaN with a NaN row; an ignored
+        # row shows only in log p
+        probe = lp[:, 0].sum() if ignored else value.sum() if summed else value
+        if math.isnan(probe.item()):
+            return None
+        return value.reshape(shape) if flat and summed else value
+    return call
+
+
+def bound_cross_entropy(spec: _math.Spec, logits: Any, check_target: Any, fallback: Any) -> Any:
+    """A bound call's function (``backends/torch.py``'s ``bind``) for a key
+    :func:`is_cross_entropy` holds for: the target's check as one fused read (the
+    indices' least and largest; ``check_target``, with its message, only where one is
+    outside ``[0, classes)``), then :func:`cross_entropy`, or ``fallback`` where a row's
+    log p is NaN. At these sizes every Python call is a share of a training step."""
+    classes, loss = logits.shape[-1], _cross_entropy(spec, logits.ndim)
+
+    def call(logits: Any, target: Any) -> Any:
+        if check_target is not None:
+            low, high = torch.aminmax(target)
+            if low.item() < 0 or high.item() >= classes:
+                check_target(target)  # raises, or passes an ignore_index
+        value = loss(logits, target)
+        return fallback(logits, target) if value is None else value
+    return call

@@ -35,14 +35,18 @@ def used(monkeypatch):
     """What the native kernels gave per call: ``used["cross_entropy"]`` and
     ``used["log_p"]`` list True (torch's numbers) or False (a NaN row: the math's)."""
     seen: dict = {"cross_entropy": [], "log_p": []}
-    for name in seen:
-        kernel = getattr(torch_native, name)
 
-        def spy(*args, _kernel=kernel, _name=name):
-            out = _kernel(*args)
-            seen[_name].append(out is not None)
+    def spy(kernel, name):
+        def run(*args):
+            out = kernel(*args)
+            seen[name].append(out is not None)
             return out
-        monkeypatch.setattr(torch_native, name, spy)
+        return run
+    log_p, cross_entropy = torch_native.log_p, torch_native._cross_entropy
+    monkeypatch.setattr(torch_native, "log_p", spy(log_p, "log_p"))
+    # (a bound call keeps the function _cross_entropy makes for its key)
+    monkeypatch.setattr(torch_native, "_cross_entropy",
+                        lambda *a: spy(cross_entropy(*a), "cross_entropy"))
     return seen
 
 
@@ -93,6 +97,7 @@ NATIVE_CROSS_ENTROPY = {  # shape of the logits, options
     "none": ((6, 5), {"reduction": "none"}),
     "ignore": ((6, 5), {"ignore_index": 3}),
     "ignore-none": ((6, 5), {"ignore_index": 3, "reduction": "none"}),
+    "ignore-minus-100": ((6, 5), {"ignore_index": -100}),  # (outside [0, C): the full check)
     "3d": ((2, 4, 5), {}),
     "3d-none": ((2, 4, 5), {"reduction": "none"}),
 }

@@ -342,7 +342,8 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     """Bind a prepared call (``options`` as given, ``o`` with the defaults) for its
     repetitions where it can be: Python options only, the caller's own arrays (nothing
     converted or unwrapped), all classes in one process, an adapter that binds. Returns
-    the adapter's bound function (``run(logits, target)``, no checks), or None."""
+    the adapter's bound function (``call(logits, target)``: the target's data checks,
+    then the loss), or None."""
     bind = getattr(adapter, "bind", None)
     if (bind is None or p.logits is not logits or p.target is not target or p.learnt
             or p.weight is not None or p.sample_weight is not None
@@ -356,31 +357,29 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     if seen + 1 < BIND_AFTER:
         _seen(key, seen + 1)
         return None
-    run = bind(p.xp, p.spec, p.logits, p.target, p.scalars, p.denominator)
-    if run is None:  # what bind refuses depends on the key alone: never asked again
-        _seen(key, -1)
-        return None
-    _SEEN.pop(key, None)
     xp, spec = p.xp, p.spec
     reads = check.reads_data(o["validate"], logits, target)
-    # the target's data checks, as prepare's read_target (the rest is fixed by the key)
-    call: Any = run
+    # the target's data checks, as prepare's read_target (the rest is fixed by the key):
+    # the bound function runs them first, every call
+    check_target: Any = None
     if reads and spec.soft:
-        def call(logits: Any, target: Any) -> Any:
+        def check_target(target: Any) -> None:
             check.soft_rows(xp, target, spec.axis, reads)
-            return run(logits, target)
     elif reads:
         num_classes, ignore_index = logits.shape[spec.axis], spec.ignore_index
 
-        def call(logits: Any, target: Any) -> Any:
+        def check_target(target: Any) -> None:
             check.class_indices(xp, target, num_classes, ignore_index, reads)
-            return run(logits, target)
-
+    call = bind(xp, spec, p.logits, p.target, p.scalars, p.denominator, check_target)
+    if call is None:  # what bind refuses depends on the key alone: never asked again
+        _seen(key, -1)
+        return None
+    _SEEN.pop(key, None)
     if len(BOUND_CALLS) >= BOUND_CALLS_MAX:
         BOUND_CALLS.clear()
     BOUND_CALLS[key] = call
     _BOUND_TYPES.add(type(logits))
-    return run
+    return call
 
 
 def _seen(key: Any, count: int) -> None:
