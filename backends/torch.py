@@ -103,7 +103,7 @@ def _focal_finite(spec: _math.Spec, value: Any) -> bool:
     value is finite (no usable target class masked; an ignored position's log p at its
     stand-in class is 0 before the focal factor sees it). A value read, free on the CPU
     (``torch_native``'s calls only)."""
-    return spec.gamma == 0 or math.isfinite(value.sum().item())
+    return spec.gamma == 0 or math.isfinite((value if value.ndim == 0 else value.sum()).item())
 
 
 class _Loss(torch.autograd.Function):

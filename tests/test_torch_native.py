@@ -237,6 +237,11 @@ def test_an_index_out_of_range_is_refused_before_torchs_kernel(used):
         with pytest.raises(ValueError, match=re.escape(words)):
             el.cross_entropy(z, bad)
     assert used["cross_entropy"] == [True]
+    el.cross_entropy(z, torch.tensor([0, -100, 2, 3]), ignore_index=-100)  # binds its key
+    with pytest.raises(ValueError, match=re.escape("class index 7, outside [0, 5) and not "
+                                                   "ignore_index=-100")):
+        el.cross_entropy(z, torch.tensor([0, -100, 7, 3]), ignore_index=-100)
+    assert used["cross_entropy"] == [True, True]
 
 
 def _cases_not_native():
