@@ -63,7 +63,7 @@ NATIVE_AUTOGRAD_MAX_ELEMENTS = {None: 2**16, "poly": 2**16, "entropy": 2**14, "r
 NATIVE_FOCAL_AUTOGRAD_MAX_ELEMENTS = 2**16
 
 
-def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
+def uses_autograd(spec: _math.Spec, logits: Any, native: bool | None = None) -> bool:
     """Whether a call is differentiated by torch's autograd through ``_math.forward``
     (True) or by the ``autograd.Function`` around the shared backward: by the logits'
     size and the options alone, so that one kind of call takes one path (but for the
@@ -77,11 +77,12 @@ def uses_autograd(spec: _math.Spec, logits: Any) -> bool:
     target at every masked class; the hand-derived backward (``terms.focal_slopes``) is
     finite there (tests/test_extremes.py). At a saturated prediction ``focal_factor``'s
     ``where`` keeps it finite. Cross entropy, the entropy, the reverse cross entropy, the
-    polynomial term, the cap and the z-loss differentiate finitely."""
+    polynomial term, the cap and the z-loss differentiate finitely. ``native``: whether
+    log p is torch's (``torch_native.applies``, where None)."""
     # class slices all-reduce their row sums in place, which autograd cannot differentiate
     if spec.chunk_size is not None or spec.classes is not None:
         return False
-    if torch_native.applies(spec, logits):
+    if torch_native.applies(spec, logits) if native is None else native:
         if spec.gamma == 0:
             most = NATIVE_AUTOGRAD_MAX_ELEMENTS[spec.regularizer]
         elif spec.soft or spec.label_smoothing or spec.regularizer is not None:
@@ -103,7 +104,12 @@ def _focal_finite(spec: _math.Spec, value: Any) -> bool:
     value is finite (no usable target class masked; an ignored position's log p at its
     stand-in class is 0 before the focal factor sees it). A value read, free on the CPU
     (``torch_native``'s calls only)."""
-    return spec.gamma == 0 or math.isfinite((value if value.ndim == 0 else value.sum()).item())
+    return spec.gamma == 0 or _finite(value)
+
+
+def _finite(value: Any) -> bool:
+    """Whether every entry of a (CPU) value is finite: one read."""
+    return math.isfinite((value if value.ndim == 0 else value.sum()).item())
 
 
 class _Loss(torch.autograd.Function):
@@ -215,15 +221,31 @@ class _Autograd:
                  logits: Any, record: bool) -> None:
         self.spec, self.scalars, self.denominator = spec, scalars, denominator
         self.native = torch_native.applies(spec, logits)  # (what a bound call's key holds)
+        # where log p cannot be torch's (a NaN row), the call runs as it would without it
+        self.exact = uses_autograd(spec, logits, native=False)
         self.plans: dict | None = {} if record else None
 
     def __call__(self, logits: Any, target: Any, weight: Any = None,
                  sample_weight: Any = None) -> Any:
-        """The value, or None where the call takes the Function: the focal family where
-        log p is not torch's or the value is not finite (:func:`_focal_finite`)."""
+        """The value, or None where the call takes the Function: where log p is not
+        torch's and the call would not take autograd without it, or the focal family's
+        value is not finite (:func:`_focal_finite`)."""
         spec = self.spec
-        got = torch_native.log_p(logits) if self.native else None
-        if got is None and spec.gamma != 0:
+        if self.native and spec.ignore_index is None and spec.regularizer == "entropy":
+            # log p unread, the floor not run: a masked class (p log p = 0 * -inf) or a NaN
+            # row makes the value NaN, as no position is ignored; else it is the floor's
+            got = torch_native.log_p(logits, read=False)
+            if got is not None:
+                with _no_autocast(logits.device.type):
+                    value = self._forward("unmasked", logits, target, got[0], weight,
+                                          sample_weight)
+                if _finite(value):
+                    return value
+        # the focal family reads its value (_focal_finite), which a NaN row of log p makes
+        # NaN where no position is ignored; and no floor of log p follows its main term
+        read = spec.gamma == 0 or spec.ignore_index is not None
+        got = torch_native.log_p(logits, read) if self.native else None
+        if got is None and not self.exact:
             return None
         lp, kind = (None, "math") if got is None else (got[0], "masked" if got[1] else "unmasked")
         with _no_autocast(logits.device.type):
@@ -286,16 +308,13 @@ def _bind_math(spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalar
             return None
         return lambda logits, target: _Replayed.apply(plans, logits, target)
     run = _Autograd(spec, scalars, denominator, logits, record=True)
-    # (the key holds no array option: weights and sample weights are None)
-    if spec.gamma == 0:
-        return run
 
-    def focal(logits: Any, target: Any) -> Any:
-        value = run(logits, target)
+    def autograd_or_function(logits: Any, target: Any) -> Any:
+        value = run(logits, target)  # (the key holds no class or sample weights)
         if value is None:
             return _Loss.apply(spec, logits, target, None, None, denominator, *scalars)
         return value
-    return focal
+    return autograd_or_function
 
 
 class _Plans:

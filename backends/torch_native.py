@@ -64,14 +64,17 @@ def _eager() -> bool:
     return not torch._C._are_functorch_transforms_active()
 
 
-def log_p(logits: Any) -> tuple | None:
+def log_p(logits: Any, read: bool = True) -> tuple | None:
     """``(log_softmax(logits), whether a class is masked)`` (log p holds -inf), or None
     where a row of it is NaN or a transform is active (the math's then). One read: the
     sum of log p is NaN with a NaN row, else -inf with a masked class (or, conservatively,
-    where it overflows), else finite."""
+    where it overflows), else finite. Without ``read`` (a caller whose own read of the
+    value shows a NaN row) the class is taken as masked."""
     if not _eager():
         return None
     lp = torch.log_softmax(logits, -1)
+    if not read:
+        return lp, True
     total = lp.sum().item()
     return None if math.isnan(total) else (lp, total == -math.inf)
 

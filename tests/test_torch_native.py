@@ -37,8 +37,8 @@ def used(monkeypatch):
     seen: dict = {"cross_entropy": [], "log_p": []}
 
     def spy(kernel, name):
-        def run(*args):
-            out = kernel(*args)
+        def run(*args, **kwargs):
+            out = kernel(*args, **kwargs)
             seen[name].append(out is not None)
             return out
         return run
@@ -162,7 +162,9 @@ def test_native_log_p_gives_the_maths_numbers(case, dtype, masked, used, monkeyp
         t[0] = options["ignore_index"]
     for _ in range(2):
         value, grad = _value_and_grad(fn, z, t, **options)
-    assert used["log_p"] == [True, True] and not used["cross_entropy"]
+    # (MIN-ENT reads its value first, and log p only where the value is not finite)
+    assert used["log_p"] == [True] * (4 if masked and name == "min_ent" else 2)
+    assert not used["cross_entropy"]
     math_value, math_grad = _maths(monkeypatch, fn, z, t, **options)
     _close(value, math_value, dtype)
     _close(grad, math_grad, dtype)
@@ -187,6 +189,9 @@ HARD = {  # loss, options
     "cross_entropy-none": ("cross_entropy", {"reduction": "none"}),
     "smoothing-ignored": ("cross_entropy", {"label_smoothing": 0.1, "ignore_index": 0}),
     "poly1-ignored": ("poly1", {"ignore_index": 0}),
+    "focal": ("focal", {}),  # (no log p read: its value's shows the row)
+    "min_ent": ("min_ent", {}),  # (its value read first, then log p's)
+    "focal-ignored-none": ("focal", {"ignore_index": 0, "reduction": "none"}),
 }
 
 
@@ -204,8 +209,13 @@ def test_a_row_torchs_kernels_get_wrong_gets_the_maths_numbers(case, kind, used,
     fine = _logits((5, 4), masked=False, seed=3)
     fn(fine, t, **options)  # binds the key on native numbers
     value, grad = _value_and_grad(fn, z, t, **options)
-    assert used["cross_entropy" if name == "cross_entropy" and "label_smoothing" not in options
-                else "log_p"] == [True, False]
+    if name == "focal" and "ignore_index" not in options:
+        assert used["log_p"] == [True, True]  # log p unread; the value read, NaN: the Function
+    elif name == "min_ent":
+        assert used["log_p"] == [True, True, False]  # the value NaN: log p read, NaN: the math
+    else:
+        assert used["cross_entropy" if name == "cross_entropy" and "label_smoothing" not in options
+                    else "log_p"] == [True, False]
     math_value, math_grad = _maths(monkeypatch, fn, z, t, **options)
     assert torch.equal(value.isnan(), math_value.isnan())
     assert torch.equal(value.nan_to_num(), math_value.nan_to_num())
