@@ -14,6 +14,7 @@ import pytest
 
 import entroloss as el
 from entroloss import _losses, _prepare
+from tests.helpers.torch_paths import unbind
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
@@ -23,11 +24,9 @@ from entroloss.backends import torch as adapter, torch_native  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _unbound():
-    _prepare.BOUND_CALLS.clear()
-    _prepare._SEEN.clear()
+    unbind()
     yield
-    _prepare.BOUND_CALLS.clear()
-    _prepare._SEEN.clear()
+    unbind()
 
 
 @pytest.fixture
@@ -76,11 +75,9 @@ def _maths(monkeypatch, fn, z, t, **options):
     """The numbers of the shared math's own composition (the native kernels off)."""
     with monkeypatch.context() as m:
         m.setattr(torch_native, "NATIVE", False)
-        _prepare.BOUND_CALLS.clear()
-        _prepare._SEEN.clear()
+        unbind()
         out = _value_and_grad(fn, z, t, **options)
-    _prepare.BOUND_CALLS.clear()
-    _prepare._SEEN.clear()
+    unbind()
     return out
 
 

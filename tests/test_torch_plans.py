@@ -12,7 +12,7 @@ import pytest
 
 import entroloss as el
 from entroloss import _losses, _prepare
-from tests.helpers.torch_paths import force_path
+from tests.helpers.torch_paths import force_path, unbind
 
 torch = pytest.importorskip("torch")
 from entroloss.backends import torch as adapter, torch_plans  # noqa: E402
@@ -30,11 +30,9 @@ VARIANTS = {
 
 @pytest.fixture(autouse=True)
 def _unbound():
-    _prepare.BOUND_CALLS.clear()
-    _prepare._SEEN.clear()
+    unbind()
     yield
-    _prepare.BOUND_CALLS.clear()
-    _prepare._SEEN.clear()
+    unbind()
 
 
 def _inputs(seed: int, soft: bool, masked: bool):

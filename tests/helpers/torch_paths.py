@@ -15,3 +15,11 @@ def force_path(monkeypatch, autograd: bool) -> None:
     for table in ("AUTOGRAD_MAX_ELEMENTS_REGULARIZED", "NATIVE_AUTOGRAD_MAX_ELEMENTS"):
         monkeypatch.setattr(adapter, table, dict.fromkeys(getattr(adapter, table), most))
     monkeypatch.setattr(torch_native, "NATIVE", autograd)
+
+
+def unbind() -> None:
+    """Forget every bound call and every key seen (``_prepare.remember_call``)."""
+    from entroloss import _prepare
+
+    _prepare.BOUND_CALLS.clear()
+    _prepare._SEEN.clear()
