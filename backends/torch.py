@@ -231,16 +231,6 @@ class _Autograd:
         torch's and the call would not take autograd without it, or the focal family's
         value is not finite (:func:`_focal_finite`)."""
         spec = self.spec
-        if self.native and spec.ignore_index is None and spec.regularizer == "entropy":
-            # log p unread, the floor not run: a masked class (p log p = 0 * -inf) or a NaN
-            # row makes the value NaN, as no position is ignored; else it is the floor's
-            got = torch_native.log_p(logits, read=False)
-            if got is not None:
-                with _no_autocast(logits.device.type):
-                    value = self._forward("unmasked", logits, target, got[0], weight,
-                                          sample_weight)
-                if _finite(value):
-                    return value
         # the focal family reads its value (_focal_finite), which a NaN row of log p makes
         # NaN where no position is ignored; and no floor of log p follows its main term
         read = spec.gamma == 0 or spec.ignore_index is not None

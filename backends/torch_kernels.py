@@ -234,7 +234,8 @@ AUTOGRAD_KERNELS = Kernels(row_stats=_row_stats_autograd, take_along_last=take_a
                            sum_p_log_p=_sum_p_log_p_autograd,
                            mass_off_target=_mass_off_target_autograd)
 
-# Where log p has no -inf (no class masked: ``torch_native.log_p`` reads it), the math's
-# floor of log p is the identity: the same numbers without a clamp, whose backward is two
-# logits-sized ops (a compare and a where) in a graph of a dozen.
+# Where no entry of log p is below the floor (no class masked, with -inf or with a finite
+# number such as finfo.min: ``torch_native.log_p`` reads the least), the math's floor of
+# log p is the identity: the same numbers and derivatives without a clamp, whose backward
+# is two logits-sized ops (a compare and a where) in a graph of a dozen.
 UNMASKED_AUTOGRAD_KERNELS = dataclasses.replace(AUTOGRAD_KERNELS, finite_log_p=lambda xp, lp: lp)

@@ -8,10 +8,10 @@ computes ``log p = (z - max) - log sum exp(z - max)`` in the definition's order,
 derivative is the definition's, on every row whose maximum is finite. On a row of only
 -inf it gives NaN where the definition's log p is -inf (and, on such a row ignored by
 ``ignore_index``, a NaN gradient where the definition's is 0); on a row holding NaN or
-+inf, NaN as the definition does. Such a row is NaN in every class, so one read of
-log p's first class (free on the CPU) tells the call to run the math instead, and the
-native numbers are only ever the definition's. On an accelerator that read would be a
-device-to-host sync: there the math runs.
++inf, NaN as the definition does. Such a row is NaN in every class, so one read (of
+log p's least entry, or of the value) tells the call to run the math instead, and the
+native numbers are only ever the definition's. On the CPU a read costs a reduction; on
+an accelerator it would be a device-to-host sync: there the math runs.
 """
 
 from __future__ import annotations
@@ -65,18 +65,20 @@ def _eager() -> bool:
 
 
 def log_p(logits: Any, read: bool = True) -> tuple | None:
-    """``(log_softmax(logits), whether a class is masked)`` (log p holds -inf), or None
-    where a row of it is NaN or a transform is active (the math's then). One read: the
-    sum of log p is NaN with a NaN row, else -inf with a masked class (or, conservatively,
-    where it overflows), else finite. Without ``read`` (a caller whose own read of the
-    value shows a NaN row) the class is taken as masked."""
+    """``(log_softmax(logits), whether the math's floor of log p matters)``, or None
+    where a row of it is NaN or a transform is active (the math's then). One read, the
+    least entry of log p: NaN with a NaN row; below the floor (``-sqrt(finfo.max)``) with a
+    masked class, -inf or one masked with a finite number such as ``finfo.min``, where
+    the floor keeps ``p log p`` and its derivative finite; else the floor is the identity.
+    Without ``read`` (a caller whose own read of the value shows a NaN row, and which
+    runs no floor) the floor is taken to matter."""
     if not _eager():
         return None
     lp = torch.log_softmax(logits, -1)
     if not read:
         return lp, True
-    total = lp.sum().item()
-    return None if math.isnan(total) else (lp, total == -math.inf)
+    least = lp.amin().item()
+    return None if math.isnan(least) else (lp, least < -math.sqrt(torch.finfo(lp.dtype).max))
 
 
 def cross_entropy(spec: _math.Spec, logits: Any, target: Any) -> Any:
