@@ -102,14 +102,9 @@ def _focal_finite(spec: _math.Spec, value: Any) -> bool:
     """Whether torch's autograd differentiates a call's value finitely: always for
     ``gamma == 0``; for the focal family (one-hot targets, no class weights) where the
     value is finite (no usable target class masked; an ignored position's log p at its
-    stand-in class is 0 before the focal factor sees it). A value read, free on the CPU
-    (``torch_native``'s calls only)."""
-    return spec.gamma == 0 or _finite(value)
-
-
-def _finite(value: Any) -> bool:
-    """Whether every entry of a (CPU) value is finite: one read."""
-    return math.isfinite((value if value.ndim == 0 else value.sum()).item())
+    stand-in class is 0 before the focal factor sees it). One read of the value, a
+    reduction and no sync on the CPU (``torch_native``'s calls only)."""
+    return spec.gamma == 0 or math.isfinite((value if value.ndim == 0 else value.sum()).item())
 
 
 class _Loss(torch.autograd.Function):
@@ -212,9 +207,10 @@ def _math_loss(spec: _math.Spec, logits: Any, target: Any, weight: Any, scalars:
 class _Autograd:
     """A call differentiated by torch's autograd through ``_math.forward``. Where
     ``torch_native`` applies, log p is torch's ``log_softmax`` (per call: not where a row
-    of it is NaN) and, where no class is masked (log p has no -inf), the math's floor of
-    log p is the identity (``torch_kernels.UNMASKED_AUTOGRAD_KERNELS``: the same numbers
-    without the clamp and its backward mask). With ``record`` (a bound call) each of the
+    of it is NaN) and, where no entry of it is below the math's floor of log p (no class
+    masked, with -inf or ``finfo.min``), the floor is the identity
+    (``torch_kernels.UNMASKED_AUTOGRAD_KERNELS``: the same numbers and derivatives without
+    the clamp and its backward mask). With ``record`` (a bound call) each of the
     three compositions is recorded at its first use and replayed (``torch_plans``)."""
 
     def __init__(self, spec: _math.Spec, scalars: _math.Scalars, denominator: Any,
