@@ -7,12 +7,11 @@ definitions themselves.)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from entroloss._math import Kernels
+from entroloss._math import Kernels, log_p_floor
 
 
 def row_stats(xp: Any, z: Any) -> tuple:
@@ -41,7 +40,7 @@ def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
 
 def finite_log_p(xp: Any, lp: Any) -> Any:
     # the definition's where(lp < floor, floor, lp), in place (maximum keeps NaN)
-    return np.maximum(lp, -math.sqrt(float(np.finfo(lp.dtype).max)), out=lp)
+    return np.maximum(lp, log_p_floor(np, lp.dtype), out=lp)
 
 
 def sum_p_log_p(xp: Any, finite_lp: Any) -> Any:

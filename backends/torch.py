@@ -24,7 +24,7 @@ from . import kernels_for, torch_kernels, torch_modules, torch_native, torch_pla
 
 # the nn.Module losses, one per entry of the registry, importable from here too
 globals().update({name: getattr(torch_modules, name) for name in torch_modules.__all__})
-__all__ = ["loss", "bind", "value_and_grad", *torch_modules.__all__]
+__all__ = ["loss", "bind", "tracing", "value_and_grad", *torch_modules.__all__]
 
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _RESIDUALS = len(_math.Residuals._fields)
@@ -98,13 +98,13 @@ def uses_autograd(spec: _math.Spec, logits: Any, native: bool | None = None) -> 
     return logits.numel() <= most
 
 
-def _focal_finite(spec: _math.Spec, value: Any) -> bool:
-    """Whether torch's autograd differentiates a call's value finitely: always for
-    ``gamma == 0``; for the focal family (one-hot targets, no class weights) where the
-    value is finite (no usable target class masked; an ignored position's log p at its
-    stand-in class is 0 before the focal factor sees it). One read of the value, a
-    reduction and no sync on the CPU (``torch_native``'s calls only)."""
-    return spec.gamma == 0 or math.isfinite((value if value.ndim == 0 else value.sum()).item())
+def _focal_finite(value: Any) -> bool:
+    """Whether torch's autograd differentiates the focal family's value (one-hot targets,
+    no class weights) finitely: where it is finite (no usable target class masked; an
+    ignored position's log p at its stand-in class is 0 before the focal factor sees it).
+    One read of the value, a reduction and no sync on the CPU (``torch_native``'s calls
+    only)."""
+    return math.isfinite((value if value.ndim == 0 else value.sum()).item())
 
 
 class _Loss(torch.autograd.Function):
@@ -173,9 +173,13 @@ def _kept(ctx: Any) -> list:
     return [next(saved) if tensor else c for tensor, c in zip(ctx.tensor_at, ctx.constants, strict=True)]
 
 
+def _autocast(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _no_autocast(device_type: str) -> Any:
     """Autocast switched off, where it is on (entering the context costs a call's worth)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if _autocast(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -197,10 +201,7 @@ def _math_loss(spec: _math.Spec, logits: Any, target: Any, weight: Any, scalars:
     through the Function (the focal family where autograd's derivative would not be
     finite, or with class weights)."""
     if uses_autograd(spec, logits) and (spec.gamma == 0 or weight is None):
-        value = _Autograd(spec, scalars, denominator, logits, record=False)(
-            logits, target, weight, sample_weight)
-        if value is not None:
-            return value
+        return _Autograd(spec, scalars, denominator, logits)(logits, target, weight, sample_weight)
     return _Loss.apply(spec, logits, target, weight, sample_weight, denominator, *scalars)
 
 
@@ -210,45 +211,71 @@ class _Autograd:
     of it is NaN) and, where no entry of it is below the math's floor of log p (no class
     masked, with -inf or ``finfo.min``), the floor is the identity
     (``torch_kernels.UNMASKED_AUTOGRAD_KERNELS``: the same numbers and derivatives without
-    the clamp and its backward mask). With ``record`` (a bound call) each of the
-    three compositions is recorded at its first use and replayed (``torch_plans``)."""
+    the clamp and its backward mask). A bound call (``record``) checks its target first
+    (``check``) and records each of the three compositions at its first use, then
+    replays it (``torch_plans``). A call that autograd does not take runs the Function."""
 
     def __init__(self, spec: _math.Spec, scalars: _math.Scalars, denominator: Any,
-                 logits: Any, record: bool) -> None:
+                 logits: Any, record: bool = False, check_target: Any = None) -> None:
         self.spec, self.scalars, self.denominator = spec, scalars, denominator
+        self.check_target = check_target
+        self.check = torch_native.target_check(spec, logits, check_target)
         self.native = torch_native.applies(spec, logits)  # (what a bound call's key holds)
         # where log p cannot be torch's (a NaN row), the call runs as it would without it
         self.exact = uses_autograd(spec, logits, native=False)
+        # the focal family reads its value (_focal_finite), which a NaN row of log p makes
+        # NaN where no position is ignored; and no floor of log p follows its main term
+        self.read = spec.gamma == 0 or spec.ignore_index is not None
         self.plans: dict | None = {} if record else None
+        self.device = logits.device.type  # (what a bound call's key holds)
+        self.autocast = torch.amp.is_autocast_available(self.device)
 
     def __call__(self, logits: Any, target: Any, weight: Any = None,
                  sample_weight: Any = None) -> Any:
-        """The value, or None where the call takes the Function: where log p is not
-        torch's and the call would not take autograd without it, or the focal family's
-        value is not finite (:func:`_focal_finite`)."""
+        """The value; by the Function where log p is not torch's and the call would not
+        take autograd without it, or the focal family's value is not finite
+        (:func:`_focal_finite`). (A bound call's path: every line is a share of a
+        training step at these sizes.)"""
+        if self.check is not None:
+            self.check(target)
         spec = self.spec
-        # the focal family reads its value (_focal_finite), which a NaN row of log p makes
-        # NaN where no position is ignored; and no floor of log p follows its main term
-        read = spec.gamma == 0 or spec.ignore_index is not None
-        got = torch_native.log_p(logits, read) if self.native else None
-        if got is None and not self.exact:
-            return None
-        lp, kind = (None, "math") if got is None else (got[0], "masked" if got[1] else "unmasked")
-        with _no_autocast(logits.device.type):
-            value = self._forward(kind, logits, target, lp, weight, sample_weight)
-        return value if _focal_finite(spec, value) else None
+        got = torch_native.log_p(logits, self.read) if self.native else None
+        if got is not None or self.exact:
+            tensors: tuple
+            if got is None:
+                kind, tensors = "math", (logits, target)
+            else:
+                kind, tensors = "masked" if got[1] else "unmasked", (logits, target, got[0])
+            plan = None if self.plans is None else self.plans.get(kind)
+            try:
+                if self.autocast and torch.is_autocast_enabled(self.device):
+                    with torch.autocast(self.device, enabled=False):
+                        value = self._forward(kind, tensors, weight, sample_weight)
+                elif plan is not None:
+                    value = plan.run(*tensors)
+                else:
+                    value = self._forward(kind, tensors, weight, sample_weight)
+            except torch_native.BAD_INDEX:
+                if self.check_target is not None:
+                    self.check_target(target)  # an index out of range: our message
+                raise
+            if spec.gamma == 0 or _focal_finite(value):
+                return value
+        return _Loss.apply(spec, logits, target, weight, sample_weight, self.denominator,
+                           *self.scalars)
 
-    def _forward(self, kind: str, logits: Any, target: Any, lp: Any, weight: Any,
-                 sample_weight: Any) -> Any:
+    def _forward(self, kind: str, tensors: tuple, weight: Any, sample_weight: Any) -> Any:
+        """The composition of ``kind`` on ``(logits, target[, log p])``: replayed, recorded
+        (a bound call's first of this kind) or run."""
         kernels = _UNMASKED_AUTOGRAD_KERNELS if kind == "unmasked" else _AUTOGRAD_KERNELS
 
         def forward() -> Any:
+            logits, target, *lp = tensors
             return _math.forward(xp, self.spec, logits, target, weight, self.scalars, kernels,
                                  sample_weight=sample_weight, denominator=self.denominator,
-                                 log_p=lp)[0]
+                                 log_p=lp[0] if lp else None)[0]
         if self.plans is None:
             return forward()
-        tensors = (logits, target) if lp is None else (logits, target, lp)
         if kind not in self.plans:  # recorded on this call (the recording reads no value)
             self.plans[kind] = torch_plans.record(forward, tensors)
         plan = self.plans[kind]
@@ -257,16 +284,18 @@ class _Autograd:
 
 # --- a repeated call, bound (``_prepare.remember_call``) ----------------------------------
 
+tracing = torch.compiler.is_compiling  # a bound call runs eagerly: compile traces prepare
+
 
 def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
          denominator: Any, check_target: Any = None) -> Any:
     """``call(logits, target)``, the loss of every call with this one's key (no class or
     sample weights, the scalars Python floats) after ``check_target(target)`` (the
-    target's data checks, or None): torch's own kernels where ``torch_native`` says, or
-    the shared math's ops recorded from this call (``torch_plans``), under torch's
-    autograd or inside the Function as :func:`loss` chooses. None where the call is not
-    bound: arrays of a subclass, logits large enough that their Python is no part of
-    their cost, or ops that cannot be replayed."""
+    target's data checks, or None; ``torch_native.target_check``'s): torch's own kernels
+    where ``torch_native`` says, or the shared math's ops recorded from this call
+    (``torch_plans``), under torch's autograd or inside the Function as :func:`loss`
+    chooses. None where the call is not bound: arrays of a subclass, logits large enough
+    that their Python is no part of their cost, or ops that cannot be replayed."""
     if (type(logits) is not torch.Tensor or type(target) is not torch.Tensor
             or logits is target or logits.numel() > torch_kernels.BLOCK_ELEMENTS
             or spec.chunk_size is not None):
@@ -275,32 +304,19 @@ def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Sc
         return torch_native.bound_cross_entropy(
             spec, logits, check_target,
             lambda logits, target: _math_loss(spec, logits, target, None, scalars, None, None))
-    run = _bind_math(spec, logits, target, scalars, denominator)
-    if run is None or check_target is None:
-        return run
-
-    def call(logits: Any, target: Any) -> Any:
-        check_target(target)
-        return run(logits, target)
-    return call
-
-
-def _bind_math(spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,
-               denominator: Any) -> Any:
-    """:func:`bind`'s loss by the shared math (no checks), or None."""
-    if not uses_autograd(spec, logits):
-        plans = _Plans.record(spec, logits, target, scalars, denominator)
-        if plans is None:
-            return None
+    if uses_autograd(spec, logits):
+        return _Autograd(spec, scalars, denominator, logits, record=True,
+                         check_target=check_target)
+    plans = _Plans.record(spec, logits, target, scalars, denominator)
+    if plans is None:
+        return None
+    if check_target is None:
         return lambda logits, target: _Replayed.apply(plans, logits, target)
-    run = _Autograd(spec, scalars, denominator, logits, record=True)
 
-    def autograd_or_function(logits: Any, target: Any) -> Any:
-        value = run(logits, target)  # (the key holds no class or sample weights)
-        if value is None:
-            return _Loss.apply(spec, logits, target, None, None, denominator, *scalars)
-        return value
-    return autograd_or_function
+    def replayed(logits: Any, target: Any) -> Any:
+        check_target(target)  # (large logits: the check's Python is no part of their cost)
+        return _Replayed.apply(plans, logits, target)
+    return replayed
 
 
 class _Plans:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from entroloss._math import Kernels
+from entroloss._math import Kernels, log_p_floor
 from entroloss._math.chunking import row_slices, rows_within
 
 from . import numpy_kernels
@@ -75,13 +75,22 @@ def take_along_last(xp: Any, z: torch.Tensor, index: torch.Tensor) -> torch.Tens
     return torch.gather(z, -1, index)  # validated or made usable: no index to wrap around
 
 
+def nll_at_target(xp: Any, lp: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    # nll_loss reads (N, C) log p and (N,) indices: other positions' shapes as views
+    if lp.ndim <= 2:
+        return torch.nn.functional.nll_loss(lp, indices, reduction="none")
+    flat = torch.nn.functional.nll_loss(lp.reshape(-1, lp.shape[-1]), indices.reshape(-1),
+                                        reduction="none")
+    return flat.reshape(indices.shape)
+
+
 def log_p(xp: Any, z: torch.Tensor, top: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     return torch.sub(z, top).sub_(norm)
 
 
 def finite_log_p(xp: Any, lp: torch.Tensor) -> torch.Tensor:
     # the definition's where(lp < floor, floor, lp), in place (clamp keeps NaN)
-    return lp.clamp_(min=-math.sqrt(torch.finfo(lp.dtype).max))
+    return lp.clamp_(min=log_p_floor(torch, lp.dtype))
 
 
 def mass_off_target(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -188,7 +197,8 @@ def add_product(xp: Any, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
 
 
 KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
-                  take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
+                  take_along_last=take_along_last, nll_at_target=nll_at_target,
+                  log_p=log_p, finite_log_p=finite_log_p,
                   sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
@@ -218,7 +228,7 @@ def _row_stats_autograd(xp: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.T
 def _finite_log_p_autograd(xp: Any, lp: torch.Tensor) -> torch.Tensor:
     # the definition's where(lp < floor, floor, lp): clamp's gradient is 0 below the floor
     # (a masked class) as the where's is, and NaN stays NaN
-    return lp.clamp(min=-math.sqrt(torch.finfo(lp.dtype).max))
+    return lp.clamp(min=log_p_floor(torch, lp.dtype))
 
 
 def _sum_p_log_p_autograd(xp: Any, finite_lp: torch.Tensor) -> torch.Tensor:
@@ -230,6 +240,7 @@ def _mass_off_target_autograd(xp: Any, finite_lp: torch.Tensor, index: torch.Ten
 
 
 AUTOGRAD_KERNELS = Kernels(row_stats=_row_stats_autograd, take_along_last=take_along_last,
+                           nll_at_target=nll_at_target,
                            finite_log_p=_finite_log_p_autograd,
                            sum_p_log_p=_sum_p_log_p_autograd,
                            mass_off_target=_mass_off_target_autograd)

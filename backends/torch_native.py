@@ -24,10 +24,11 @@ import torch
 from entroloss import _math
 
 __all__ = ["NATIVE", "applies", "is_cross_entropy", "log_p", "cross_entropy",
-           "bound_cross_entropy"]
+           "target_check", "BAD_INDEX", "bound_cross_entropy"]
 
 NATIVE = True  # the tests switch it off for the math's own composition
 _DTYPES = (torch.float32, torch.float64)  # their own compute dtype
+_FLOOR = {dtype: _math.log_p_floor(torch, dtype) for dtype in _DTYPES}  # (read per call)
 
 
 def applies(spec: _math.Spec, logits: Any) -> bool:
@@ -72,13 +73,13 @@ def log_p(logits: Any, read: bool = True) -> tuple | None:
     the floor keeps ``p log p`` and its derivative finite; else the floor is the identity.
     Without ``read`` (a caller whose own read of the value shows a NaN row, and which
     runs no floor) the floor is taken to matter."""
-    if not _eager():
+    if torch._C._are_functorch_transforms_active():  # (_eager, a call less)
         return None
     lp = torch.log_softmax(logits, -1)
     if not read:
         return lp, True
-    least = lp.amin().item()
-    return None if math.isnan(least) else (lp, least < -math.sqrt(torch.finfo(lp.dtype).max))
+    least = lp.min().item()
+    return None if math.isnan(least) else (lp, least < _FLOOR[lp.dtype])
 
 
 def cross_entropy(spec: _math.Spec, logits: Any, target: Any) -> Any:
@@ -91,9 +92,9 @@ def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
     """:func:`cross_entropy` for the logits' number of axes, what it asks of the spec
     asked once (a bound call's function keeps it)."""
     flat = ndim != 2
-    ignore = -100 if spec.ignore_index is None else spec.ignore_index  # (indices checked)
-    reduction, ignored, summed = spec.reduction, spec.ignore_index is not None, spec.reduction == "none"
-    nll_loss = torch.nn.functional.nll_loss
+    ignored, reduction, summed = spec.ignore_index is not None, spec.reduction, spec.reduction == "none"
+    ignore = -100 if spec.ignore_index is None else spec.ignore_index  # (read when ignored)
+    nll_loss, cross_entropy = torch.nn.functional.nll_loss, torch.nn.functional.cross_entropy
 
     def call(logits: Any, target: Any) -> Any:
         if torch._C._are_functorch_transforms_active():  # (the probe's read: not here)
@@ -101,30 +102,68 @@ def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
         shape = target.shape
         if flat:
             logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-        lp = torch.log_softmax(logits, -1)
-        value = nll_loss(lp, target, ignore_index=ignore, reduction=reduction)
-        # where every position counts, a summed value is NaN with a NaN row; an ignored
-        # row shows only in log p
-        probe = lp[:, 0].sum() if ignored else value.sum() if summed else value
+        # where every position counts, a summed value is NaN with a NaN row (and torch's
+        # cross_entropy is its two ops in one call); an ignored row shows only in log p
+        if ignored:
+            lp = torch.log_softmax(logits, -1)
+            value = nll_loss(lp, target, ignore_index=ignore, reduction=reduction)
+            probe = lp[:, 0].sum()
+        else:
+            value = cross_entropy(logits, target, reduction=reduction)
+            probe = value.sum() if summed else value
         if math.isnan(probe.item()):
             return None
         return value.reshape(shape) if flat and summed else value
     return call
 
 
+def target_check(spec: _math.Spec, logits: Any, check_target: Any) -> Any:
+    """A bound call's check of its target before its ops (``check_target``,
+    ``_prepare.remember_call``'s full check, or None where the call reads no data). On
+    the CPU, for class indices without smoothing, every index is read by an op that
+    raises on one outside ``[0, classes)`` (``gather``, ``nll_loss``: the caller runs
+    ``check_target`` on such an error, whose message names the argument) but for
+    ``nll_loss``'s ``ignore_index``, -100: no read where the call's ignore_index is -100
+    too (the math and ``nll_loss`` pass those positions by), else one read of the least
+    index, the full check where it is negative. Elsewhere (an accelerator, where an
+    index out of range is a device-side assert) one fused read of the least and largest.
+    At these sizes every read is a share of a training step (docs/performance.md)."""
+    if check_target is None or spec.soft or math.prod(logits.shape) == 0:
+        return check_target
+    if logits.device.type == "cpu" and spec.label_smoothing == 0:
+        if spec.ignore_index == -100:
+            return None
+
+        def check_least(target: Any) -> None:
+            if target.min().item() < 0:
+                check_target(target)  # raises, or passes an ignore_index
+        return check_least
+    classes = logits.shape[spec.axis]
+
+    def check(target: Any) -> None:
+        low, high = torch.aminmax(target)
+        if low.item() < 0 or high.item() >= classes:
+            check_target(target)
+    return check
+
+
+BAD_INDEX = (IndexError, RuntimeError)  # gather's and nll_loss's on an index out of range
+
+
 def bound_cross_entropy(spec: _math.Spec, logits: Any, check_target: Any, fallback: Any) -> Any:
     """A bound call's function (``backends/torch.py``'s ``bind``) for a key
-    :func:`is_cross_entropy` holds for: the target's check as one fused read (the
-    indices' least and largest; ``check_target``, with its message, only where one is
-    outside ``[0, classes)``), then :func:`cross_entropy`, or ``fallback`` where a row's
-    log p is NaN. At these sizes every Python call is a share of a training step."""
-    classes, loss = logits.shape[-1], _cross_entropy(spec, logits.ndim)
+    :func:`is_cross_entropy` holds for: :func:`target_check`'s check, then
+    :func:`cross_entropy`, or ``fallback`` where a row's log p is NaN."""
+    loss, check = _cross_entropy(spec, logits.ndim), target_check(spec, logits, check_target)
 
     def call(logits: Any, target: Any) -> Any:
-        if check_target is not None:
-            low, high = torch.aminmax(target)
-            if low.item() < 0 or high.item() >= classes:
-                check_target(target)  # raises, or passes an ignore_index
-        value = loss(logits, target)
+        if check is not None:
+            check(target)
+        try:
+            value = loss(logits, target)
+        except BAD_INDEX:
+            if check_target is not None:
+                check_target(target)  # an index out of range: our message
+            raise
         return fallback(logits, target) if value is None else value
     return call

@@ -6,6 +6,7 @@ still checked on every call; a call keyed by everything its Python reads."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -194,6 +195,31 @@ def test_a_repeated_call_still_checks_its_target():
     el.min_ent(z, soft)
     with pytest.raises(ValueError, match="sum"):
         el.min_ent(z, soft * 2)
+
+
+@pytest.mark.parametrize("path", ["autograd", "function"])
+@pytest.mark.parametrize("ignore_index", [None, -100, -1], ids=lambda i: f"ignore={i}")
+@pytest.mark.parametrize("definition", _losses.LOSSES, ids=lambda d: d.name)
+def test_a_bound_call_refuses_every_bad_index(definition, ignore_index, path, monkeypatch):
+    """On the CPU a bound call leaves an index's range to the op that reads it (gather,
+    nll_loss raise on one outside [0, C); torch_native.target_check): whatever the path,
+    every bad index still raises our message, one equal to nll_loss's own ignore_index
+    (-100) too, and the call then gives the math's numbers again."""
+    force_path(monkeypatch, path == "autograd")
+    loss = getattr(el, definition.name)
+    options = {} if ignore_index is None else {"ignore_index": ignore_index}
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    good = torch.tensor([0, 1, 2, 4, 1, 0 if ignore_index is None else ignore_index])
+    expected = loss(z, good, **options).detach()  # binds the key
+    assert _prepare.BOUND_CALLS
+    for bad in (5, 9, -5, -100):
+        if bad == ignore_index:
+            continue
+        target = good.clone()
+        target[2] = bad
+        with pytest.raises(ValueError, match=re.escape(f"class index {bad}, outside [0, 5)")):
+            loss(z, target, **options)
+    assert torch.equal(loss(z, good, **options).detach(), expected)
 
 
 def test_a_call_is_bound_under_the_options_it_gives():

@@ -17,8 +17,8 @@ from . import _arrays, _docs, _math, _sharded
 from ._math.target import Target
 from . import _validate as check
 from ._losses import LOSSES, LossDef
-from ._prepare import (COMMON, bound_call, defaults, prepare_cached, remember_call,
-                       with_defaults)
+from ._prepare import (BOUND_CALLS, BOUND_TYPES, COMMON, bound_key, defaults, prepare_cached,
+                       remember_call, with_defaults)
 
 __all__ = ["entropy", "log_softmax", "softmax", "value_and_grad", "PUBLIC"]
 
@@ -50,9 +50,13 @@ def _make(definition: LossDef) -> Callable:
     every = defaults(definition)
 
     def loss(logits: Any, target: Any, /, **options: Any) -> Any:
-        call = bound_call(definition, logits, target, options)
-        if call is not None:  # a repetition of a call bound before: its data checks, its ops
-            return call(logits, target)
+        # a repetition of a call bound before (_prepare.remember_call): its data checks, its
+        # ops, looked up here: at small sizes a training step feels each Python call
+        tracing = BOUND_TYPES.get(type(logits))
+        if tracing is not None and not tracing():
+            call = BOUND_CALLS.get(bound_key(definition, logits, target, options))
+            if call is not None:
+                return call(logits, target)
         given = options
         if _sharded.has_dtensor(logits, target, options=options):
             logits, target, options = _local(logits, target, options)

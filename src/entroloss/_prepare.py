@@ -18,7 +18,7 @@ from . import _validate as check
 from ._losses import SLOT_DEFAULTS, SLOTS, LossDef
 
 __all__ = ["COMMON", "Prepared", "prepare", "prepare_cached", "defaults", "with_defaults", "static_options",
-           "target_rules", "scalars", "normalization", "read_target", "make_spec", "bound_call",
+           "target_rules", "scalars", "normalization", "read_target", "make_spec", "bound_key",
            "remember_call"]
 
 # The keywords every loss takes beyond its own, with their defaults, annotations (as the
@@ -309,39 +309,38 @@ BOUND_CALLS_MAX = 256
 # torch call it makes runs replayed.
 BIND_AFTER = 2
 _SEEN: dict = {}  # key -> calls seen, unbound
-_BOUND_TYPES: set = set()  # the array types of the calls bound so far: the rest never look
+# the array types of the calls bound so far, each with its adapter's ``tracing()`` (a bound
+# call runs eagerly only: inside torch.compile the call is prepared as it is traced); the
+# rest never look
+BOUND_TYPES: dict = {}
+# The public function looks a call up itself (``_api.py``): BOUND_TYPES, then BOUND_CALLS
+# under bound_key, every call, where each Python call is a share of a small training step.
 
 
-def _bound_key(definition: LossDef, logits: Any, target: Any, options: dict) -> tuple | None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.compiler.is_compiling():
+def bound_key(definition: LossDef, logits: Any, target: Any, options: dict) -> tuple | None:
+    """The key of a call as it is given (None where an option is not a Python value)."""
+    try:
+        key = (definition.name, type(logits), logits.dtype, logits.shape, logits.device,
+               type(target), target.dtype, target.shape, target.device)
+    except AttributeError:
         return None
+    if not options:
+        return key
     given: list = []
     for name, value in options.items():
         kind = type(value)
         if kind not in _PYTHON_VALUES:
             return None
         given += (name, kind, value)  # the type too: True and 1 are checked differently
-    try:
-        return (definition.name, type(logits), logits.dtype, logits.shape, logits.device,
-                type(target), target.dtype, target.shape, target.device, *given)
-    except AttributeError:
-        return None
-
-
-def bound_call(definition: LossDef, logits: Any, target: Any, options: dict) -> Any:
-    """The bound function of a call whose key was seen and bound before, or None."""
-    if type(logits) not in _BOUND_TYPES:  # (a JAX tracer or NumPy array: no question asked)
-        return None
-    key = _bound_key(definition, logits, target, options)
-    return None if key is None else BOUND_CALLS.get(key)
+    return key + tuple(given)
 
 
 def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, o: dict,
                   p: Prepared, adapter: Any) -> Any:
     """Bind a prepared call (``options`` as given, ``o`` with the defaults) for its
     repetitions where it can be: Python options only, the caller's own arrays (nothing
-    converted or unwrapped), all classes in one process, an adapter that binds. Returns
+    converted or unwrapped), all classes in one process, an adapter that binds (``bind``,
+    and ``tracing()``: whether the call is being traced, when nothing is bound). Returns
     the adapter's bound function (``call(logits, target)``: the target's data checks,
     then the loss), or None."""
     bind = getattr(adapter, "bind", None)
@@ -350,7 +349,9 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
             or not isinstance(p.denominator, (float, type(None)))
             or p.spec.classes is not None):
         return None
-    key = None if logits is target else _bound_key(definition, logits, target, options)
+    tracing = getattr(adapter, "tracing", None)
+    key = (None if logits is target or tracing is None or tracing()
+           else bound_key(definition, logits, target, options))
     seen = -1 if key is None else _SEEN.get(key, 0)  # (-1: the adapter refused the key)
     if seen < 0:
         return None
@@ -378,7 +379,7 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     if len(BOUND_CALLS) >= BOUND_CALLS_MAX:
         BOUND_CALLS.clear()
     BOUND_CALLS[key] = call
-    _BOUND_TYPES.add(type(logits))
+    BOUND_TYPES[type(logits)] = tracing
     return call
 
 

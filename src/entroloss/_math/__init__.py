@@ -29,10 +29,10 @@ autograd; none of them re-derives anything. ``docs/math.md`` derives every gradi
 """
 
 from .passes import backward, forward
-from .primitives import (GENERIC, Kernels, compute_dtype, entropy, ln, log_softmax, soft_cap,
-                         softmax)
+from .primitives import (GENERIC, Kernels, compute_dtype, entropy, ln, log_p_floor, log_softmax,
+                         soft_cap, softmax)
 from .spec import ClassSlice, Gradients, Inputs, Residuals, Scalars, Spec
 
 __all__ = ["Spec", "ClassSlice", "Scalars", "Inputs", "Residuals", "Gradients", "Kernels",
            "GENERIC", "forward", "backward", "log_softmax", "softmax", "entropy", "soft_cap",
-           "compute_dtype", "ln"]
+           "compute_dtype", "ln", "log_p_floor"]

@@ -119,8 +119,16 @@ def loss_terms(xp: Any, kernels: Kernels, spec: Spec, logits: Any, inputs: Input
                      else row_stats_of_slices(xp, kernels, z, spec.classes.group))
         # log p in full only where a term reads every class; else only at the target
         lp = kernels.log_p(xp, z, top, norm) if not tgt.sparse or spec.regularizer else None
-    log_p_y = tgt.log_p_at_target(kernels, z, top, norm, lp) if tgt.sparse else None
-    main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
+    log_p_y = None
+    if tgt.sparse and lp is not None and tgt.mine is None:
+        # from log p in full, cross entropy at the target is one kernel (torch's nll_loss
+        # where a gather, a squeeze and a negation would be three)
+        nll = tgt.nll_at_target(kernels, lp)
+        log_p_y = -nll if terms.reads_log_p_y(spec) else None
+        main = tgt.weighted_sum(nll) if spec.gamma == 0 else terms.main_value(xp, spec, tgt, log_p_y)
+    else:
+        log_p_y = tgt.log_p_at_target(kernels, z, top, norm, lp) if tgt.sparse else None
+        main = terms.main_value(xp, spec, tgt, lp if log_p_y is None else log_p_y)
     loss = times(xp, main, s.ce_weight / ln(xp, s.ce_base))
     reg = None
     if spec.regularizer is not None:
@@ -216,7 +224,7 @@ def _onehot_gradient(xp: Any, kernels: Kernels, spec: Spec, tgt: Target, z: Any,
     top, norm = kept.row_max, kept.log_norm
     regularizer = _regularizer(spec)
     log_p_y = None  # cross entropy's gradient does not read p_y
-    if spec.gamma != 0 or (regularizer is not None and regularizer.reads_log_p_y):
+    if terms.reads_log_p_y(spec):
         log_p_y = kernels.finite_log_p(xp, tgt.log_p_at_target(kernels, z, top, norm))
     grad = terms.main_gradient_onehot(xp, spec, tgt, log_p_y, c.main)
     if regularizer is not None:

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from .arrays import device
 
 __all__ = ["Kernels", "GENERIC", "row_max", "log_norm", "log_softmax", "softmax", "entropy",
-           "finite_log_p", "soft_cap", "soft_cap_with_slope", "compute_dtype", "ln"]
+           "finite_log_p", "log_p_floor", "nll_at_target", "soft_cap", "soft_cap_with_slope",
+           "compute_dtype", "ln"]
 
 
 _HALVES: dict = {}  # namespace name -> its half-precision dtypes
@@ -145,12 +146,18 @@ def log_p(xp: Any, z: Any, top: Any, norm: Any) -> Any:
     return (z - top) - norm
 
 
+def log_p_floor(xp: Any, dtype: Any) -> float:
+    """:func:`finite_log_p`'s floor in ``dtype``: ``-sqrt(max)``, so that a coefficient up
+    to ``sqrt(max)`` times it stays finite."""
+    return -math.sqrt(float(xp.finfo(dtype).max))
+
+
 def finite_log_p(xp: Any, lp: Any) -> Any:
     """log p with everything below a floor raised to it, so that ``p * log p`` is 0 at a
     masked class instead of ``0 * -inf = NaN``, and a coefficient times it cannot
     overflow (a class masked with finfo.min too); NaN stays NaN (``NaN < floor`` is
     False). The floor, ``-sqrt(max)``, is far below any log p whose p is not 0."""
-    floor = -math.sqrt(float(xp.finfo(lp.dtype).max))
+    floor = log_p_floor(xp, lp.dtype)
     return xp.where(lp < floor, floor, lp)  # elementwise, not clip: dask keeps its chunks
 
 
@@ -165,6 +172,13 @@ def take_along_last(xp: Any, z: Any, index: Any) -> Any:
         return xp.take_along_axis(z, index, axis=-1)
     # dask has none: select with the one-hot mask (where: -inf elsewhere is harmless)
     return xp.sum(xp.where(one_hot(xp, index, z.shape[-1]), z, 0.0), axis=-1, keepdims=True)
+
+
+def nll_at_target(xp: Any, lp: Any, indices: Any) -> Any:
+    """``-lp[..., y]`` per position from log p in full, ``indices`` (valid ones) of the
+    positions' shape: cross entropy at the target (torch's is ``nll_loss``, one op where
+    this is three)."""
+    return -xp.squeeze(take_along_last(xp, lp, indices[..., None]), axis=-1)
 
 
 def one_hot(xp: Any, index: Any, num_classes: int) -> Any:
@@ -230,6 +244,7 @@ class Kernels:
     row_stats: Callable = row_stats
     sum_exp_shifted: Callable = sum_exp_shifted
     take_along_last: Callable = take_along_last
+    nll_at_target: Callable = nll_at_target
     log_p: Callable = log_p
     finite_log_p: Callable = finite_log_p
     sum_p_log_p: Callable = sum_p_log_p

@@ -43,8 +43,9 @@ class Target:
     """The target of one evaluation, classes last.
 
     Attributes (``None`` where they do not apply):
-      index: the class index per position, shape ``(..., 1)`` (sparse and smoothed
-        indices); 0 where the position is ignored or its index unusable.
+      indices: the class index per position, the positions' shape (sparse and smoothed
+        indices); 0 where the position is ignored or its index unusable. ``index`` is
+        the same with a trailing axis of 1, made where it is read.
       valid: positions not equal to ``ignore_index``.
       invalid: positions whose target validation did not read (jit, ``validate=False``)
         and that break its rules, an out-of-range index or a soft row that is no
@@ -63,7 +64,7 @@ class Target:
     valid: Any
     invalid: Any
     usable: Any
-    index: Any
+    indices: Any
     scale: Any
     q: Any
     wq: Any
@@ -83,7 +84,8 @@ class Target:
         # are taken from the weights of all classes, which the scale reads by class index
         self.weight = weight if weight is None or self.group is None else xp.take(
             weight, xp.arange(self.local_classes, device=device(weight)) + self.group.offset())
-        self.valid = self.invalid = self.usable = self.index = self.scale = self.q = None
+        self.valid = self.invalid = self.usable = self.indices = self.scale = self.q = None
+        self._index = None
         self.mine = None
         if spec.soft:
             t = xp.astype(target, dtype)
@@ -117,17 +119,26 @@ class Target:
             # term could be +inf there and meet a zero weight
             target = xp.where(usable, target, 0)
         self.usable = usable
-        index = in_dtype(xp, target, index_dtype(xp))[..., None]
+        indices = in_dtype(xp, target, index_dtype(xp))
         if weight is not None:
-            self.scale = xp.reshape(xp.take(weight, xp.reshape(index, (-1,))), target.shape)
+            self.scale = xp.reshape(xp.take(weight, xp.reshape(indices, (-1,))), target.shape)
         if self.group is not None:  # the class within this slice, where the slice holds it
-            index = index - self.group.offset()
-            self.mine = ((index >= 0) & (index < self.local_classes))[..., 0]
-            index = xp.where(self.mine[..., None], index, 0)
-        self.index = index
+            indices = indices - self.group.offset()
+            self.mine = (indices >= 0) & (indices < self.local_classes)
+            indices = xp.where(self.mine, indices, 0)
+        self.indices = indices
         if self.smooth > 0:
             cold = xp.full(shape, self.smooth, dtype=dtype, device=device(target))
             self.q = xp.where(self.one_hot(), self.keep + self.smooth, cold)
+
+    @property
+    def index(self) -> Any:
+        """:attr:`indices` with a trailing axis of 1, as ``take_along_last`` and
+        ``one_hot`` read them: made at its first read (not functools.cached_property,
+        whose lock torch.compile cannot trace)."""
+        if self._index is None:
+            self._index = self.indices[..., None]
+        return self._index
 
     @property
     def sparse(self) -> bool:
@@ -170,6 +181,12 @@ class Target:
             picked = log_p(xp, picked, top, norm)
         picked = xp.squeeze(picked, axis=-1)
         return picked if self.usable is None else xp.where(self.usable, picked, 0.0)
+
+    def nll_at_target(self, kernels: Any, lp: Any) -> Any:
+        """``-log p[..., y]`` per position from log p in full (all classes in one
+        process), 0 where the position is ignored or its index unusable."""
+        nll = kernels.nll_at_target(self.xp, lp, self.indices)
+        return nll if self.usable is None else self.xp.where(self.usable, nll, 0.0)
 
     def weighted_sum(self, values: Any) -> Any:
         """``sum_c w_c q_c values_c`` per position, where ``values`` is the full array

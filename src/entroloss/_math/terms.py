@@ -37,7 +37,7 @@ from .spec import Spec
 from .target import Target
 
 __all__ = ["OneHotGradient", "main_value", "main_gradient_onehot", "main_gradient_dense",
-           "REGULARIZERS"]
+           "REGULARIZERS", "reads_log_p_y"]
 
 
 class OneHotGradient(NamedTuple):
@@ -145,7 +145,9 @@ def main_gradient_q(xp: Any, spec: Spec, target: Target, lp: Any) -> Any:
 
 def entropy_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp: Any,
                   log_p_y: Any) -> Any:
-    return 0.0 - target.classes_sum(kernels.sum_p_log_p(xp, finite_lp))
+    # (-0 where p is one-hot: a loss term, summed; a negation is one op where 0.0 - x,
+    # a Python number, costs torch a conversion of it too)
+    return -target.classes_sum(kernels.sum_p_log_p(xp, finite_lp))
 
 
 def entropy_gradient_onehot(xp: Any, spec: Spec, reg: Any, log_p_y: Any,
@@ -253,7 +255,7 @@ class Regularizer(NamedTuple):
     gradient_onehot: Any  # (xp, spec, G, finite log p at the target, coef) -> OneHotGradient
     gradient_dense: Any  # (xp, spec, target, finite log p, p, G) -> dG/dz
     gradient_q: Any  # (xp, spec, target, p) -> dG/dq, or None where G does not read q
-    reads_log_p_y: bool  # its one-hot gradient needs log p at the target
+    reads_log_p_y: bool  # its value and one-hot gradient read log p at the target
 
 
 REGULARIZERS = {
@@ -264,3 +266,10 @@ REGULARIZERS = {
     "poly": Regularizer(poly_value, poly_gradient_onehot, poly_gradient_dense, poly_gradient_q,
                         True),
 }
+
+
+def reads_log_p_y(spec: Spec) -> bool:
+    """Whether a term reads log p at a class-index target beyond cross entropy's
+    ``-log p_y`` (a focal power, MIX-ENT's or Poly-1's term)."""
+    return spec.gamma != 0 or (spec.regularizer is not None
+                                and REGULARIZERS[spec.regularizer].reads_log_p_y)

@@ -64,19 +64,24 @@ def _user_text(loss: LossDef) -> str:
 USER_BASELINES = {loss.name: _user_text(loss) for loss in LOSSES}
 
 
-def _composition(m: Any, log_softmax: Any, gather: Any, onehot: Any, loss: LossDef) -> Any:
-    """``f(z, y)``, the user's mean loss in the array module ``m``."""
+def _composition(m: Any, log_softmax: Any, gather: Any, onehot: Any, loss: LossDef,
+                 nll: Any = None) -> Any:
+    """``f(z, y)``, the user's mean loss in the array module ``m``; ``nll(lp, y)``, the
+    library's mean cross entropy from log p (torch's ``nll_loss``), where it has one."""
     gamma, lam, o = _settings(loss)
     term = loss.regularizer
 
     def f(z: Any, y: Any) -> Any:
         lp = log_softmax(z)
-        lpy = gather(lp, y)
-        main = -lpy if gamma == 0 else -(1 - m.exp(lpy)) ** gamma * lpy
+        if gamma == 0 and nll is not None:
+            main = nll(lp, y)
+        else:
+            lpy = gather(lp, y)
+            main = (-lpy if gamma == 0 else -(1 - m.exp(lpy)) ** gamma * lpy).mean()
         if term is None:
-            return main.mean()
+            return main
         t = onehot(y, z) if term.reads_target else None
-        return main.mean() + lam * term.user(m, lp, t, o).mean()
+        return main + lam * term.user(m, lp, t, o).mean()
     return f
 
 
@@ -90,7 +95,7 @@ def torch_user_baseline(loss: LossDef) -> Any:
         return F.cross_entropy
     return _composition(torch, lambda z: F.log_softmax(z, -1),
                         lambda lp, y: lp.gather(-1, y[:, None])[:, 0],
-                        lambda y, z: F.one_hot(y, z.shape[-1]).to(z.dtype), loss)
+                        lambda y, z: F.one_hot(y, z.shape[-1]).to(z.dtype), loss, F.nll_loss)
 
 
 def jax_native_cross_entropy() -> tuple[str, Any]:
