@@ -24,7 +24,7 @@ from . import kernels_for, torch_kernels, torch_modules, torch_native, torch_pla
 
 # the nn.Module losses, one per entry of the registry, importable from here too
 globals().update({name: getattr(torch_modules, name) for name in torch_modules.__all__})
-__all__ = ["loss", "bind", "tracing", "value_and_grad", *torch_modules.__all__]
+__all__ = ["loss", "bind", "tracing", "described", "value_and_grad", *torch_modules.__all__]
 
 _SCALARS = len(_math.Scalars._fields)  # the Function's last inputs
 _RESIDUALS = len(_math.Residuals._fields)
@@ -284,7 +284,17 @@ class _Autograd:
 
 # --- a repeated call, bound (``_prepare.remember_call``) ----------------------------------
 
-tracing = torch.compiler.is_compiling  # a bound call runs eagerly: compile traces prepare
+# a bound call runs eagerly: torch.compile traces prepare (dynamo reads this as True)
+tracing = torch.compiler.is_dynamo_compiling
+
+
+def described(logits: Any, target: Any) -> tuple:
+    """What a bound call's key holds of its tensors (``_prepare.bound_key``): their types,
+    dtypes, shapes and devices, the CPU as True (a ``torch.device`` is a new object per
+    read and its hash a call: on a training step at these sizes they were half the
+    lookup's time, docs/performance.md)."""
+    return (type(logits), logits.dtype, logits.shape, logits.is_cpu or logits.device,
+            type(target), target.dtype, target.shape, target.is_cpu or target.device)
 
 
 def bind(xp_: Any, spec: _math.Spec, logits: Any, target: Any, scalars: _math.Scalars,

@@ -52,9 +52,9 @@ def _make(definition: LossDef) -> Callable:
     def loss(logits: Any, target: Any, /, **options: Any) -> Any:
         # a repetition of a call bound before (_prepare.remember_call): its data checks, its
         # ops, looked up here: at small sizes a training step feels each Python call
-        tracing = BOUND_TYPES.get(type(logits))
-        if tracing is not None and not tracing():
-            call = BOUND_CALLS.get(bound_key(definition, logits, target, options))
+        bound = BOUND_TYPES.get(type(logits))
+        if bound is not None and not bound.tracing():
+            call = BOUND_CALLS.get(bound_key(definition, logits, target, options, bound))
             if call is not None:
                 return call(logits, target)
         given = options

@@ -309,19 +309,19 @@ BOUND_CALLS_MAX = 256
 # torch call it makes runs replayed.
 BIND_AFTER = 2
 _SEEN: dict = {}  # key -> calls seen, unbound
-# the array types of the calls bound so far, each with its adapter's ``tracing()`` (a bound
-# call runs eagerly only: inside torch.compile the call is prepared as it is traced); the
-# rest never look
+# the array types of the calls bound so far, each with its adapter (the rest never look)
 BOUND_TYPES: dict = {}
 # The public function looks a call up itself (``_api.py``): BOUND_TYPES, then BOUND_CALLS
 # under bound_key, every call, where each Python call is a share of a small training step.
 
 
-def bound_key(definition: LossDef, logits: Any, target: Any, options: dict) -> tuple | None:
-    """The key of a call as it is given (None where an option is not a Python value)."""
+def bound_key(definition: LossDef, logits: Any, target: Any, options: dict,
+              adapter: Any) -> tuple | None:
+    """The key of a call as it is given: the adapter's ``described(logits, target)``
+    (their types, dtypes, shapes and devices) and the options (None where one is not a
+    Python value, or an array is not one the adapter describes)."""
     try:
-        key = (definition.name, type(logits), logits.dtype, logits.shape, logits.device,
-               type(target), target.dtype, target.shape, target.device)
+        key = (definition.name, *adapter.described(logits, target))
     except AttributeError:
         return None
     if not options:
@@ -339,8 +339,9 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
                   p: Prepared, adapter: Any) -> Any:
     """Bind a prepared call (``options`` as given, ``o`` with the defaults) for its
     repetitions where it can be: Python options only, the caller's own arrays (nothing
-    converted or unwrapped), all classes in one process, an adapter that binds (``bind``,
-    and ``tracing()``: whether the call is being traced, when nothing is bound). Returns
+    converted or unwrapped), all classes in one process, an adapter that binds (``bind``;
+    ``described``, of the key; ``tracing()``, whether the call is being traced, when a
+    bound call does not run: it runs eagerly only). Returns
     the adapter's bound function (``call(logits, target)``: the target's data checks,
     then the loss), or None."""
     bind = getattr(adapter, "bind", None)
@@ -349,9 +350,8 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
             or not isinstance(p.denominator, (float, type(None)))
             or p.spec.classes is not None):
         return None
-    tracing = getattr(adapter, "tracing", None)
-    key = (None if logits is target or tracing is None or tracing()
-           else bound_key(definition, logits, target, options))
+    key = (None if logits is target or adapter.tracing()
+           else bound_key(definition, logits, target, options, adapter))
     seen = -1 if key is None else _SEEN.get(key, 0)  # (-1: the adapter refused the key)
     if seen < 0:
         return None
@@ -379,7 +379,7 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
     if len(BOUND_CALLS) >= BOUND_CALLS_MAX:
         BOUND_CALLS.clear()
     BOUND_CALLS[key] = call
-    BOUND_TYPES[type(logits)] = tracing
+    BOUND_TYPES[type(logits)] = adapter
     return call
 
 
