@@ -239,15 +239,15 @@ class _Autograd:
         if self.check is not None:
             self.check(target)
         spec = self.spec
-        got = torch_native.log_p(logits, self.read) if self.native else None
-        if got is not None or self.exact:
-            tensors: tuple
-            if got is None:
-                kind, tensors = "math", (logits, target)
-            else:
-                kind, tensors = "masked" if got[1] else "unmasked", (logits, target, got[0])
-            plan = None if self.plans is None else self.plans.get(kind)
-            try:
+        try:
+            got = torch_native.log_p(logits, self.read) if self.native else None
+            if got is not None or self.exact:
+                tensors: tuple
+                if got is None:
+                    kind, tensors = "math", (logits, target)
+                else:
+                    kind, tensors = "masked" if got[1] else "unmasked", (logits, target, got[0])
+                plan = None if self.plans is None else self.plans.get(kind)
                 if self.autocast and torch.is_autocast_enabled(self.device):
                     with torch.autocast(self.device, enabled=False):
                         value = self._forward(kind, tensors, weight, sample_weight)
@@ -255,14 +255,14 @@ class _Autograd:
                     value = plan.run(*tensors)
                 else:
                     value = self._forward(kind, tensors, weight, sample_weight)
-            except torch_native.BAD_INDEX:
-                if self.check_target is not None:
-                    self.check_target(target)  # an index out of range: our message
-                raise
-            if spec.gamma == 0 or _focal_finite(value):
-                return value
-        return _Loss.apply(spec, logits, target, weight, sample_weight, self.denominator,
-                           *self.scalars)
+                if spec.gamma == 0 or _focal_finite(value):
+                    return value
+            return _Loss.apply(spec, logits, target, weight, sample_weight, self.denominator,
+                               *self.scalars)
+        except torch_native.BAD_INDEX:
+            if self.check_target is not None:
+                self.check_target(target)  # an index out of range: our message
+            raise
 
     def _forward(self, kind: str, tensors: tuple, weight: Any, sample_weight: Any) -> Any:
         """The composition of ``kind`` on ``(logits, target[, log p])``: replayed, recorded

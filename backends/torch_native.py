@@ -161,9 +161,9 @@ def bound_cross_entropy(spec: _math.Spec, logits: Any, check_target: Any, fallba
             check(target)
         try:
             value = loss(logits, target)
+            return fallback(logits, target) if value is None else value
         except BAD_INDEX:
             if check_target is not None:
                 check_target(target)  # an index out of range: our message
             raise
-        return fallback(logits, target) if value is None else value
     return call

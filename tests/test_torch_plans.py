@@ -197,18 +197,24 @@ def test_a_repeated_call_still_checks_its_target():
         el.min_ent(z, soft * 2)
 
 
+@pytest.mark.parametrize("nan_row", [False, True], ids=["", "nan-row"])
 @pytest.mark.parametrize("path", ["autograd", "function"])
 @pytest.mark.parametrize("ignore_index", [None, -100, -1], ids=lambda i: f"ignore={i}")
 @pytest.mark.parametrize("definition", _losses.LOSSES, ids=lambda d: d.name)
-def test_a_bound_call_refuses_every_bad_index(definition, ignore_index, path, monkeypatch):
+def test_a_bound_call_refuses_every_bad_index(definition, ignore_index, path, nan_row,
+                                              monkeypatch):
     """On the CPU a bound call leaves an index's range to the op that reads it (gather,
-    nll_loss raise on one outside [0, C); torch_native.target_check): whatever the path,
-    every bad index still raises our message, one equal to nll_loss's own ignore_index
-    (-100) too, and the call then gives the math's numbers again."""
+    nll_loss raise on one outside [0, C); torch_native.target_check): whatever the path
+    (and where a NaN row sends the call from torch's log p to the math's), every bad index
+    still raises our message, one equal to nll_loss's own ignore_index (-100) too, and
+    the call then gives the math's numbers again."""
     force_path(monkeypatch, path == "autograd")
     loss = getattr(el, definition.name)
     options = {} if ignore_index is None else {"ignore_index": ignore_index}
-    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, 5, dtype=torch.float64)
+    if nan_row:
+        z[3] = math.nan
+    z.requires_grad_()
     good = torch.tensor([0, 1, 2, 4, 1, 0 if ignore_index is None else ignore_index])
     expected = loss(z, good, **options).detach()  # binds the key
     assert _prepare.BOUND_CALLS
@@ -219,7 +225,8 @@ def test_a_bound_call_refuses_every_bad_index(definition, ignore_index, path, mo
         target[2] = bad
         with pytest.raises(ValueError, match=re.escape(f"class index {bad}, outside [0, 5)")):
             loss(z, target, **options)
-    assert torch.equal(loss(z, good, **options).detach(), expected)
+    torch.testing.assert_close(loss(z, good, **options).detach(), expected, rtol=0, atol=0,
+                               equal_nan=True)
 
 
 def test_a_call_is_bound_under_the_options_it_gives():
