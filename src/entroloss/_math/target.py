@@ -136,7 +136,7 @@ class Target:
         """:attr:`indices` with a trailing axis of 1, as ``take_along_last`` and
         ``one_hot`` read them: made at its first read (not functools.cached_property,
         whose lock torch.compile cannot trace)."""
-        if self._index is None:
+        if self._index is None and self.indices is not None:
             self._index = self.indices[..., None]
         return self._index
 
