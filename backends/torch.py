@@ -248,7 +248,9 @@ class _Autograd:
                 else:
                     kind, tensors = "masked" if got[1] else "unmasked", (logits, target, got[0])
                 plan = None if self.plans is None else self.plans.get(kind)
-                if self.autocast and torch.is_autocast_enabled(self.device):
+                # torch's log p is there only on the CPU in float32/float64, where autocast
+                # changes none of the ops that follow it (it casts neither dtype down)
+                if got is None and self.autocast and torch.is_autocast_enabled(self.device):
                     with torch.autocast(self.device, enabled=False):
                         value = self._forward(kind, tensors, weight, sample_weight)
                 elif plan is not None:

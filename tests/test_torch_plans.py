@@ -262,6 +262,27 @@ def test_a_bound_call_takes_other_layouts_and_autocast():
     assert float(under) == float(el.cross_entropy(z.float(), y))
 
 
+@pytest.mark.parametrize("definition", _losses.LOSSES, ids=lambda d: d.name)
+def test_cpu_autocast_changes_no_number_of_a_bound_call(definition):
+    """With torch's log p (the CPU, float32) a bound call asks no autocast question:
+    CPU autocast casts neither float32 nor float64 down, so every op after log p is as
+    without it: the value and gradient under autocast are those without, bit for bit."""
+    loss = getattr(el, definition.name)
+    y = torch.tensor([0, 2, 1, 3])
+    z = torch.randn(4, 5)
+
+    def run():
+        x = z.clone().requires_grad_()
+        value = loss(x, y)
+        return value.detach(), torch.autograd.grad(value, x)[0]
+    plain = [run(), run()]  # the second bound
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = [run(), run()]
+    for got in (*plain[1:], *under):
+        for a, b in zip(got, plain[0], strict=True):
+            assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_a_bound_call_keeps_no_tensor_of_its_calls():
     """What is bound is ops and Python values: the first call's logits and target (and
     their graph) are freed with the caller's last reference."""

@@ -324,15 +324,12 @@ def bound_key(definition: LossDef, logits: Any, target: Any, options: dict,
         key = (definition.name, *adapter.described(logits, target))
     except AttributeError:
         return None
-    if not options:
-        return key
-    given: list = []
     for name, value in options.items():
         kind = type(value)
         if kind not in _PYTHON_VALUES:
             return None
-        given += (name, kind, value)  # the type too: True and 1 are checked differently
-    return key + tuple(given)
+        key += (name, kind, value)  # the type too: True and 1 are checked differently
+    return key
 
 
 def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, o: dict,
