@@ -1,7 +1,8 @@
 """torch: its own fused kernels, where they compute the definition's numbers.
 
 torch computes log p in one native op, ``log_softmax``, and cross entropy over class
-indices as ``log_softmax`` and ``nll_loss`` (one fused op each way); the shared math's
+indices as ``log_softmax`` and ``nll_loss`` (one fused op each way; ``F.cross_entropy``
+is the two in one call); the shared math's
 composition of the same numbers runs some fifteen ops, each a Python call and a
 dispatch, which at small sizes is the whole cost (docs/performance.md). ``log_softmax``
 computes ``log p = (z - max) - log sum exp(z - max)`` in the definition's order, and its
@@ -47,10 +48,11 @@ def applies(spec: _math.Spec, logits: Any) -> bool:
 
 def is_cross_entropy(spec: _math.Spec, scalars: _math.Scalars, logits: Any, target: Any) -> bool:
     """Whether a call (given no class weights, sample weights or denominator) is the
-    instance torch computes as ``nll_loss(log_softmax(z), y)``: plain cross entropy (no
-    regularizer, no focal power, the Python weight 1 and base e, no smoothing) over
-    int64 class indices that the call's check has read (``nll_loss`` raises on an index
-    out of range where the math makes its position NaN), where :func:`applies`."""
+    instance torch computes as ``F.cross_entropy`` (``nll_loss(log_softmax(z), y)``):
+    plain cross entropy (no regularizer, no focal power, the Python weight 1 and base e,
+    no smoothing) over int64 class indices that the call's check has read (``nll_loss``
+    raises on an index out of range where the math makes its position NaN), where
+    :func:`applies`."""
     return (spec.regularizer is None and spec.gamma == 0 and not spec.soft
             and spec.target_checked and spec.label_smoothing == 0
             and type(scalars.ce_weight) is float and scalars.ce_weight == 1.0
