@@ -173,13 +173,9 @@ def _kept(ctx: Any) -> list:
     return [next(saved) if tensor else c for tensor, c in zip(ctx.tensor_at, ctx.constants, strict=True)]
 
 
-def _autocast(device_type: str) -> bool:
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-
-
 def _no_autocast(device_type: str) -> Any:
     """Autocast switched off, where it is on (entering the context costs a call's worth)."""
-    if _autocast(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -228,7 +224,6 @@ class _Autograd:
         self.read = spec.gamma == 0 or spec.ignore_index is not None
         self.plans: dict | None = {} if record else None
         self.device = logits.device.type  # (what a bound call's key holds)
-        self.autocast = torch.amp.is_autocast_available(self.device)
 
     def __call__(self, logits: Any, target: Any, weight: Any = None,
                  sample_weight: Any = None) -> Any:
@@ -242,21 +237,18 @@ class _Autograd:
         try:
             got = torch_native.log_p(logits, self.read) if self.native else None
             if got is not None or self.exact:
-                tensors: tuple
                 if got is None:
-                    kind, tensors = "math", (logits, target)
+                    with _no_autocast(self.device):
+                        value = self._forward("math", (logits, target), weight, sample_weight)
                 else:
-                    kind, tensors = "masked" if got[1] else "unmasked", (logits, target, got[0])
-                plan = None if self.plans is None else self.plans.get(kind)
-                # torch's log p is there only on the CPU in float32/float64, where autocast
-                # changes none of the ops that follow it (it casts neither dtype down)
-                if got is None and self.autocast and torch.is_autocast_enabled(self.device):
-                    with torch.autocast(self.device, enabled=False):
-                        value = self._forward(kind, tensors, weight, sample_weight)
-                elif plan is not None:
-                    value = plan.run(*tensors)
-                else:
-                    value = self._forward(kind, tensors, weight, sample_weight)
+                    # torch's log p is there only on the CPU in float32/float64, where
+                    # autocast changes none of the ops that follow it (it casts neither
+                    # dtype down): no question asked
+                    kind = "masked" if got[1] else "unmasked"
+                    plan = None if self.plans is None else self.plans.get(kind)
+                    tensors = (logits, target, got[0])
+                    value = (self._forward(kind, tensors, weight, sample_weight) if plan is None
+                             else plan.run(*tensors))
                 if spec.gamma == 0 or _focal_finite(value):
                     return value
             return _Loss.apply(spec, logits, target, weight, sample_weight, self.denominator,
