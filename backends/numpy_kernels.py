@@ -57,10 +57,13 @@ def _target_entries(out: Any, index: Any) -> tuple:
     return rows, (np.arange(rows.shape[0]), index.reshape(-1))
 
 
-def mass_off_target(xp: Any, finite_lp: Any, index: Any) -> Any:
+def sum_p_by_level(xp: Any, finite_lp: Any, index: Any, off: float, on: float) -> Any:
+    # in p's own buffer: off everywhere, on at the target (no array of the levels)
     p = np.exp(finite_lp, order="C")
     rows, at = _target_entries(p, index)
-    rows[at] = 0.0
+    on_target = rows[at] * on
+    rows *= off
+    rows[at] = on_target
     return p.sum(axis=-1)
 
 
@@ -117,7 +120,7 @@ def zero_rows(xp: Any, dz: Any, keep: Any) -> Any:
 
 KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
                   take_along_last=take_along_last, log_p=log_p, finite_log_p=finite_log_p,
-                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+                  sum_p_log_p=sum_p_log_p, sum_p_by_level=sum_p_by_level,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
                   zero_rows=zero_rows)

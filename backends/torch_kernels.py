@@ -93,8 +93,12 @@ def finite_log_p(xp: Any, lp: torch.Tensor) -> torch.Tensor:
     return lp.clamp_(min=log_p_floor(torch, lp.dtype))
 
 
-def mass_off_target(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.exp(finite_lp).scatter_(-1, index, 0.0).sum(dim=-1)
+def sum_p_by_level(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor, off: float,
+                   on: float) -> torch.Tensor:
+    # in p's own buffer: off everywhere, on at the target (no tensor of the levels)
+    p = torch.exp(finite_lp)
+    on_target = p.gather(-1, index).mul_(on)
+    return p.mul_(off).scatter_(-1, index, on_target).sum(dim=-1)
 
 
 def sum_p_log_p(xp: Any, finite_lp: torch.Tensor) -> torch.Tensor:
@@ -199,7 +203,7 @@ def add_product(xp: Any, total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
 KERNELS = Kernels(row_stats=row_stats, sum_exp_shifted=sum_exp_shifted,
                   take_along_last=take_along_last, nll_at_target=nll_at_target,
                   log_p=log_p, finite_log_p=finite_log_p,
-                  sum_p_log_p=sum_p_log_p, mass_off_target=mass_off_target,
+                  sum_p_log_p=sum_p_log_p, sum_p_by_level=sum_p_by_level,
                   softmax_affine=softmax_affine, soft_cap=soft_cap,
                   soft_cap_with_slope=soft_cap_with_slope, times_slope=times_slope,
                   zero_rows=zero_rows, add_product=add_product)
@@ -235,15 +239,19 @@ def _sum_p_log_p_autograd(xp: Any, finite_lp: torch.Tensor) -> torch.Tensor:
     return torch.exp(finite_lp).mul(finite_lp).sum(dim=-1)
 
 
-def _mass_off_target_autograd(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.exp(finite_lp).scatter(-1, index, 0.0).sum(dim=-1)
+def _sum_p_by_level_autograd(xp: Any, finite_lp: torch.Tensor, index: torch.Tensor, off: float,
+                             on: float) -> torch.Tensor:
+    # the levels a constant tensor: autograd records three ops (exp, mul, sum) where p_y's
+    # and the off-target mass's own would be eight (docs/performance.md)
+    levels = torch.full_like(finite_lp, off).scatter_(-1, index, on)
+    return torch.exp(finite_lp).mul(levels).sum(dim=-1)
 
 
 AUTOGRAD_KERNELS = Kernels(row_stats=_row_stats_autograd, take_along_last=take_along_last,
                            nll_at_target=nll_at_target,
                            finite_log_p=_finite_log_p_autograd,
                            sum_p_log_p=_sum_p_log_p_autograd,
-                           mass_off_target=_mass_off_target_autograd)
+                           sum_p_by_level=_sum_p_by_level_autograd)
 
 # Where no entry of log p is below the floor (no class masked, with -inf or with a finite
 # number such as finfo.min: ``torch_native.log_p`` reads the least), the math's floor of

@@ -22,6 +22,8 @@ something other than a tensor or a dtype, shape or device) cannot be replayed:
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Any, Callable
 
 import torch
@@ -54,7 +56,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.names: dict[int, str] = {}  # id(tensor) -> its expression in the plan
         self.alive: list = []  # every tensor seen: an id must not be reused while recording
-        self.lines: list[str] = []
+        self.ops: list[list] = []  # [name, the callable's constant, its arguments' spellings]
         self.constants: dict[str, Any] = {}
         for i, x in enumerate(inputs):
             self._name(x, f"a{i}")
@@ -88,10 +90,10 @@ class _Recorder(TorchFunctionMode):
             if _reads_metadata(func) and isinstance(out, _METADATA_TYPES):
                 return out  # fixed by the key: the plan bakes what follows from it
             raise _Unplannable(f"{getattr(func, '__qualname__', func)} returned {type(out).__name__}")
-        call = ", ".join([*(self.expression(a) for a in args),
-                          *(f"{k}={self.expression(v)}" for k, v in kwargs.items())])
-        name = f"t{len(self.lines)}"
-        self.lines.append(f"    {name} = {self.constant(func)}({call})")
+        arguments = [*(self.expression(a) for a in args),
+                     *(f"{k}={self.expression(v)}" for k, v in kwargs.items())]
+        name = f"t{len(self.ops)}"
+        self.ops.append([name, self.constant(func), arguments])
         if isinstance(out, torch.Tensor):
             self._name(out, name)
         else:  # a tuple of tensors (aminmax, max over an axis, split)
@@ -148,6 +150,50 @@ def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
         returned = _returned(recorder, out)
     except _Unplannable:
         return None
+    ops = _fold_negations(_live(recorder.ops, recorder.constants, returned),
+                          recorder.constants, returned)
     arguments = ", ".join(f"a{i}" for i in range(len(tensors)))
-    source = "\n".join([f"def plan({arguments}):", *recorder.lines, f"    return {returned}"])
+    lines = [f"    {name} = {func}({', '.join(args)})" for name, func, args in ops]
+    source = "\n".join([f"def plan({arguments}):", *lines, f"    return {returned}"])
     return Plan(source, dict(recorder.constants))
+
+
+_NEGATIONS = (torch.Tensor.neg, torch.neg)
+_PRODUCTS = (torch.Tensor.mul, torch.mul)
+_NAME = re.compile(r"\bt\d+\b")
+
+
+def _live(ops: list, constants: dict, returned: str) -> list:
+    """The ops that what the plan returns reads, or that write in place: the math also
+    computes what only its own backward reads (MIX-ENT's log p at the target), which
+    autograd needs no more than the caller (planning per call which terms are live)."""
+    read = set(_NAME.findall(returned))
+    kept = []
+    for op in reversed(ops):
+        name, func, args = op
+        if (name in read or getattr(constants[func], "__name__", "_").endswith("_")
+                or any(a.startswith("out=") for a in args)):
+            kept.append(op)
+            read.update(_NAME.findall(" ".join(args)))
+    return kept[::-1]
+
+
+def _fold_negations(ops: list, constants: dict, returned: str) -> list:
+    """The ops with each negation that only a product by a Python number reads folded
+    into that number (``mul(neg(x), c)`` -> ``mul(x, -c)``; a negation is exact, so the
+    product and its derivative are the same numbers): the math writes ``-sum(p log p)``
+    and then weighs it, one op and one backward node fewer at every call (measured in a
+    training step, docs/performance.md)."""
+    uses = Counter(_NAME.findall(" ".join([returned, *(" ".join(args) for _, _, args in ops)])))
+    negated = {name: args[0] for name, func, args in ops
+               if constants[func] in _NEGATIONS and len(args) == 1 and uses[name] == 1}
+    folded = set()
+    for op in ops:
+        _, func, args = op
+        if constants[func] in _PRODUCTS and len(args) == 2 and args[0] in negated:
+            factor = constants.get(args[1])
+            if isinstance(factor, (float, int)) and not isinstance(factor, bool):
+                constants[args[1]] = -factor
+                folded.add(args[0])
+                op[2] = [negated[args[0]], args[1]]
+    return [op for op in ops if op[0] not in folded]

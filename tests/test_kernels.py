@@ -10,6 +10,7 @@ number, with positions in one and in two dimensions.
 from __future__ import annotations
 
 import dataclasses
+import math
 import importlib
 
 import numpy as np
@@ -82,7 +83,7 @@ def _arguments(xp, data: dict) -> dict:
         "log_p": [(z, top, norm)],
         "finite_log_p": [(primitives.log_p(xp, z, top, norm),)],
         "sum_p_log_p": [(finite,)],
-        "mass_off_target": [(finite, data["index"])],
+        "sum_p_by_level": [(finite, data["index"], -math.log(1e-4), -math.log1p(1e-4))],
         # and into z's own buffer (overwrite: the linear head's chunk)
         "softmax_affine": [affine, affine + (data["log_p_coef"],), affine + (None, True),
                            affine + (data["log_p_coef"], True)],

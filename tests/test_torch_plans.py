@@ -335,6 +335,55 @@ def test_a_plan_replays_the_recorded_ops_on_new_tensors():
     assert got[1][1:] == (None, 1.5)
 
 
+def _ops(plan) -> list[str]:
+    """The names of the callables a plan runs, in order."""
+    return [getattr(f, "__name__", repr(f)) for name, f in plan.run.__globals__.items()
+            if name.startswith("k") and name[1:].isdigit() and callable(f)
+            and f"= {name}(" in plan.source]
+
+
+def test_a_plan_folds_a_negation_into_the_product_that_reads_it():
+    """``-s * c`` is ``s * -c``, bit for bit, value and gradient: one op fewer forward and
+    backward (the entropy term's ``-sum(p log p)`` times its weight)."""
+    x = torch.randn(64, 7, dtype=torch.float64)
+    f = lambda x: (-(x.exp() * x).sum(-1)).mul(0.3) + x[:, 0]  # noqa: E731
+    plan = torch_plans.record(lambda: f(x), (x,))
+    assert _ops(plan) == ["exp", "mul", "sum", "mul", "__getitem__", "add"]
+    a, b = (torch.randn(64, 7, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    with torch.no_grad():
+        b.copy_(a)
+    got, want = plan(a), f(b)
+    assert torch.equal(got, want)
+    got.sum().backward()
+    want.sum().backward()
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_a_negation_read_twice_or_by_another_op_stays():
+    x = torch.randn(5)
+    twice = torch_plans.record(lambda: (-x) * 2.0 + (-x), (x,))
+    assert _ops(twice).count("neg") == 1
+    assert torch.equal(twice(x), (-x) * 2.0 + (-x))
+    product_of_tensors = torch_plans.record(lambda: (-x) * x, (x,))
+    assert _ops(product_of_tensors) == ["neg", "mul"]
+
+
+def test_a_plan_runs_only_the_ops_its_result_reads():
+    """What the math computes for its own backward alone (MIX-ENT's log p at the target)
+    is not run where autograd differentiates; an op in place is always run."""
+    x = torch.randn(4, 3)
+
+    def f(x):
+        unread = x.neg().exp()  # noqa: F841
+        buffer = torch.zeros_like(x)
+        buffer.add_(x)  # read through buffer, written in place
+        return buffer * 2.0
+    plan = torch_plans.record(lambda: f(x), (x,))
+    assert _ops(plan) == ["zeros_like", "add_", "mul"]
+    y = torch.randn(4, 3)
+    assert torch.equal(plan(y), f(y))
+
+
 @pytest.mark.parametrize("reads", ["item", "bool", "stride", "contiguous", "requires_grad",
                                    "numpy", "a tensor not given"])
 def test_a_function_that_reads_more_than_the_key_is_not_recorded(reads):

@@ -186,11 +186,13 @@ def one_hot(xp: Any, index: Any, num_classes: int) -> Any:
     return index == xp.arange(num_classes, dtype=index.dtype, device=device(index))
 
 
-def mass_off_target(xp: Any, finite_lp: Any, index: Any) -> Any:
-    """``sum_{c != y} p_c`` per row, summed from its small terms (``1 - p_y`` would round
-    them away)."""
-    hot = one_hot(xp, index, finite_lp.shape[-1])
-    return xp.sum(xp.where(hot, 0.0, xp.exp(finite_lp)), axis=-1)
+def sum_p_by_level(xp: Any, finite_lp: Any, index: Any, off: float, on: float) -> Any:
+    """``sum_c a_c p_c`` per row, ``a_c`` the level ``on`` at the target class and ``off``
+    at every other: MIX-ENT's reverse cross entropy of a one-hot target (``a_c =
+    -log(q_c + eps)``), summed from its terms (``off (1 - p_y)`` would round the small
+    ones away)."""
+    p = xp.exp(finite_lp)  # (each product in p's dtype: a level is a Python number)
+    return xp.sum(xp.where(one_hot(xp, index, finite_lp.shape[-1]), on * p, off * p), axis=-1)
 
 
 def softmax_affine(xp: Any, z: Any, top: Any, norm: Any, p_coef: Any, index: Any,
@@ -248,7 +250,7 @@ class Kernels:
     log_p: Callable = log_p
     finite_log_p: Callable = finite_log_p
     sum_p_log_p: Callable = sum_p_log_p
-    mass_off_target: Callable = mass_off_target
+    sum_p_by_level: Callable = sum_p_by_level
     softmax_affine: Callable = softmax_affine
     soft_cap: Callable = soft_cap
     soft_cap_with_slope: Callable = soft_cap_with_slope

@@ -159,14 +159,16 @@ class Target:
         this slice does not hold the target class (its stand-in index is 0)."""
         return coef if self.mine is None else self.xp.where(self.mine, coef, 0.0)
 
-    def mass_off_target(self, kernels: Any, finite_lp: Any) -> Any:
-        """``sum_{c != y} p_c`` per position (sparse targets): every class of a slice that
-        does not hold the target."""
+    def sum_p_by_level(self, kernels: Any, finite_lp: Any, off: float, on: float) -> Any:
+        """``sum_c a_c p_c`` per position (sparse targets), ``a_c`` the level ``on`` at the
+        target and ``off`` at every other class: over every class of the slices, a slice
+        that does not hold the target all at ``off``."""
         xp = self.xp
-        off = kernels.mass_off_target(xp, finite_lp, self.index)
+        levels = kernels.sum_p_by_level(xp, finite_lp, self.index, off, on)
         if self.mine is None:
-            return off
-        return self.classes_sum(xp.where(self.mine, off, xp.sum(xp.exp(finite_lp), axis=-1)))
+            return levels
+        every_off = off * xp.sum(xp.exp(finite_lp), axis=-1)
+        return self.classes_sum(xp.where(self.mine, levels, every_off))
 
     def log_p_at_target(self, kernels: Any, z: Any, top: Any, norm: Any, lp: Any = None) -> Any:
         """``log p[..., y]`` per position (sparse targets), from the logits and their row

@@ -175,10 +175,9 @@ def reverse_levels(spec: Spec) -> tuple[float, float]:
 
 def reverse_value(xp: Any, kernels: Kernels, spec: Spec, target: Target, finite_lp: Any,
                   log_p_y: Any) -> Any:
-    if target.sparse:  # R = a_on p_y + a_off sum_{c != y} p_c, without cancellation
+    if target.sparse:  # R = a_on p_y + a_off sum_{c != y} p_c, from its terms
         a_off, a_on = reverse_levels(spec)
-        off_target = target.mass_off_target(kernels, finite_lp)
-        return a_on * xp.exp(log_p_y) + a_off * off_target
+        return target.sum_p_by_level(kernels, finite_lp, a_off, a_on)
     return target.classes_sum(xp.sum(xp.exp(finite_lp) * target.reverse_log(), axis=-1))
 
 
