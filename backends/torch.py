@@ -282,12 +282,12 @@ class _Autograd:
 tracing = torch.compiler.is_dynamo_compiling
 
 
-def described(logits: Any, target: Any) -> tuple:
-    """What a bound call's key holds of its tensors (``_prepare.bound_key``): their types,
-    dtypes, shapes and devices, the CPU as True (a ``torch.device`` is a new object per
-    read and its hash a call: on a training step at these sizes they were half the
-    lookup's time, docs/performance.md)."""
-    return (type(logits), logits.dtype, logits.shape, logits.is_cpu or logits.device,
+def described(name: str, logits: Any, target: Any) -> tuple:
+    """A bound call's key but its options (``_prepare.bound_key``): the loss's name, the
+    tensors' types, dtypes, shapes and devices, the CPU as True (a ``torch.device`` is a
+    new object per read and its hash a call: on a training step at these sizes they were
+    half the lookup's time, docs/performance.md)."""
+    return (name, type(logits), logits.dtype, logits.shape, logits.is_cpu or logits.device,
             type(target), target.dtype, target.shape, target.is_cpu or target.device)
 
 

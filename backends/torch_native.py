@@ -90,13 +90,25 @@ def cross_entropy(spec: _math.Spec, logits: Any, target: Any) -> Any:
     return _cross_entropy(spec, logits.ndim)(logits, target)
 
 
+# nll_loss's own op: the value, and the number of positions it did not pass by as its
+# ignore_index (the sum of their class weights; 0 with reduction "none")
+_NLL_LOSS = torch.ops.aten.nll_loss_forward.default
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
 def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
     """:func:`cross_entropy` for the logits' number of axes, what it asks of the spec
-    asked once (a bound call's function keeps it)."""
-    flat = ndim != 2
-    ignored, reduction, summed = spec.ignore_index is not None, spec.reduction, spec.reduction == "none"
-    ignore = -100 if spec.ignore_index is None else spec.ignore_index  # (read when ignored)
-    nll_loss, cross_entropy = torch.nn.functional.nll_loss, torch.nn.functional.cross_entropy
+    asked once (a bound call's function keeps it): ``log_softmax`` and ``nll_loss``, the
+    ops of ``F.cross_entropy``. Without an ignore_index a reduced call reads the count of
+    positions ``nll_loss`` did not pass by, so that the target it reads needs no read of
+    its own: a position at ``nll_loss``'s own ignore_index, -100, is an ``IndexError``,
+    as one outside ``[0, classes)`` is (:func:`bound_cross_entropy` maps it to our
+    message); and it reads the value, NaN with a NaN row. With an ignore_index, an
+    ignored row shows only in log p (its first class is read)."""
+    flat, per_position = ndim != 2, spec.reduction == "none"
+    counted = spec.ignore_index is None and not per_position
+    reduction = _REDUCTIONS[spec.reduction]
+    ignore = -100 if spec.ignore_index is None else spec.ignore_index
 
     def call(logits: Any, target: Any) -> Any:
         if torch._C._are_functorch_transforms_active():  # (the probe's read: not here)
@@ -104,19 +116,24 @@ def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
         shape = target.shape
         if flat:
             logits, target = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
-        # where every position counts, a summed value is NaN with a NaN row (and torch's
-        # cross_entropy is its two ops in one call); an ignored row shows only in log p
-        if ignored:
-            lp = torch.log_softmax(logits, -1)
-            value = nll_loss(lp, target, ignore_index=ignore, reduction=reduction)
+        lp = torch.log_softmax(logits, -1)
+        value, counted_weight = _NLL_LOSS(lp, target, None, reduction, ignore)
+        if counted and counted_weight.item() != target.shape[0]:
+            raise IndexError(f"Target {ignore} is out of bounds.")
+        if spec.ignore_index is not None:
             probe = lp[:, 0].sum()
         else:
-            value = cross_entropy(logits, target, reduction=reduction)
-            probe = value.sum() if summed else value
+            probe = value.sum() if per_position else value
         if math.isnan(probe.item()):
             return None
-        return value.reshape(shape) if flat and summed else value
+        return value.reshape(shape) if flat and per_position else value
     return call
+
+
+def reads_every_index(spec: _math.Spec) -> bool:
+    """Whether a bound :func:`cross_entropy` needs no read of its target (besides its
+    ops'): see :func:`_cross_entropy`."""
+    return spec.ignore_index is None and spec.reduction != "none"
 
 
 def target_check(spec: _math.Spec, logits: Any, check_target: Any) -> Any:
@@ -126,14 +143,15 @@ def target_check(spec: _math.Spec, logits: Any, check_target: Any) -> Any:
     raises on one outside ``[0, classes)`` (``gather``, ``nll_loss``: the caller runs
     ``check_target`` on such an error, whose message names the argument) but for
     ``nll_loss``'s ``ignore_index``, -100: no read where the call's ignore_index is -100
-    too (the math and ``nll_loss`` pass those positions by), else one read of the least
-    index, the full check where it is negative. Elsewhere (an accelerator, where an
+    too (the math and ``nll_loss`` pass those positions by) or where a ``scatter`` reads
+    every index as well (MIX-ENT's levels, ``sum_p_by_level``), else one read of the
+    least index, the full check where it is negative. Elsewhere (an accelerator, where an
     index out of range is a device-side assert) one fused read of the least and largest.
     At these sizes every read is a share of a training step (docs/performance.md)."""
     if check_target is None or spec.soft or math.prod(logits.shape) == 0:
         return check_target
     if logits.device.type == "cpu" and spec.label_smoothing == 0:
-        if spec.ignore_index == -100:
+        if spec.ignore_index == -100 or spec.regularizer == "reverse":
             return None
 
         def check_least(target: Any) -> None:
@@ -156,7 +174,8 @@ def bound_cross_entropy(spec: _math.Spec, logits: Any, check_target: Any, fallba
     """A bound call's function (``backends/torch.py``'s ``bind``) for a key
     :func:`is_cross_entropy` holds for: :func:`target_check`'s check, then
     :func:`cross_entropy`, or ``fallback`` where a row's log p is NaN."""
-    loss, check = _cross_entropy(spec, logits.ndim), target_check(spec, logits, check_target)
+    loss = _cross_entropy(spec, logits.ndim)
+    check = None if reads_every_index(spec) else target_check(spec, logits, check_target)
 
     def call(logits: Any, target: Any) -> Any:
         if check is not None:

@@ -54,7 +54,7 @@ def _make(definition: LossDef) -> Callable:
         # ops, looked up here: at small sizes a training step feels each Python call
         bound = BOUND_TYPES.get(type(logits))
         if bound is not None and not bound.tracing():
-            call = BOUND_CALLS.get(bound_key(definition, logits, target, options, bound))
+            call = BOUND_CALLS.get(bound_key(name, logits, target, options, bound))
             if call is not None:
                 return call(logits, target)
         given = options

@@ -315,20 +315,20 @@ BOUND_TYPES: dict = {}
 # under bound_key, every call, where each Python call is a share of a small training step.
 
 
-def bound_key(definition: LossDef, logits: Any, target: Any, options: dict,
-              adapter: Any) -> tuple | None:
-    """The key of a call as it is given: the adapter's ``described(logits, target)``
-    (their types, dtypes, shapes and devices) and the options (None where one is not a
-    Python value, or an array is not one the adapter describes)."""
+def bound_key(name: str, logits: Any, target: Any, options: dict, adapter: Any) -> tuple | None:
+    """The key of a call of loss ``name`` as it is given: the adapter's ``described(name,
+    logits, target)`` (the name, the arrays' types, dtypes, shapes and devices) and the
+    options (None where one is not a Python value, or an array is not one the adapter
+    describes)."""
     try:
-        key = (definition.name, *adapter.described(logits, target))
+        key = adapter.described(name, logits, target)
     except AttributeError:
         return None
-    for name, value in options.items():
+    for option, value in options.items():
         kind = type(value)
         if kind not in _PYTHON_VALUES:
             return None
-        key += (name, kind, value)  # the type too: True and 1 are checked differently
+        key += (option, kind, value)  # the type too: True and 1 are checked differently
     return key
 
 
@@ -348,7 +348,7 @@ def remember_call(definition: LossDef, logits: Any, target: Any, options: dict, 
             or p.spec.classes is not None):
         return None
     key = (None if logits is target or adapter.tracing()
-           else bound_key(definition, logits, target, options, adapter))
+           else bound_key(definition.name, logits, target, options, adapter))
     seen = -1 if key is None else _SEEN.get(key, 0)  # (-1: the adapter refused the key)
     if seen < 0:
         return None

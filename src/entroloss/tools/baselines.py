@@ -10,6 +10,7 @@ without them cannot be registered, so no loss falls through to another's baselin
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import entroloss as el
@@ -31,9 +32,11 @@ def timed_options(loss: LossDef) -> dict:
 
 
 def bound(loss: LossDef, **extra: Any) -> Any:
-    """``loss(z, y)`` with its `timed_options` and ``extra``."""
+    """``loss(z, y)`` with its `timed_options` and ``extra``: the public function itself,
+    or a ``functools.partial`` of it (no Python frame of the harness's own, as the user's
+    call has none)."""
     fn, options = getattr(el, loss.name), {**timed_options(loss), **extra}
-    return lambda z, y: fn(z, y, **options)
+    return functools.partial(fn, **options) if options else fn
 
 
 def _settings(loss: LossDef) -> tuple[float, float, dict]:
