@@ -342,6 +342,38 @@ def _ops(plan) -> list[str]:
             and f"= {name}(" in plan.source]
 
 
+def _graph(value) -> list[str]:
+    """The autograd nodes behind ``value``, by name (the leaves' accumulators left out)."""
+    seen, stack = set(), [value.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return sorted(type(n).__name__ for n in seen if type(n).__name__ != "AccumulateGrad")
+
+
+@pytest.mark.parametrize("loss", _losses.LOSSES, ids=lambda d: d.name)
+def test_a_bound_call_records_no_more_autograd_nodes_than_the_users_composition(loss):
+    """At a small model's size every node is a share of its training step: a bound call's
+    graph (the options the benchmarks time) is no larger than what the user would write
+    (``tools.baselines``). MIN-ENT and MIX-ENT: one node fewer (the entropy's negation
+    folded into its weight; the reverse term's levels one product)."""
+    from entroloss.tools.baselines import bound, torch_user_baseline
+
+    z = torch.randn(256, 10, requires_grad=True)
+    y = torch.randint(0, 10, (256,))
+    ours, user = bound(loss), torch_user_baseline(loss)
+    for _ in range(2):
+        ours(z, y)
+    assert _prepare.BOUND_CALLS
+    mine, theirs = _graph(ours(z, y)), _graph(user(z, y))
+    assert len(mine) <= len(theirs), (mine, theirs)
+    if loss.name in ("min_ent", "mix_ent"):
+        assert len(mine) == len(theirs) - 1 and "NegBackward0" not in mine, mine
+        assert torch.allclose(ours(z, y), user(z, y), rtol=1e-5)
+
+
 def test_a_plan_folds_a_negation_into_the_product_that_reads_it():
     """``-s * c`` is ``s * -c``, bit for bit, value and gradient: one op fewer forward and
     backward (the entropy term's ``-sum(p log p)`` times its weight)."""
