@@ -130,7 +130,7 @@ def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
     return call
 
 
-def reads_every_index(spec: _math.Spec) -> bool:
+def _reads_every_index(spec: _math.Spec) -> bool:
     """Whether a bound :func:`cross_entropy` needs no read of its target (besides its
     ops'): see :func:`_cross_entropy`."""
     return spec.ignore_index is None and spec.reduction != "none"
@@ -175,7 +175,7 @@ def bound_cross_entropy(spec: _math.Spec, logits: Any, check_target: Any, fallba
     :func:`is_cross_entropy` holds for: :func:`target_check`'s check, then
     :func:`cross_entropy`, or ``fallback`` where a row's log p is NaN."""
     loss = _cross_entropy(spec, logits.ndim)
-    check = None if reads_every_index(spec) else target_check(spec, logits, check_target)
+    check = None if _reads_every_index(spec) else target_check(spec, logits, check_target)
 
     def call(logits: Any, target: Any) -> Any:
         if check is not None:
