@@ -96,17 +96,17 @@ _NLL_LOSS = torch.ops.aten.nll_loss_forward.default
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
-def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
+def _cross_entropy(spec: _math.Spec, ndim: int, counted: bool = False) -> Any:
     """:func:`cross_entropy` for the logits' number of axes, what it asks of the spec
     asked once (a bound call's function keeps it): ``log_softmax`` and ``nll_loss``, the
-    ops of ``F.cross_entropy``. Without an ignore_index a reduced call reads the count of
-    positions ``nll_loss`` did not pass by, so that the target it reads needs no read of
-    its own: a position at ``nll_loss``'s own ignore_index, -100, is an ``IndexError``,
-    as one outside ``[0, classes)`` is (:func:`bound_cross_entropy` maps it to our
-    message); and it reads the value, NaN with a NaN row. With an ignore_index, an
+    ops of ``F.cross_entropy``. ``counted`` (a bound call whose target no check has read,
+    :func:`_reads_every_index`): the call reads the count of positions ``nll_loss`` did
+    not pass by, so that a position at ``nll_loss``'s own ignore_index, -100, is an
+    ``IndexError``, as one outside ``[0, classes)`` is (:func:`bound_cross_entropy` maps
+    it to our message; a bound call's positions, at most ``BLOCK_ELEMENTS``, are counted
+    exactly in float32). It reads the value, NaN with a NaN row; with an ignore_index, an
     ignored row shows only in log p (its first class is read)."""
     flat, per_position = ndim != 2, spec.reduction == "none"
-    counted = spec.ignore_index is None and not per_position
     reduction = _REDUCTIONS[spec.reduction]
     ignore = -100 if spec.ignore_index is None else spec.ignore_index
 
@@ -132,7 +132,8 @@ def _cross_entropy(spec: _math.Spec, ndim: int) -> Any:
 
 def _reads_every_index(spec: _math.Spec) -> bool:
     """Whether a bound :func:`cross_entropy` needs no read of its target (besides its
-    ops'): see :func:`_cross_entropy`."""
+    ops' and the count's): every index but -100 is read by ``nll_loss``, and without an
+    ignore_index a reduced call counts the -100s (see :func:`_cross_entropy`)."""
     return spec.ignore_index is None and spec.reduction != "none"
 
 
@@ -174,8 +175,9 @@ def bound_cross_entropy(spec: _math.Spec, logits: Any, check_target: Any, fallba
     """A bound call's function (``backends/torch.py``'s ``bind``) for a key
     :func:`is_cross_entropy` holds for: :func:`target_check`'s check, then
     :func:`cross_entropy`, or ``fallback`` where a row's log p is NaN."""
-    loss = _cross_entropy(spec, logits.ndim)
-    check = None if _reads_every_index(spec) else target_check(spec, logits, check_target)
+    counted = _reads_every_index(spec) and check_target is not None
+    loss = _cross_entropy(spec, logits.ndim, counted)
+    check = None if counted else target_check(spec, logits, check_target)
 
     def call(logits: Any, target: Any) -> Any:
         if check is not None:
