@@ -56,7 +56,9 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.names: dict[int, str] = {}  # id(tensor) -> its expression in the plan
         self.alive: list = []  # every tensor seen: an id must not be reused while recording
-        self.ops: list[list] = []  # [name, the callable's constant, its arguments' spellings]
+        # [name, the callable's constant, its arguments' spellings, whether it returned a
+        # floating-point tensor]
+        self.ops: list[list] = []
         self.constants: dict[str, Any] = {}
         for i, x in enumerate(inputs):
             self._name(x, f"a{i}")
@@ -93,7 +95,8 @@ class _Recorder(TorchFunctionMode):
         arguments = [*(self.expression(a) for a in args),
                      *(f"{k}={self.expression(v)}" for k, v in kwargs.items())]
         name = f"t{len(self.ops)}"
-        self.ops.append([name, self.constant(func), arguments])
+        floating = isinstance(out, torch.Tensor) and out.is_floating_point()
+        self.ops.append([name, self.constant(func), arguments, floating])
         if isinstance(out, torch.Tensor):
             self._name(out, name)
         else:  # a tuple of tensors (aminmax, max over an axis, split)
@@ -153,7 +156,7 @@ def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
     ops = _fold_negations(_live(recorder.ops, recorder.constants, returned),
                           recorder.constants, returned)
     arguments = ", ".join(f"a{i}" for i in range(len(tensors)))
-    lines = [f"    {name} = {func}({', '.join(args)})" for name, func, args in ops]
+    lines = [f"    {name} = {func}({', '.join(args)})" for name, func, args, _ in ops]
     source = "\n".join([f"def plan({arguments}):", *lines, f"    return {returned}"])
     return Plan(source, dict(recorder.constants))
 
@@ -170,7 +173,7 @@ def _live(ops: list, constants: dict, returned: str) -> list:
     read = set(_NAME.findall(returned))
     kept = []
     for op in reversed(ops):
-        name, func, args = op
+        name, func, args, _ = op
         if (name in read or getattr(constants[func], "__name__", "_").endswith("_")
                 or any(a.startswith("out=") for a in args)):
             kept.append(op)
@@ -180,16 +183,18 @@ def _live(ops: list, constants: dict, returned: str) -> list:
 
 def _fold_negations(ops: list, constants: dict, returned: str) -> list:
     """The ops with each negation that only a product by a Python number reads folded
-    into that number (``mul(neg(x), c)`` -> ``mul(x, -c)``; a negation is exact, so the
-    product and its derivative are the same numbers): the math writes ``-sum(p log p)``
-    and then weighs it, one op and one backward node fewer at every call (measured in a
-    training step, docs/performance.md)."""
-    uses = Counter(_NAME.findall(" ".join([returned, *(" ".join(args) for _, _, args in ops)])))
-    negated = {name: args[0] for name, func, args in ops
-               if constants[func] in _NEGATIONS and len(args) == 1 and uses[name] == 1}
+    into that number (``mul(neg(x), c)`` -> ``mul(x, -c)``; a floating-point negation is
+    exact, so the product and its derivative are the same numbers; an integer's is not,
+    at its least value, nor an unsigned one's): the math writes ``-sum(p log p)`` and then
+    weighs it, one op and one backward node fewer at every call (measured in a training
+    step, docs/performance.md)."""
+    uses = Counter(_NAME.findall(" ".join([returned, *(" ".join(op[2]) for op in ops)])))
+    negated = {name: args[0] for name, func, args, floating in ops
+               if floating and constants[func] in _NEGATIONS and len(args) == 1
+               and uses[name] == 1}
     folded = set()
     for op in ops:
-        _, func, args = op
+        _, func, args, _ = op
         if constants[func] in _PRODUCTS and len(args) == 2 and args[0] in negated:
             factor = constants.get(args[1])
             if isinstance(factor, (float, int)) and not isinstance(factor, bool):

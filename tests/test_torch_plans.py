@@ -398,6 +398,12 @@ def test_a_negation_read_twice_or_by_another_op_stays():
     assert torch.equal(twice(x), (-x) * 2.0 + (-x))
     product_of_tensors = torch_plans.record(lambda: (-x) * x, (x,))
     assert _ops(product_of_tensors) == ["neg", "mul"]
+    # an integer's negation is not exact (at its least value; an unsigned one wraps)
+    for dtype in (torch.int64, torch.uint8):
+        i = torch.tensor([0, 1, 2, torch.iinfo(dtype).min], dtype=dtype)
+        integer = torch_plans.record(lambda: (-i) * 2.0, (i,))  # noqa: B023
+        assert _ops(integer) == ["neg", "mul"]
+        assert torch.equal(integer(i), (-i) * 2.0)
 
 
 def test_a_plan_runs_only_the_ops_its_result_reads():
