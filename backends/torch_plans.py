@@ -164,41 +164,55 @@ def record(fn: Callable[[], Any], tensors: tuple) -> Plan | None:
 _NEGATIONS = (torch.Tensor.neg, torch.neg)
 _PRODUCTS = (torch.Tensor.mul, torch.mul)
 _NAME = re.compile(r"\bt\d+\b")
+# Ops that only compute a result from their arguments' values: no write, no draw from a
+# generator, no error on a value (an index out of range: gather, scatter, nll_loss). Only
+# these are left out of a plan where nothing reads their result.
+_PURE = frozenset({"neg", "exp", "expm1", "log", "log1p", "mul", "add", "sub", "div",
+                   "where", "clamp", "sum", "mean", "amax", "pow", "abs", "eq", "lt", "le",
+                   "gt", "ge", "logical_not", "sqrt", "tanh"})
+
+
+def _in_place(func: Any, args: list) -> bool:
+    return getattr(func, "__name__", "").endswith("_") or any(a.startswith("out=") for a in args)
 
 
 def _live(ops: list, constants: dict, returned: str) -> list:
-    """The ops that what the plan returns reads, or that write in place: the math also
-    computes what only its own backward reads (MIX-ENT's log p at the target), which
-    autograd needs no more than the caller (planning per call which terms are live)."""
+    """The ops but the pure ones whose results nothing reads: the math also computes what
+    only its own backward reads (MIX-ENT's log p at the target), which autograd needs no
+    more than the caller (planning per call which terms are live). An op that writes, draws
+    or may raise on a value always runs."""
     read = set(_NAME.findall(returned))
     kept = []
     for op in reversed(ops):
         name, func, args, _ = op
-        if (name in read or getattr(constants[func], "__name__", "_").endswith("_")
-                or any(a.startswith("out=") for a in args)):
+        pure = getattr(constants[func], "__name__", None) in _PURE and not _in_place(
+            constants[func], args)
+        if name in read or not pure:
             kept.append(op)
             read.update(_NAME.findall(" ".join(args)))
     return kept[::-1]
 
 
 def _fold_negations(ops: list, constants: dict, returned: str) -> list:
-    """The ops with each negation that only a product by a Python number reads folded
-    into that number (``mul(neg(x), c)`` -> ``mul(x, -c)``; a floating-point negation is
-    exact, so the product and its derivative are the same numbers; an integer's is not,
-    at its least value, nor an unsigned one's): the math writes ``-sum(p log p)`` and then
-    weighs it, one op and one backward node fewer at every call (measured in a training
-    step, docs/performance.md)."""
+    """The ops with each negation that only a product by a Python float reads folded into
+    that float (``mul(neg(x), c)`` -> ``mul(x, -c)``): the math writes ``-sum(p log p)``
+    and then weighs it, one op and one backward node fewer at every call (measured in a
+    training step, docs/performance.md). The same numbers, value and derivative: a
+    floating-point negation is exact (an integer's is not, at its least value, nor an
+    unsigned one's; and the int 0 has no sign), and no op between the two writes in
+    place (the product would read ``x`` as written after the negation)."""
     uses = Counter(_NAME.findall(" ".join([returned, *(" ".join(op[2]) for op in ops)])))
-    negated = {name: args[0] for name, func, args, floating in ops
+    negated = {name: (at, args[0]) for at, (name, func, args, floating) in enumerate(ops)
                if floating and constants[func] in _NEGATIONS and len(args) == 1
                and uses[name] == 1}
     folded = set()
-    for op in ops:
+    for at, op in enumerate(ops):
         _, func, args, _ = op
         if constants[func] in _PRODUCTS and len(args) == 2 and args[0] in negated:
-            factor = constants.get(args[1])
-            if isinstance(factor, (float, int)) and not isinstance(factor, bool):
-                constants[args[1]] = -factor
+            start, x = negated[args[0]]
+            written = any(_in_place(constants[f], a) for _, f, a, _ in ops[start + 1:at])
+            if type(constants.get(args[1])) is float and not written:
+                constants[args[1]] = -constants[args[1]]
                 folded.add(args[0])
-                op[2] = [negated[args[0]], args[1]]
+                op[2] = [x, args[1]]
     return [op for op in ops if op[0] not in folded]

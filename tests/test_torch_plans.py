@@ -404,6 +404,23 @@ def test_a_negation_read_twice_or_by_another_op_stays():
         integer = torch_plans.record(lambda: (-i) * 2.0, (i,))  # noqa: B023
         assert _ops(integer) == ["neg", "mul"]
         assert torch.equal(integer(i), (-i) * 2.0)
+    # the int 0 has no sign: -x * 0 is -0.0 where x > 0, x * -0 is +0.0
+    by_int = torch_plans.record(lambda: (-x) * 0, (x,))
+    assert _ops(by_int) == ["neg", "mul"]
+    assert torch.equal(torch.signbit(by_int(x)), torch.signbit((-x) * 0))
+
+
+def test_a_negation_is_not_folded_past_a_write_to_what_it_negated():
+    """``n = -y; y += 10; n * 2``: the product reads ``-y`` as it was (found by review)."""
+    def f(x):
+        y = x.clone()
+        n = y.neg()
+        y.add_(10.0)
+        return n.mul(2.0)
+    x = torch.randn(5)
+    plan = torch_plans.record(lambda: f(x), (x,))
+    assert "neg" in _ops(plan)
+    assert torch.equal(plan(x), f(x))
 
 
 def test_a_plan_runs_only_the_ops_its_result_reads():
@@ -420,6 +437,12 @@ def test_a_plan_runs_only_the_ops_its_result_reads():
     assert _ops(plan) == ["zeros_like", "add_", "mul"]
     y = torch.randn(4, 3)
     assert torch.equal(plan(y), f(y))
+    # an op that may raise on a value (an index out of range) runs though nothing reads it
+    index = torch.tensor([[0], [2], [1], [0]])
+    checked = torch_plans.record(lambda: (x.gather(-1, index), x * 2.0)[1], (x, index))
+    assert _ops(checked) == ["gather", "mul"]
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        checked(x, torch.tensor([[0], [2], [7], [0]]))
 
 
 @pytest.mark.parametrize("reads", ["item", "bool", "stride", "contiguous", "requires_grad",
